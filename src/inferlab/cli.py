@@ -1,0 +1,175 @@
+"""Command line: `inferlab run`, `inferlab report`, `inferlab methods`.
+
+Exit codes: 0 all good; 1 the run finished but a method failed; 2 bad input (model, option,
+results file); 130 interrupted (results measured so far are saved)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import defaults
+
+EXIT_OK, EXIT_METHOD_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _methods_arg(text: str) -> list[str]:
+    from .engines import method_names
+
+    names = [m.strip() for m in text.replace(" ", ",").split(",") if m.strip()]
+    if names == ["all"]:
+        return method_names()
+    unknown = [m for m in names if m not in method_names()]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s): {', '.join(unknown)} (valid: {', '.join(method_names())}, all)"
+        )
+    return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
+    return value
+
+
+def add_measure_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and methods")
+    g.add_argument("--model", default=defaults.DEFAULT_MODEL,
+                   help="bundled 'smollm2-135m' (default), 'gpt2-random', a local Hugging Face "
+                        "folder, a .gguf file, or a Hugging Face model id")
+    g.add_argument("--methods", type=_methods_arg, default=list(defaults.DEFAULT_METHODS),
+                   help="comma-separated subset of the methods, or 'all' (default: all; "
+                        "see `inferlab methods`)")
+    g = p.add_argument_group("workload")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--prompt", default=defaults.DEFAULT_PROMPT, help="prompt text")
+    src.add_argument("--prompt-file", help="read the prompt from this text file")
+    g.add_argument("--new-tokens", type=_positive_int, default=defaults.DEFAULT_NEW_TOKENS,
+                   help=f"exactly this many generated tokens (default {defaults.DEFAULT_NEW_TOKENS})")
+    g.add_argument("--threads", type=_positive_int, default=defaults.default_threads(),
+                   help="intra-op threads for every engine (default: usable cores)")
+    g = p.add_argument_group("measuring protocol")
+    g.add_argument("--warmup", type=int, default=defaults.DEFAULT_WARMUP,
+                   help=f"untimed generations before timing (default {defaults.DEFAULT_WARMUP})")
+    g.add_argument("--repeats", type=_positive_int, default=defaults.DEFAULT_MIN_REPEATS,
+                   help=f"minimum timed runs (default {defaults.DEFAULT_MIN_REPEATS})")
+    g.add_argument("--max-repeats", type=_positive_int, default=defaults.DEFAULT_MAX_REPEATS,
+                   help=f"cap on timed runs (default {defaults.DEFAULT_MAX_REPEATS})")
+    g.add_argument("--min-time", type=_non_negative_float, default=defaults.DEFAULT_MIN_TIME_S,
+                   help=f"minimum timed seconds per method (default {defaults.DEFAULT_MIN_TIME_S:g})")
+    g.add_argument("--timeout", type=_non_negative_float, default=defaults.DEFAULT_METHOD_TIMEOUT_S,
+                   help="seconds before a method's process is killed "
+                        f"(default {defaults.DEFAULT_METHOD_TIMEOUT_S:g})")
+    p.add_argument("--output", default=defaults.RESULTS_DIR,
+                   help="folder under which each run gets a new folder (default results/)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inferlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="benchmark methods and write results, report and charts")
+    add_measure_options(p)
+    p = sub.add_parser("report", help="redraw report.md, report.html and charts from a results.json")
+    p.add_argument("results", help="path to a results.json (or its folder)")
+    sub.add_parser("methods", help="list the methods")
+    return parser
+
+
+def config_from_args(args):
+    from .config import RunConfig
+
+    prompt = args.prompt
+    if args.prompt_file:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                prompt = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read --prompt-file {args.prompt_file}: {e}") from None
+    return RunConfig(
+        model=args.model, methods=args.methods, prompt=prompt, new_tokens=args.new_tokens,
+        threads=args.threads, warmup=args.warmup, min_repeats=args.repeats,
+        max_repeats=args.max_repeats, min_time_s=args.min_time, timeout_s=args.timeout,
+        output_dir=args.output,
+    )
+
+
+def cmd_run(args) -> int:
+    from .models import ModelError
+    from .report import write_reports
+    from .report.markdown import console_table
+    from .runner import Display, run
+
+    try:
+        config = config_from_args(args)
+        config.validate()
+    except ValueError as e:
+        return _fail(str(e))
+    try:
+        results, folder = run(config, Display(quiet=args.quiet))
+    except ModelError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print("\ninferlab: interrupted; results measured so far are saved", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    write_reports(results, folder)
+    print(console_table(results))
+    print(f"\nresults: {os.path.join(folder, 'results.json')}\nreport:  {os.path.join(folder, 'report.md')}")
+    return EXIT_OK if all(m.ok for m in results.methods) else EXIT_METHOD_FAILED
+
+
+def cmd_report(args) -> int:
+    from .report import write_reports
+    from .report.markdown import console_table
+    from .results import ResultsError, load
+
+    path = args.results
+    if os.path.isdir(path):
+        path = os.path.join(path, "results.json")
+    try:
+        results = load(path)
+    except ResultsError as e:
+        return _fail(str(e))
+    written = write_reports(results, os.path.dirname(os.path.abspath(path)))
+    print(console_table(results))
+    print("\nwrote: " + ", ".join(written))
+    return EXIT_OK
+
+
+def cmd_methods(args) -> int:
+    from .engines import engine_class, method_names
+
+    for name in method_names():
+        print(f"{name:15s} {engine_class(name).summary}")
+    return EXIT_OK
+
+
+def _fail(message: str) -> int:
+    print(f"inferlab: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"run": cmd_run, "report": cmd_report, "methods": cmd_methods}[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

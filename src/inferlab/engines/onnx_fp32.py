@@ -1,0 +1,46 @@
+"""ONNX Runtime fp32 with the KV cache (graph exported once by optimum-onnx, then cached)."""
+
+from __future__ import annotations
+
+import os
+
+from .base import Engine
+from .onnx_common import OrtCausalLM, export_fp32, initializer_bytes, onnx_file_bytes
+
+
+class OnnxFp32(Engine):
+    name = "onnx"
+    summary = "ONNX Runtime fp32 with the KV cache (optimum-onnx export, cached)"
+
+    def artifact(self) -> tuple[str, bool]:
+        return export_fp32(self.model_ref)
+
+    def prepare(self) -> bool:
+        return self.artifact()[1]
+
+    def load(self) -> None:
+        folder, _ = self.artifact()
+        self.folder = folder
+        self.model_path = os.path.join(folder, "model.onnx")
+        self.ort = OrtCausalLM(self.model_path, self.threads)
+
+    def prefill(self, token_ids):
+        return self.ort.prefill(token_ids)
+
+    def decode(self, token_id):
+        return self.ort.decode(token_id)
+
+    def window_logits(self, token_ids):
+        return self.ort.window_logits(token_ids)
+
+    def details(self, ops: dict) -> dict:
+        import onnxruntime
+
+        return {"dtype": "float32", "providers": self.ort.providers(), "threads": self.threads,
+                "onnxruntime": onnxruntime.__version__, "artifact": self.folder,
+                "matmul_nodes": ops.get("MatMul", 0) + ops.get("Gemm", 0)}
+
+    def info(self) -> dict:
+        weight_bytes, ops = initializer_bytes(self.model_path)
+        return {"weight_bytes": weight_bytes, "file_bytes": onnx_file_bytes(self.folder),
+                "details": self.details(ops)}

@@ -1,0 +1,80 @@
+"""Shared pieces of the PyTorch engines: loading, byte counting, window logits."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..models import ModelRef, WEIGHT_SUFFIXES
+
+
+def load_hf_model(ref: ModelRef, threads: int):
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
+    model.eval()
+    return model
+
+
+def folder_weight_file_bytes(folder: str) -> int:
+    return sum(
+        os.path.getsize(os.path.join(folder, f))
+        for f in os.listdir(folder)
+        if f.endswith(WEIGHT_SUFFIXES)
+    )
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor holds, quantized tensors included (int8 data + per-channel scales)."""
+    if t.is_quantized:
+        n = t.numel() * t.element_size()
+        if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            s, z = t.q_per_channel_scales(), t.q_per_channel_zero_points()
+            n += s.numel() * s.element_size() + z.numel() * z.element_size()
+        else:
+            n += 8 + 8  # one scale, one zero point
+        return n
+    return t.numel() * t.element_size()
+
+
+def module_weight_bytes(model: torch.nn.Module) -> int:
+    """Parameters and buffers as held, tied tensors counted once; dynamic-quantized Linear
+    layers hold their weight in packed params, which are read through `weight()`."""
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if t is None:
+            return
+        key = (t.data_ptr(), t.numel()) if not t.is_quantized else id(t)
+        if key not in seen:
+            seen.add(key)
+            total += tensor_bytes(t)
+
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            add(p)
+        for b in module.buffers(recurse=False):
+            add(b)
+        if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
+            add(module.weight())
+            bias = module.bias() if callable(getattr(module, "bias", None)) else None
+            add(bias)
+    return total
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    seen, n = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            n += p.numel()
+    return n
+
+
+@torch.inference_mode()
+def window_logits(model, token_ids: list[int]):
+    out = model(input_ids=torch.tensor([token_ids]), use_cache=False)
+    return out.logits[0].float().numpy()

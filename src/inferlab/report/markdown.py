@@ -1,0 +1,102 @@
+"""report.md (and the console table) from a RunResults. Reads results only; never measures."""
+
+from __future__ import annotations
+
+from .. import defaults
+from ..results import RunResults
+from .tables import (
+    COLD_COLUMNS,
+    COLUMNS,
+    cold_start_rows,
+    comparison_rows,
+    detail_lines,
+)
+
+
+def md_table(columns, rows) -> str:
+    def esc(cell):
+        return str(cell).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def console_table(results: RunResults) -> str:
+    """A compact fixed-width table for the terminal."""
+    keep = [0, 1, 2, 3, 5, 6, 8, 9, 12]
+    cols = [COLUMNS[i] for i in keep]
+    rows = [[r[i] for i in keep] for r in comparison_rows(results)]
+    widths = [max(len(str(x)) for x in [c] + [r[i] for r in rows]) for i, c in enumerate(cols)]
+    fmt = lambda row: "  ".join(str(x).ljust(w) for x, w in zip(row, widths))  # noqa: E731
+    return "\n".join([fmt(cols), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def warnings_of(results: RunResults) -> list[str]:
+    out = []
+    for m in results.methods:
+        if m.ok:
+            out.extend(m.warnings())
+            if m.first_divergence is not None and m.first_divergence < len(m.tokens):
+                out.append(
+                    f"{m.method}: greedy tokens differ from {defaults.REFERENCE_METHOD}'s from "
+                    f"token {m.first_divergence} of {len(m.tokens)}"
+                )
+        else:
+            out.append(f"{m.method}: {m.status}: {m.error}")
+    if not results.model.get("quality_meaningful", True):
+        out.append("random-weight model: generated text is meaningless; only token equality is valid")
+    if results.status != "complete":
+        out.append(f"run status: {results.status}; the figures cover the methods that finished")
+    return out
+
+
+def render(results: RunResults, charts: list[str] | None = None) -> str:
+    cfg, mach, model = results.config, results.machine, results.model
+    parts = [
+        f"# inferlab report: {model['name']}",
+        "",
+        f"Run {results.created}, status **{results.status}**, inferlab {results.inferlab_version}, "
+        f"results schema {results.schema_version}.",
+        "",
+        f"Batch 1, greedy, exactly {cfg['new_tokens']} new tokens after a "
+        f"{results.prompt_tokens}-token prompt, {cfg['threads']} threads. Each method ran in its "
+        f"own process: one untimed first call (+{max(cfg['warmup'] - 1, 0)} warmup), then timed "
+        f"runs until at least {cfg['min_repeats']} runs and {cfg['min_time_s']:g} s (cap "
+        f"{cfg['max_repeats']}). Figures are medians over runs; E2E shows ± MAD; speedups are ratios "
+        f"of median E2E with a {int(100 * defaults.CONFIDENCE)} % bootstrap interval, '(n.s.)' when "
+        "the interval includes 1. Definitions: METRICS.md.",
+        "",
+        "## Comparison",
+        "",
+        md_table(COLUMNS, comparison_rows(results)),
+        "",
+    ]
+    warns = warnings_of(results)
+    parts += ["## Warnings", ""] + ([f"- {w}" for w in warns] or ["- none"]) + [""]
+    parts += ["## Cold start", "", md_table(COLD_COLUMNS, cold_start_rows(results)), ""]
+    parts += ["## What each method built", ""]
+    for m in results.methods:
+        parts.append(f"- **{m.method}**: {m.summary}")
+        parts += [f"  - {line}" for line in detail_lines(m)]
+    parts += ["", "## Generated text (first timed run)", ""]
+    for m in results.methods:
+        if m.ok:
+            text = m.text.replace("\n", " ").strip() or "(not decodable)"
+            parts.append(f"- **{m.method}**: {text[:300]}")
+    if charts:
+        parts += ["", "## Charts", ""] + [f"![{c}]({c})" for c in charts]
+    parts += [
+        "",
+        "## Environment",
+        "",
+        f"- model: `{model['spec']}` ({model['source']}), content hash {model['content_hash']}",
+        f"- CPU: {mach.get('cpu')}, {mach.get('usable_cpus')} usable of {mach.get('logical_cpus')} "
+        f"logical CPUs; flags: {', '.join(mach.get('cpu_flags', []))}",
+        f"- memory: {(mach.get('memory_bytes') or 0) / 2**30:.1f} GiB; OS: {mach.get('os')}; "
+        f"Python {mach.get('python')}",
+        "- libraries: " + ", ".join(f"{k} {v}" for k, v in mach.get("libraries", {}).items() if v),
+        f"- thread variables: {mach.get('thread_env') or 'none set'}",
+        "",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,176 @@
+"""The results model: plain dataclasses, versioned JSON, atomic writes. Rendering only reads it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from . import defaults
+from .stats import Summary, summarize, too_few_runs
+
+# figure name -> (unit, how to get the samples from the raw runs)
+FIGURES = ("ttft_s", "tpot_s", "itl_s", "e2e_s", "decode_tps")
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be read (CLI: one line, exit 2)."""
+
+
+@dataclass
+class RunSample:
+    """One timed generation's raw clocks (seconds)."""
+
+    ttft_s: float
+    e2e_s: float
+    itl_s: list[float]
+
+    @property
+    def tpot_s(self) -> float:
+        n = len(self.itl_s)
+        return (self.e2e_s - self.ttft_s) / n if n else float("nan")
+
+    @property
+    def decode_tps(self) -> float:
+        n = len(self.itl_s)
+        return n / (self.e2e_s - self.ttft_s) if n else float("nan")
+
+
+@dataclass
+class MethodResult:
+    method: str
+    status: str  # ok | failed | timeout | interrupted
+    error: str | None = None
+    summary: str = ""
+    # cold start
+    prepare_s: float | None = None  # export / conversion, None when served from the cache
+    prepare_cache_hit: bool | None = None
+    load_s: float | None = None
+    first_call_s: float | None = None
+    # steady state
+    warmup_runs: int = 0
+    runs: list[RunSample] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    deterministic: bool | None = None
+    # size and memory
+    weight_bytes: int | None = None
+    file_bytes: int | None = None
+    parameters: int | None = None
+    peak_rss_bytes: int | None = None
+    threads: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    # against the reference
+    first_divergence: int | None = None  # index of the first token differing (N if none)
+    quality: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def samples(self, figure: str) -> list[float]:
+        if figure == "itl_s":
+            return [x for r in self.runs for x in r.itl_s]
+        return [getattr(r, figure) for r in self.runs]
+
+    def figure(self, figure: str) -> Summary | None:
+        return summarize(self.samples(figure), f"{self.method} {figure}")
+
+    def warnings(self) -> list[str]:
+        out = [w for w in [too_few_runs(len(self.runs), self.method)] if w]
+        for name in ("e2e_s", "ttft_s", "tpot_s"):
+            s = self.figure(name)
+            if s:
+                out.extend(s.warnings)
+        if self.deterministic is False:
+            out.append(f"{self.method}: repeated runs produced different tokens")
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["figures"] = {name: (s.to_dict() if (s := self.figure(name)) else None) for name in FIGURES}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MethodResult":
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["runs"] = [RunSample(**r) for r in d.get("runs", [])]
+        return cls(**d)
+
+
+@dataclass
+class RunResults:
+    config: dict[str, Any]
+    machine: dict[str, Any]
+    model: dict[str, Any]
+    prompt_tokens: int
+    methods: list[MethodResult] = field(default_factory=list)
+    reference_tokens: list[int] | None = None
+    status: str = "running"  # running | complete | interrupted
+    created: str = ""
+    schema_version: int = defaults.SCHEMA_VERSION
+    inferlab_version: str = ""
+
+    def method(self, name: str) -> MethodResult | None:
+        return next((m for m in self.methods if m.method == name), None)
+
+    def to_dict(self) -> dict:
+        from .analysis import comparisons
+
+        d = asdict(self)
+        d["methods"] = [m.to_dict() for m in self.methods]
+        d["comparisons"] = comparisons(self)  # derived; recomputed on load, kept for readers
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunResults":
+        version = d.get("schema_version")
+        if version != defaults.SCHEMA_VERSION:
+            raise ResultsError(
+                f"results schema version {version!r} is not supported "
+                f"(this inferlab reads version {defaults.SCHEMA_VERSION})"
+            )
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["methods"] = [MethodResult.from_dict(m) for m in d.get("methods", [])]
+        return cls(**d)
+
+
+def write_json_atomic(path: str, data: dict) -> None:
+    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, allow_nan=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save(results: RunResults, path: str) -> None:
+    write_json_atomic(path, results.to_dict())
+
+
+def load(path: str) -> RunResults:
+    """Load a results.json back; raises ResultsError with a one-line reason."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ResultsError(f"results file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ResultsError(f"results file is corrupt (not valid JSON): {path}: {e}") from None
+    if not isinstance(data, dict) or "methods" not in data:
+        raise ResultsError(f"not an inferlab results file: {path}")
+    try:
+        return RunResults.from_dict(data)
+    except (TypeError, KeyError) as e:
+        raise ResultsError(f"results file is malformed: {path}: {e}") from None

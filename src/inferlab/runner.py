@@ -1,0 +1,239 @@
+"""Runs every method of a configuration, each in its own process with a timeout, and saves
+results.json after each one, so that an interrupted or crashing run loses nothing measured."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+
+from . import __version__, defaults, machine
+from .analysis import first_divergence
+from .config import RunConfig
+from .engines import PREPARED
+from .models import ModelRef, resolve
+from .results import MethodResult, RunResults, save
+from .worker import PROGRESS
+
+
+class Display:
+    """Progress lines on stderr: which method, which phase, which repeat."""
+
+    def __init__(self, stream=sys.stderr, quiet: bool = False):
+        self.stream, self.quiet = stream, quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=self.stream, flush=True)
+
+
+def new_results_folder(base: str, model_name: str) -> str:
+    """A new folder per run; an existing one is never reused or overwritten."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-") or "model"
+    os.makedirs(base, exist_ok=True)
+    for i in range(1, 1000):
+        path = os.path.join(base, f"{stamp}-{slug}" + (f"-{i}" if i > 1 else ""))
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a new results folder under {base}")
+
+
+def tokenize_prompt(model: ModelRef, prompt: str) -> list[int]:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model.path)
+    except Exception as e:  # noqa: BLE001
+        from .models import ModelError
+
+        raise ModelError(f"no usable tokenizer in {model.path}: {e}") from e
+    return list(tok(prompt, add_special_tokens=True)["input_ids"])
+
+
+def decode_text(model: ModelRef, tokens: list[int]) -> str:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model.path).decode(tokens, skip_special_tokens=False)
+    except Exception:  # noqa: BLE001 - e.g. gpt2-random ids outside the borrowed vocabulary
+        return ""
+
+
+class WorkerOutcome:
+    def __init__(self, status: str, data: dict, error: str | None):
+        self.status, self.data, self.error = status, data, error
+
+
+def run_worker(job: dict, workdir: str, log_path: str, timeout_s: float, show) -> WorkerOutcome:
+    """Start `python -m inferlab.worker` for one job; kill it on timeout or interrupt."""
+    tag = f"{job['method']}-{job['phase']}"
+    job_path = os.path.join(workdir, f"{tag}.job.json")
+    out_path = os.path.join(workdir, f"{tag}.out.json")
+    with open(job_path, "w") as f:
+        json.dump(job, f)
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inferlab.worker", job_path, out_path],
+            stdout=log,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # Ctrl-C reaches the parent only; it then stops the child
+        )
+
+        def pump():
+            for line in proc.stderr:
+                log.write(line)
+                log.flush()
+                if line.startswith(PROGRESS):
+                    show(line[len(PROGRESS):].strip())
+                elif line.strip():
+                    tail.append(line.rstrip())
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            reader.join(5)
+            return WorkerOutcome("timeout", {}, f"no result after {timeout_s:.0f} s (timeout); killed")
+        except BaseException:  # KeyboardInterrupt: stop the child, then let the caller save
+            _kill(proc)
+            raise
+        reader.join(5)
+    data = {}
+    if os.path.exists(out_path):
+        with open(out_path) as f:
+            data = json.load(f)
+    if data.get("status") == "failed":
+        return WorkerOutcome("failed", data, data.get("error"))
+    if proc.returncode != 0 or not data:
+        if proc.returncode and proc.returncode < 0:
+            why = f"process killed by {signal.Signals(-proc.returncode).name}"
+        else:
+            why = f"process exited with code {proc.returncode}"
+        last = tail[-1] if tail else "no output"
+        return WorkerOutcome("failed", data, f"{why}; last output: {last[:300]}")
+    return WorkerOutcome("ok", data, None)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _job(phase: str, method: str, model: ModelRef, prompt_ids, config: RunConfig) -> dict:
+    return {
+        "phase": phase,
+        "method": method,
+        "model": model.to_dict(),
+        "prompt_ids": prompt_ids,
+        "threads": config.threads,
+        "config": config.to_dict(),
+    }
+
+
+def run_method(method, model, prompt_ids, config, workdir, logdir, show, phase="measure"):
+    """Prepare (own process, if the method has a conversion step), then measure."""
+    result = MethodResult(method=method, status="running")
+    from .engines import engine_class
+
+    result.summary = engine_class(method).summary
+    log_path = os.path.join(logdir, f"{method}.log")
+    if method in PREPARED:
+        show_m = lambda msg: show(f"{method}: {msg}")  # noqa: E731
+        out = run_worker(_job("prepare", method, model, prompt_ids, config), workdir, log_path,
+                         config.timeout_s, show_m)
+        if out.status != "ok":
+            result.status, result.error = out.status, f"prepare: {out.error}"
+            return result
+        result.prepare_s = out.data["prepare_s"]
+        result.prepare_cache_hit = out.data["prepare_cache_hit"]
+    out = run_worker(_job(phase, method, model, prompt_ids, config), workdir, log_path,
+                     config.timeout_s, lambda msg: show(f"{method}: {msg}"))
+    if out.status != "ok":
+        result.status, result.error = out.status, out.error
+        return result
+    for key, value in out.data.items():
+        if key in MethodResult.__dataclass_fields__ and key not in ("prepare_s", "prepare_cache_hit"):
+            setattr(result, key, value)
+    result.runs = MethodResult.from_dict({"method": method, "status": "ok", "runs": out.data["runs"]}).runs
+    result.text = decode_text(model, result.tokens)
+    return result
+
+
+def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
+    """Benchmark every method of `config`. Returns the results and their folder.
+
+    On KeyboardInterrupt the results so far are saved (status 'interrupted') and it re-raises."""
+    show = show or Display()
+    config.validate()
+    show(f"resolving model {config.model}")
+    model = resolve(config.model)
+    prompt_ids = tokenize_prompt(model, config.prompt)
+    folder = new_results_folder(config.output_dir, model.name)
+    workdir = os.path.join(folder, ".work")
+    logdir = os.path.join(folder, "logs")
+    os.makedirs(workdir)
+    os.makedirs(logdir)
+    results = RunResults(
+        config=config.to_dict(),
+        machine=machine.describe(),
+        model={**model.to_dict(), "prompt_ids": prompt_ids},
+        prompt_tokens=len(prompt_ids),
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        inferlab_version=__version__,
+    )
+    path = os.path.join(folder, "results.json")
+    # the reference first: every other method is compared with its tokens
+    order = sorted(config.methods, key=lambda m: m != defaults.REFERENCE_METHOD)
+    try:
+        save(results, path)
+        if defaults.REFERENCE_METHOD not in order:
+            show(f"reference tokens ({defaults.REFERENCE_METHOD}, one generation)")
+            ref = run_method(defaults.REFERENCE_METHOD, model, prompt_ids, config, workdir,
+                             logdir, show, phase="reference")
+            results.reference_tokens = ref.tokens if ref.ok else None
+        for i, method in enumerate(order, 1):
+            show(f"[{i}/{len(order)}] {method}")
+            result = MethodResult(method=method, status="interrupted")
+            results.methods.append(result)
+            result = run_method(method, model, prompt_ids, config, workdir, logdir, show)
+            results.methods[-1] = result
+            if method == defaults.REFERENCE_METHOD and result.ok:
+                results.reference_tokens = result.tokens
+            _score_agreement(results)
+            save(results, path)
+            show(f"  {method}: {result.status}" + (f" ({result.error})" if result.error else ""))
+        results.status = "complete"
+    except KeyboardInterrupt:
+        results.status = "interrupted"
+        _score_agreement(results)
+        save(results, path)
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    save(results, path)
+    return results, folder
+
+
+def _score_agreement(results: RunResults) -> None:
+    ref = results.reference_tokens
+    for m in results.methods:
+        if m.ok and ref:
+            m.first_divergence = first_divergence(m.tokens, ref)

@@ -1,0 +1,106 @@
+"""One method in its own process: `python -m inferlab.worker JOB.json OUT.json`.
+
+A fresh process per method keeps peak RSS honest and isolates crashes and hangs: the parent
+(runner.py) enforces the timeout and records whatever happened."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+import warnings
+
+PROGRESS = "@@"  # stderr lines starting with this are progress for the parent's display
+
+
+def progress(message: str) -> None:
+    print(f"{PROGRESS} {message}", file=sys.stderr, flush=True)
+
+
+def _quiet_libraries() -> None:
+    # deprecation chatter from torch.ao / transformers goes to the log, not the user's screen
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore")
+
+
+def run_prepare(job: dict) -> dict:
+    from .engines import engine_class
+    from .models import ModelRef
+
+    engine = engine_class(job["method"])(ModelRef.from_dict(job["model"]), job["threads"])
+    progress("preparing (export / conversion, cached afterwards)")
+    t0 = time.perf_counter()
+    hit = engine.prepare()
+    return {"prepare_s": None if hit else time.perf_counter() - t0, "prepare_cache_hit": hit}
+
+
+def run_measure(job: dict) -> dict:
+    import torch
+
+    from .engines import engine_class
+    from .harness import measure
+    from .models import ModelRef
+
+    torch.set_num_threads(job["threads"])
+    engine = engine_class(job["method"])(ModelRef.from_dict(job["model"]), job["threads"])
+    progress("loading")
+    t0 = time.perf_counter()
+    engine.load()
+    load_s = time.perf_counter() - t0
+    cfg = job["config"]
+    m = measure(
+        engine,
+        job["prompt_ids"],
+        cfg["new_tokens"],
+        warmup=cfg["warmup"] if job["phase"] == "measure" else 0,
+        min_repeats=cfg["min_repeats"] if job["phase"] == "measure" else 1,
+        min_time_s=cfg["min_time_s"] if job["phase"] == "measure" else 0.0,
+        max_repeats=cfg["max_repeats"] if job["phase"] == "measure" else 1,
+        progress=progress,
+    )
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    info = engine.info()
+    return {
+        "status": "ok",
+        "load_s": load_s,
+        "first_call_s": m.first_call_s,
+        "warmup_runs": m.warmup_runs,
+        "runs": [{"ttft_s": r.ttft_s, "e2e_s": r.e2e_s, "itl_s": r.itl_s} for r in m.runs],
+        "tokens": m.runs[0].tokens,
+        "deterministic": m.deterministic,
+        "peak_rss_bytes": peak_rss,
+        "threads": job["threads"],
+        "weight_bytes": info.get("weight_bytes"),
+        "file_bytes": info.get("file_bytes"),
+        "parameters": info.get("parameters"),
+        "details": info.get("details", {}),
+    }
+
+
+PHASES = {"prepare": run_prepare, "measure": run_measure, "reference": run_measure}
+
+
+def main(argv: list[str]) -> int:
+    from .results import write_json_atomic
+
+    job_path, out_path = argv
+    with open(job_path) as f:
+        job = json.load(f)
+    _quiet_libraries()
+    try:
+        out = PHASES[job["phase"]](job)
+        code = 0
+    except Exception as e:  # noqa: BLE001 - any engine failure becomes a recorded result
+        traceback.print_exc(file=sys.stderr)
+        first = (str(e).strip().splitlines() or [""])[0]
+        out = {"status": "failed", "error": f"{type(e).__name__}: {first}"[:500]}
+        code = 1
+    write_json_atomic(out_path, out)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
