@@ -24,7 +24,7 @@ def comparisons(results) -> dict:
         entry = {}
         for against in (defaults.BASELINE_METHOD, defaults.REFERENCE_METHOD):
             other = results.method(against)
-            if other is None or not other.ok:
+            if other is None or not other.ok or other is m:
                 continue
             for figure in ("e2e_s", "tpot_s"):
                 r = ratio_of_medians(other.samples(figure), m.samples(figure))

@@ -125,12 +125,12 @@ def cmd_run(args) -> int:
         results, folder = run(config, Display(quiet=args.quiet))
     except ModelError as e:
         return _fail(str(e))
-    except KeyboardInterrupt:
-        print("\ninferlab: interrupted; results measured so far are saved", file=sys.stderr)
-        return EXIT_INTERRUPTED
     write_reports(results, folder)
     print(console_table(results))
     print(f"\nresults: {os.path.join(folder, 'results.json')}\nreport:  {os.path.join(folder, 'report.md')}")
+    if results.status == "interrupted":
+        print("inferlab: interrupted; the results measured so far are saved", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK if all(m.ok for m in results.methods) else EXIT_METHOD_FAILED
 
 

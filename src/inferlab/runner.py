@@ -17,7 +17,7 @@ import threading
 from . import __version__, defaults, machine
 from .analysis import first_divergence
 from .config import RunConfig
-from .engines import PREPARED
+from .engines import PREPARED, engine_class, engine_path
 from .models import ModelRef, resolve
 from .results import MethodResult, RunResults, save
 from .worker import PROGRESS
@@ -141,6 +141,7 @@ def _job(phase: str, method: str, model: ModelRef, prompt_ids, config: RunConfig
     return {
         "phase": phase,
         "method": method,
+        "engine": engine_path(method),
         "model": model.to_dict(),
         "prompt_ids": prompt_ids,
         "threads": config.threads,
@@ -151,8 +152,6 @@ def _job(phase: str, method: str, model: ModelRef, prompt_ids, config: RunConfig
 def run_method(method, model, prompt_ids, config, workdir, logdir, show, phase="measure"):
     """Prepare (own process, if the method has a conversion step), then measure."""
     result = MethodResult(method=method, status="running")
-    from .engines import engine_class
-
     result.summary = engine_class(method).summary
     log_path = os.path.join(logdir, f"{method}.log")
     if method in PREPARED:
@@ -180,7 +179,8 @@ def run_method(method, model, prompt_ids, config, workdir, logdir, show, phase="
 def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
     """Benchmark every method of `config`. Returns the results and their folder.
 
-    On KeyboardInterrupt the results so far are saved (status 'interrupted') and it re-raises."""
+    On KeyboardInterrupt the running method is stopped, the results so far are saved and
+    returned with status 'interrupted'."""
     show = show or Display()
     config.validate()
     show(f"resolving model {config.model}")
@@ -224,8 +224,6 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
     except KeyboardInterrupt:
         results.status = "interrupted"
         _score_agreement(results)
-        save(results, path)
-        raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     save(results, path)

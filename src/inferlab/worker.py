@@ -27,10 +27,10 @@ def _quiet_libraries() -> None:
 
 
 def run_prepare(job: dict) -> dict:
-    from .engines import engine_class
+    from .engines import import_engine
     from .models import ModelRef
 
-    engine = engine_class(job["method"])(ModelRef.from_dict(job["model"]), job["threads"])
+    engine = import_engine(job["engine"])(ModelRef.from_dict(job["model"]), job["threads"])
     progress("preparing (export / conversion, cached afterwards)")
     t0 = time.perf_counter()
     hit = engine.prepare()
@@ -40,12 +40,12 @@ def run_prepare(job: dict) -> dict:
 def run_measure(job: dict) -> dict:
     import torch
 
-    from .engines import engine_class
+    from .engines import import_engine
     from .harness import measure
     from .models import ModelRef
 
     torch.set_num_threads(job["threads"])
-    engine = engine_class(job["method"])(ModelRef.from_dict(job["model"]), job["threads"])
+    engine = import_engine(job["engine"])(ModelRef.from_dict(job["model"]), job["threads"])
     progress("loading")
     t0 = time.perf_counter()
     engine.load()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .base import Engine, EngineError
 
-# name -> "module:Class"; imported on use so that listing methods needs no torch
+# name -> "module:Class" (a module of this package, or a dotted path); imported on use
 REGISTRY: dict[str, str] = {
     "eager-nocache": "eager_nocache:EagerNoCache",
     "kv-cache": "kv_cache:KVCache",
@@ -21,13 +21,24 @@ def method_names() -> list[str]:
     return list(REGISTRY)
 
 
-def engine_class(name: str) -> type[Engine]:
-    import importlib
-
+def engine_path(name: str) -> str:
+    """'package.module:Class' of a method; what a worker process is told to import."""
     if name not in REGISTRY:
         raise KeyError(f"unknown method '{name}' (valid: {', '.join(REGISTRY)})")
     module, cls = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    return f"{module}:{cls}" if "." in module else f"{__name__}.{module}:{cls}"
 
 
-__all__ = ["Engine", "EngineError", "REGISTRY", "PREPARED", "method_names", "engine_class"]
+def import_engine(path: str) -> type[Engine]:
+    import importlib
+
+    module, cls = path.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def engine_class(name: str) -> type[Engine]:
+    return import_engine(engine_path(name))
+
+
+__all__ = ["Engine", "EngineError", "REGISTRY", "PREPARED", "method_names", "engine_class",
+           "engine_path", "import_engine"]

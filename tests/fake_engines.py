@@ -1,0 +1,51 @@
+"""Engines that misbehave on purpose, to check that a run isolates them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+
+from inferlab.engines.base import Engine
+
+
+class _Fake(Engine):
+    summary = "test engine"
+
+    def load(self):
+        pass
+
+    def prefill(self, token_ids):
+        return np.zeros(8, dtype=np.float32)
+
+    def decode(self, token_id):
+        return np.zeros(8, dtype=np.float32)
+
+    def window_logits(self, token_ids):
+        return np.zeros((len(token_ids), 8), dtype=np.float32)
+
+    def info(self):
+        return {"weight_bytes": 0, "file_bytes": 0, "details": {}}
+
+
+class Raising(_Fake):
+    name = "raising"
+
+    def load(self):
+        raise RuntimeError("this engine always fails to load")
+
+
+class Crashing(_Fake):
+    name = "crashing"
+
+    def decode(self, token_id):
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+class Hanging(_Fake):
+    name = "hanging"
+
+    def decode(self, token_id):
+        time.sleep(3600)

@@ -1,0 +1,111 @@
+"""The engine contract, over every registered method, on tiny GPT-2 and Llama models."""
+
+import numpy as np
+import pytest
+import torch
+
+from inferlab.engines import REGISTRY, EngineError, engine_class, method_names
+from inferlab.harness import argmax, generate
+
+FP32_METHODS = {"eager-nocache", "kv-cache", "onnx"}  # must match the reference exactly
+ARCHS = ("gpt2", "llama")
+PROMPT = [5, 17, 42, 99, 3, 250, 7]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_refs):
+    cache = {}
+
+    def get(method, arch):
+        if (method, arch) not in cache:
+            engine = engine_class(method)(tiny_refs[arch], threads=1)
+            engine.prepare()
+            engine.load()
+            cache[(method, arch)] = engine
+        return cache[(method, arch)]
+
+    return get
+
+
+def test_registry_lists_the_studys_methods():
+    assert {"eager-nocache", "kv-cache", "torch-int8", "onnx", "onnx-int8"} <= set(method_names())
+    for name in REGISTRY:
+        cls = engine_class(name)
+        assert cls.name == name and cls.summary
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", method_names())
+def test_contract(loaded, method, arch):
+    engine = loaded(method, arch)
+    vocab = 320
+    logits = np.asarray(engine.prefill(PROMPT))
+    assert logits.shape == (vocab,) and np.isfinite(logits).all()
+    step = np.asarray(engine.decode(argmax(logits)))
+    assert step.shape == (vocab,) and np.isfinite(step).all()
+    # window logits: one row per position; the last row is what prefill saw
+    window = engine.window_logits(PROMPT)
+    assert window.shape == (len(PROMPT), vocab) and window.dtype == np.float32
+    # int8 engines quantize activations per call, so the row depends a little on the others
+    atol = 1e-3 if method in FP32_METHODS else 0.05
+    assert np.allclose(window[-1], np.asarray(engine.prefill(PROMPT)), atol=atol)
+    info = engine.info()
+    assert info["weight_bytes"] > 0 and info["file_bytes"] > 0
+    assert isinstance(info["details"], dict)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", sorted(FP32_METHODS - {"kv-cache"}))
+def test_fp32_methods_reproduce_the_reference_tokens(loaded, method, arch):
+    ref = generate(loaded("kv-cache", arch), PROMPT, 20).tokens
+    assert generate(loaded(method, arch), PROMPT, 20).tokens == ref
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kv_cache_logits_match_no_cache_logits(loaded, arch):
+    a, b = loaded("kv-cache", arch), loaded("eager-nocache", arch)
+    la, lb = a.prefill(PROMPT), b.prefill(PROMPT)
+    for _ in range(5):
+        t = argmax(la)
+        assert torch.allclose(la, lb, atol=1e-4)
+        la, lb = a.decode(t), b.decode(t)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_torch_int8_quantizes_every_linear_layer(loaded, arch):
+    d = loaded("torch-int8", arch).info()["details"]
+    n_linear = 2 * (4 if arch == "gpt2" else 7) + 1  # per block + lm_head
+    assert d["quantized_layers"] == n_linear
+    assert d["conv1d_converted_to_linear"] == (8 if arch == "gpt2" else 0)
+    assert loaded("torch-int8", arch).info()["weight_bytes"] < d["weight_bytes_before"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_onnx_int8_quantizes_matmuls_and_shrinks(loaded, arch):
+    e = loaded("onnx-int8", arch)
+    d = e.info()["details"]
+    assert d["quantized_nodes"] > 0
+    assert e.info()["weight_bytes"] < loaded("onnx", arch).info()["weight_bytes"]
+
+
+def test_conv1d_to_linear_is_exact(tiny_refs):
+    from transformers import AutoModelForCausalLM
+
+    from inferlab.engines.torch_int8 import conv1d_to_linear
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_refs["gpt2"].path).eval()
+    ids = torch.tensor([PROMPT])
+    with torch.no_grad():
+        before = model(ids).logits
+        assert conv1d_to_linear(model) == 8
+        after = model(ids).logits
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_int8_that_quantizes_nothing_is_an_error(tiny_refs, monkeypatch):
+    import inferlab.engines.torch_int8 as ti
+
+    monkeypatch.setattr("torch.ao.quantization.quantize_dynamic", lambda model, *a, **k: model)
+    engine = ti.TorchInt8(tiny_refs["llama"], threads=1)
+    with pytest.raises(EngineError, match="0 layers"):
+        engine.load()

@@ -1,0 +1,70 @@
+import json
+import os
+
+import pytest
+
+from inferlab import defaults
+from inferlab.analysis import first_divergence
+from inferlab.results import (MethodResult, ResultsError, RunResults, RunSample, load, save,
+                              write_json_atomic)
+
+
+def sample_results():
+    def method(name, base):
+        runs = [RunSample(ttft_s=base, e2e_s=base * 10 + i * 1e-3, itl_s=[base] * 9) for i in range(6)]
+        return MethodResult(method=name, status="ok", runs=runs, tokens=list(range(10)),
+                            weight_bytes=100, details={"quantized_layers": 3})
+
+    r = RunResults(config={"new_tokens": 10}, machine={"cpu": "x"}, model={"name": "m"},
+                   prompt_tokens=4, created="2026-11-27T00:00:00+00:00")
+    r.methods = [method("eager-nocache", 0.04), method("kv-cache", 0.02),
+                 MethodResult(method="onnx", status="failed", error="boom")]
+    r.status = "complete"
+    return r
+
+
+def test_round_trip(tmp_path):
+    r = sample_results()
+    path = tmp_path / "results.json"
+    save(r, str(path))
+    back = load(str(path))
+    assert back.to_dict() == r.to_dict()
+    assert back.method("kv-cache").runs[0] == r.method("kv-cache").runs[0]
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == defaults.SCHEMA_VERSION
+    sp = data["comparisons"]["kv-cache"]["speedup_e2e_vs_eager-nocache"]
+    assert sp["value"] == pytest.approx(2.0, rel=0.01) and sp["significant"]
+    assert data["methods"][1]["figures"]["tpot_s"]["median"] == pytest.approx(
+        r.method("kv-cache").figure("tpot_s").median)
+
+
+def test_corrupt_and_foreign_files_give_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"methods": [')
+    with pytest.raises(ResultsError, match="corrupt"):
+        load(str(bad))
+    with pytest.raises(ResultsError, match="not found"):
+        load(str(tmp_path / "missing.json"))
+    other = tmp_path / "other.json"
+    other.write_text('{"hello": 1}')
+    with pytest.raises(ResultsError, match="not an inferlab results file"):
+        load(str(other))
+    future = tmp_path / "future.json"
+    future.write_text(json.dumps({**sample_results().to_dict(), "schema_version": 99}))
+    with pytest.raises(ResultsError, match="schema version"):
+        load(str(future))
+
+
+def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "r.json"
+    write_json_atomic(str(path), {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(str(path), {"a": object()})  # not serializable mid-write
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert os.listdir(tmp_path) == ["r.json"]  # no temporary file left behind
+
+
+def test_first_divergence():
+    assert first_divergence([1, 2, 3], [1, 2, 3]) == 3
+    assert first_divergence([1, 9, 3], [1, 2, 3]) == 1
+    assert first_divergence([5], [1]) == 0
