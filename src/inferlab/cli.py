@@ -60,6 +60,8 @@ def add_measure_options(p: argparse.ArgumentParser) -> None:
     src = g.add_mutually_exclusive_group()
     src.add_argument("--prompt", default=defaults.DEFAULT_PROMPT, help="prompt text")
     src.add_argument("--prompt-file", help="read the prompt from this text file")
+    g.add_argument("--no-chat-template", action="store_true",
+                   help="feed the prompt as raw text even if the tokenizer has a chat template")
     g.add_argument("--new-tokens", type=_positive_int, default=defaults.DEFAULT_NEW_TOKENS,
                    help=f"exactly this many generated tokens (default {defaults.DEFAULT_NEW_TOKENS})")
     g.add_argument("--threads", type=_positive_int, default=defaults.default_threads(),
@@ -103,7 +105,8 @@ def config_from_args(args):
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"cannot read --prompt-file {args.prompt_file}: {e}") from None
     return RunConfig(
-        model=args.model, methods=args.methods, prompt=prompt, new_tokens=args.new_tokens,
+        model=args.model, methods=args.methods, prompt=prompt,
+        chat_template=not args.no_chat_template, new_tokens=args.new_tokens,
         threads=args.threads, warmup=args.warmup, min_repeats=args.repeats,
         max_repeats=args.max_repeats, min_time_s=args.min_time, timeout_s=args.timeout,
         output_dir=args.output,

@@ -12,6 +12,7 @@ class RunConfig:
     model: str = defaults.DEFAULT_MODEL
     methods: list[str] = field(default_factory=lambda: list(defaults.DEFAULT_METHODS))
     prompt: str = defaults.DEFAULT_PROMPT
+    chat_template: bool = True  # wrap the prompt in the model's chat template when it has one
     new_tokens: int = defaults.DEFAULT_NEW_TOKENS
     threads: int = field(default_factory=defaults.default_threads)
     warmup: int = defaults.DEFAULT_WARMUP

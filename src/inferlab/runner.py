@@ -49,16 +49,22 @@ def new_results_folder(base: str, model_name: str) -> str:
     raise RuntimeError(f"cannot create a new results folder under {base}")
 
 
-def tokenize_prompt(model: ModelRef, prompt: str) -> list[int]:
+def tokenize_prompt(model: ModelRef, prompt: str, chat_template: bool) -> tuple[list[int], bool]:
+    """Prompt ids, and whether the model's chat template was applied (instruct models answer
+    a raw prompt oddly: SmolLM2 starts with an end-of-turn token)."""
     from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(model.path)
     except Exception as e:  # noqa: BLE001
-        from .models import ModelError
+        from .models import ModelError, _first_line
 
-        raise ModelError(f"no usable tokenizer in {model.path}: {e}") from e
-    return list(tok(prompt, add_special_tokens=True)["input_ids"])
+        raise ModelError(f"no usable tokenizer in {model.path}: {_first_line(e)}") from e
+    if chat_template and getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                      add_generation_prompt=True, tokenize=True)
+        return [int(i) for i in ids], True
+    return list(tok(prompt, add_special_tokens=True)["input_ids"]), False
 
 
 def decode_text(model: ModelRef, tokens: list[int]) -> str:
@@ -185,7 +191,7 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
     config.validate()
     show(f"resolving model {config.model}")
     model = resolve(config.model)
-    prompt_ids = tokenize_prompt(model, config.prompt)
+    prompt_ids, templated = tokenize_prompt(model, config.prompt, config.chat_template)
     folder = new_results_folder(config.output_dir, model.name)
     workdir = os.path.join(folder, ".work")
     logdir = os.path.join(folder, "logs")
@@ -194,7 +200,7 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
     results = RunResults(
         config=config.to_dict(),
         machine=machine.describe(),
-        model={**model.to_dict(), "prompt_ids": prompt_ids},
+        model={**model.to_dict(), "prompt_ids": prompt_ids, "chat_template_applied": templated},
         prompt_tokens=len(prompt_ids),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         inferlab_version=__version__,

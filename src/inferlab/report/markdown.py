@@ -60,7 +60,9 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
         f"results schema {results.schema_version}.",
         "",
         f"Batch 1, greedy, exactly {cfg['new_tokens']} new tokens after a "
-        f"{results.prompt_tokens}-token prompt, {cfg['threads']} threads. Each method ran in its "
+        f"{results.prompt_tokens}-token prompt"
+        f"{' (chat template applied)' if model.get('chat_template_applied') else ''}, "
+        f"{cfg['threads']} threads. Each method ran in its "
         f"own process: one untimed first call (+{max(cfg['warmup'] - 1, 0)} warmup), then timed "
         f"runs until at least {cfg['min_repeats']} runs and {cfg['min_time_s']:g} s (cap "
         f"{cfg['max_repeats']}). Figures are medians over runs; E2E shows ± MAD; speedups are ratios "

@@ -1,0 +1,143 @@
+"""End-to-end: the CLI on tiny models, failures isolated, bad inputs, interrupts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from inferlab import cli, engines
+from inferlab.results import load
+
+FAST = ["--new-tokens", "6", "--repeats", "2", "--min-time", "0", "--warmup", "1", "--threads", "1"]
+
+
+def run_cli(*args):
+    """The exit code main() returns or argparse exits with."""
+    try:
+        return cli.main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+
+
+def only_run_folder(base):
+    (folder,) = [os.path.join(base, d) for d in os.listdir(base)]
+    return folder
+
+
+def test_run_end_to_end_and_report_redraw(tiny_models, tmp_path, capsys):
+    out = tmp_path / "results"
+    code = run_cli("run", "--model", tiny_models["gpt2"], "--methods",
+                   "eager-nocache,kv-cache,torch-int8", "--output", out, "--quiet", *FAST)
+    assert code == 0
+    folder = only_run_folder(out)
+    for name in ("results.json", "report.md", "report.html", "e2e_latency.png",
+                 "itl_by_position.png", "speed_vs_size.png"):
+        assert os.path.getsize(os.path.join(folder, name)) > 0, name
+    r = load(os.path.join(folder, "results.json"))
+    assert r.status == "complete" and [m.method for m in r.methods][0] == "kv-cache"
+    for m in r.methods:
+        assert m.ok and len(m.runs) == 2 and len(m.tokens) == 6
+        assert all(len(run.itl_s) == 5 for run in m.runs)
+        assert m.peak_rss_bytes > 0 and m.weight_bytes > 0
+    assert r.method("eager-nocache").first_divergence == 6  # same tokens as the reference
+    md = open(os.path.join(folder, "report.md")).read()
+    assert "| eager-nocache | ok |" in md and "speedup" in md
+    assert "eager-nocache" in capsys.readouterr().out  # the console table
+    # redraw without rerunning: remove the report, draw it again from results.json
+    os.remove(os.path.join(folder, "report.md"))
+    assert run_cli("report", os.path.join(folder, "results.json")) == 0
+    assert open(os.path.join(folder, "report.md")).read() == md
+
+
+def test_runs_never_overwrite_each_other(tiny_models, tmp_path):
+    out = tmp_path / "results"
+    for _ in range(2):
+        assert run_cli("run", "--model", tiny_models["llama"], "--methods", "kv-cache",
+                       "--output", out, "--quiet", *FAST) == 0
+    assert len(os.listdir(out)) == 2
+
+
+def test_failing_and_hanging_engines_are_isolated(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setitem(engines.REGISTRY, "raising", "tests.fake_engines:Raising")
+    monkeypatch.setitem(engines.REGISTRY, "crashing", "tests.fake_engines:Crashing")
+    monkeypatch.setitem(engines.REGISTRY, "hanging", "tests.fake_engines:Hanging")
+    out = tmp_path / "results"
+    code = run_cli("run", "--model", tiny_models["llama"], "--methods",
+                   "raising,crashing,hanging,kv-cache", "--timeout", "20", "--output", out,
+                   "--quiet", *FAST)
+    assert code == 1  # finished, but some methods failed
+    r = load(os.path.join(only_run_folder(out), "results.json"))
+    assert r.status == "complete"
+    by = {m.method: m for m in r.methods}
+    assert by["kv-cache"].ok
+    assert by["raising"].status == "failed" and "always fails to load" in by["raising"].error
+    assert by["crashing"].status == "failed" and "SIGSEGV" in by["crashing"].error
+    assert by["hanging"].status == "timeout" and "timeout" in by["hanging"].error
+    assert "FAILED" in open(os.path.join(only_run_folder(out), "report.md")).read()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/no/such/folder"], "model not found"),
+    (["--model", "missing.gguf"], "model file not found"),
+    (["--methods", "kv-cache,warp-drive"], "unknown method"),
+    (["--new-tokens", "0"], "must be at least 1"),
+    (["--prompt-file", "/no/such/prompt.txt", "--methods", "kv-cache"], "cannot read --prompt-file"),
+])
+def test_bad_inputs_exit_2_with_one_line(args, message, tmp_path, capsys):
+    assert run_cli("run", "--output", tmp_path / "r", "--quiet", *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]
+    assert not (tmp_path / "r").exists() or not os.listdir(tmp_path / "r")
+
+
+def test_not_a_causal_lm(tmp_path, capsys):
+    from transformers import ViTConfig
+
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+              intermediate_size=64).save_pretrained(tmp_path / "vit")
+    assert run_cli("run", "--model", tmp_path / "vit", "--quiet") == 2
+    assert "not a causal language model" in capsys.readouterr().err
+
+
+def test_report_of_corrupt_file_exits_2(tmp_path, capsys):
+    bad = tmp_path / "results.json"
+    bad.write_text("{not json")
+    assert run_cli("report", bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert "corrupt" in err and len(err.splitlines()) == 1
+
+
+def test_interrupt_saves_what_was_measured(tiny_models, tmp_path):
+    """Ctrl-C during a hanging method: exit 130, the finished method is kept, no temp files."""
+    out = tmp_path / "results"
+    code = (
+        "import sys; from inferlab import cli, engines; "
+        "engines.REGISTRY['hanging'] = 'tests.fake_engines:Hanging'; "
+        "sys.exit(cli.main(sys.argv[1:]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "run", "--model", tiny_models["llama"], "--methods",
+         "kv-cache,hanging", "--output", str(out), "--quiet", *FAST],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        paths = [os.path.join(out, d, "results.json") for d in os.listdir(out)] if out.exists() else []
+        if paths and os.path.exists(paths[0]):
+            data = json.load(open(paths[0]))
+            if any(m["method"] == "hanging" for m in data["methods"]):
+                break
+    time.sleep(3)  # the hanging method's worker is now inside decode
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    folder = only_run_folder(out)
+    r = load(os.path.join(folder, "results.json"))
+    assert r.status == "interrupted"
+    assert r.method("kv-cache").ok and r.method("hanging").status == "interrupted"
+    assert os.path.exists(os.path.join(folder, "report.md"))
+    assert not [f for f in os.listdir(folder) if f.startswith(".")]
