@@ -1,4 +1,4 @@
-"""Command line: `inferlab run`, `inferlab report`, `inferlab methods`.
+"""Command line: `inferlab run`, `inferlab quality`, `inferlab report`, `inferlab methods`.
 
 Exit codes: 0 all good; 1 the run finished but a method failed; 2 bad input (model, option,
 results file); 130 interrupted (results measured so far are saved)."""
@@ -48,7 +48,7 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def add_measure_options(p: argparse.ArgumentParser) -> None:
+def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = True) -> None:
     g = p.add_argument_group("model and methods")
     g.add_argument("--model", default=defaults.DEFAULT_MODEL,
                    help="bundled 'smollm2-135m' (default), 'gpt2-random', a local Hugging Face "
@@ -78,6 +78,12 @@ def add_measure_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=_non_negative_float, default=defaults.DEFAULT_METHOD_TIMEOUT_S,
                    help="seconds before a method's process is killed "
                         f"(default {defaults.DEFAULT_METHOD_TIMEOUT_S:g})")
+    g = p.add_argument_group("quality (against the fp32 reference)")
+    if with_quality_switch:
+        g.add_argument("--no-quality", action="store_true",
+                       help="skip the quality evaluation (speed only, faster)")
+    g.add_argument("--text-file",
+                   help="UTF-8 text for perplexity and KL (default: CPython's pydoc_data.topics)")
     p.add_argument("--output", default=defaults.RESULTS_DIR,
                    help="folder under which each run gets a new folder (default results/)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -88,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="benchmark methods and write results, report and charts")
     add_measure_options(p)
+    p = sub.add_parser("quality", help="only the quality evaluation (no timing): perplexity, "
+                                       "KL, top-1 and greedy agreement with PASS/FAIL")
+    add_measure_options(p, with_quality_switch=False)
     p = sub.add_parser("report", help="redraw report.md, report.html and charts from a results.json")
     p.add_argument("results", help="path to a results.json (or its folder)")
     sub.add_parser("methods", help="list the methods")
@@ -109,7 +118,9 @@ def config_from_args(args):
         chat_template=not args.no_chat_template, new_tokens=args.new_tokens,
         threads=args.threads, warmup=args.warmup, min_repeats=args.repeats,
         max_repeats=args.max_repeats, min_time_s=args.min_time, timeout_s=args.timeout,
-        output_dir=args.output,
+        output_dir=args.output, speed=args.command == "run",
+        quality=args.command == "quality" or not getattr(args, "no_quality", False),
+        text_file=args.text_file,
     )
 
 
@@ -126,7 +137,7 @@ def cmd_run(args) -> int:
         return _fail(str(e))
     try:
         results, folder = run(config, Display(quiet=args.quiet))
-    except ModelError as e:
+    except (ModelError, ValueError) as e:
         return _fail(str(e))
     write_reports(results, folder)
     print(console_table(results))
@@ -170,7 +181,8 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "report": cmd_report, "methods": cmd_methods}[args.command]
+    handler = {"run": cmd_run, "quality": cmd_run, "report": cmd_report,
+               "methods": cmd_methods}[args.command]
     return handler(args)
 
 

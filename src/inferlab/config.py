@@ -21,6 +21,9 @@ class RunConfig:
     max_repeats: int = defaults.DEFAULT_MAX_REPEATS
     timeout_s: float = defaults.DEFAULT_METHOD_TIMEOUT_S
     output_dir: str = defaults.RESULTS_DIR
+    speed: bool = True  # time generations (off: `inferlab quality`)
+    quality: bool = True  # evaluate against the reference (off: --no-quality)
+    text_file: str | None = None  # perplexity text; default: CPython's pydoc_data.topics
 
     def validate(self) -> None:
         """Raise ValueError (one line) on values that cannot be measured."""
@@ -43,6 +46,8 @@ class RunConfig:
             raise ValueError("--repeats must be >= 1 and --max-repeats >= --repeats")
         if self.warmup < 0 or self.min_time_s < 0 or self.timeout_s <= 0:
             raise ValueError("--warmup and --min-time must be >= 0, --timeout > 0")
+        if not (self.speed or self.quality):
+            raise ValueError("nothing to do: both speed and quality are off")
         if not self.prompt.strip():
             raise ValueError("the prompt is empty")
 

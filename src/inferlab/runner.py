@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 
 from . import __version__, defaults, machine
 from .analysis import first_divergence
@@ -143,43 +144,80 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _job(phase: str, method: str, model: ModelRef, prompt_ids, config: RunConfig) -> dict:
+@dataclass
+class RunContext:
+    """What every method of one run shares."""
+
+    model: ModelRef
+    prompt_ids: list[int]
+    config: RunConfig
+    workdir: str
+    logdir: str
+    show: Display
+    quality_plan: dict | None = None
+
+
+def _job(phase: str, method: str, ctx: RunContext, timed_runs, with_quality: bool) -> dict:
     return {
         "phase": phase,
         "method": method,
         "engine": engine_path(method),
-        "model": model.to_dict(),
-        "prompt_ids": prompt_ids,
-        "threads": config.threads,
-        "config": config.to_dict(),
+        "model": ctx.model.to_dict(),
+        "prompt_ids": ctx.prompt_ids,
+        "threads": ctx.config.threads,
+        "config": ctx.config.to_dict(),
+        "timed_runs": timed_runs,  # "full" | "once" | None
+        "quality_plan": ctx.quality_plan if with_quality else None,
+        "is_reference": method == defaults.REFERENCE_METHOD,
     }
 
 
-def run_method(method, model, prompt_ids, config, workdir, logdir, show, phase="measure"):
+def run_method(method: str, ctx: RunContext, timed_runs, with_quality: bool) -> MethodResult:
     """Prepare (own process, if the method has a conversion step), then measure."""
     result = MethodResult(method=method, status="running")
     result.summary = engine_class(method).summary
-    log_path = os.path.join(logdir, f"{method}.log")
+    log_path = os.path.join(ctx.logdir, f"{method}.log")
+    show = lambda msg: ctx.show(f"{method}: {msg}")  # noqa: E731
+    timeout = ctx.config.timeout_s
     if method in PREPARED:
-        show_m = lambda msg: show(f"{method}: {msg}")  # noqa: E731
-        out = run_worker(_job("prepare", method, model, prompt_ids, config), workdir, log_path,
-                         config.timeout_s, show_m)
+        out = run_worker(_job("prepare", method, ctx, None, False), ctx.workdir, log_path,
+                         timeout, show)
         if out.status != "ok":
             result.status, result.error = out.status, f"prepare: {out.error}"
             return result
         result.prepare_s = out.data["prepare_s"]
         result.prepare_cache_hit = out.data["prepare_cache_hit"]
-    out = run_worker(_job(phase, method, model, prompt_ids, config), workdir, log_path,
-                     config.timeout_s, lambda msg: show(f"{method}: {msg}"))
+    out = run_worker(_job("measure", method, ctx, timed_runs, with_quality), ctx.workdir,
+                     log_path, timeout, show)
     if out.status != "ok":
         result.status, result.error = out.status, out.error
         return result
-    for key, value in out.data.items():
-        if key in MethodResult.__dataclass_fields__ and key not in ("prepare_s", "prepare_cache_hit"):
-            setattr(result, key, value)
-    result.runs = MethodResult.from_dict({"method": method, "status": "ok", "runs": out.data["runs"]}).runs
-    result.text = decode_text(model, result.tokens)
-    return result
+    data = dict(out.data)
+    data.pop("prepare_s", None)
+    data.pop("prepare_cache_hit", None)
+    merged = MethodResult.from_dict({**data, "method": method, "status": "ok"})
+    merged.summary, merged.prepare_s = result.summary, result.prepare_s
+    merged.prepare_cache_hit = result.prepare_cache_hit
+    merged.text = decode_text(ctx.model, merged.tokens) if merged.tokens else ""
+    return merged
+
+
+def quality_plan(model: ModelRef, config: RunConfig, workdir: str) -> dict:
+    from transformers import AutoTokenizer
+
+    from . import quality
+
+    if config.text_file:
+        try:
+            with open(config.text_file, encoding="utf-8") as f:
+                text, source = f.read(), config.text_file
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read --text-file {config.text_file}: {e}") from None
+    else:
+        text, source = quality.default_text()
+    tok = AutoTokenizer.from_pretrained(model.path)
+    return quality.make_plan(tok, text, source, model.quality_meaningful, workdir,
+                             config.chat_template)
 
 
 def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
@@ -197,6 +235,12 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
     logdir = os.path.join(folder, "logs")
     os.makedirs(workdir)
     os.makedirs(logdir)
+    try:
+        plan = quality_plan(model, config, workdir) if config.quality else None
+    except ValueError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    ctx = RunContext(model, prompt_ids, config, workdir, logdir, show, plan)
     results = RunResults(
         config=config.to_dict(),
         machine=machine.describe(),
@@ -205,24 +249,34 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         inferlab_version=__version__,
     )
+    if plan:
+        results.quality_setup = {k: plan[k] for k in ("context", "text_source", "greedy_new_tokens",
+                                                       "budget", "reference")}
+        results.quality_setup.update(windows=len(plan["windows"]),
+                                     greedy_prompts=len(plan["greedy_prompts"]))
     path = os.path.join(folder, "results.json")
-    # the reference first: every other method is compared with its tokens
+    timed = "full" if config.speed else None
+    # the reference first: every other method is compared with its tokens and distributions
     order = sorted(config.methods, key=lambda m: m != defaults.REFERENCE_METHOD)
     try:
         save(results, path)
         if defaults.REFERENCE_METHOD not in order:
-            show(f"reference tokens ({defaults.REFERENCE_METHOD}, one generation)")
-            ref = run_method(defaults.REFERENCE_METHOD, model, prompt_ids, config, workdir,
-                             logdir, show, phase="reference")
+            show(f"reference ({defaults.REFERENCE_METHOD}): tokens and distributions to compare with")
+            ref = run_method(defaults.REFERENCE_METHOD, ctx, "once" if config.speed else None,
+                             plan is not None)
             results.reference_tokens = ref.tokens if ref.ok else None
+            if not ref.ok:
+                ctx.quality_plan = None
+                show(f"  reference failed ({ref.error}): no comparisons in this run")
         for i, method in enumerate(order, 1):
             show(f"[{i}/{len(order)}] {method}")
-            result = MethodResult(method=method, status="interrupted")
-            results.methods.append(result)
-            result = run_method(method, model, prompt_ids, config, workdir, logdir, show)
+            results.methods.append(MethodResult(method=method, status="interrupted"))
+            result = run_method(method, ctx, timed, ctx.quality_plan is not None)
             results.methods[-1] = result
-            if method == defaults.REFERENCE_METHOD and result.ok:
-                results.reference_tokens = result.tokens
+            if method == defaults.REFERENCE_METHOD:
+                results.reference_tokens = result.tokens if result.ok else None
+                if not result.ok:
+                    ctx.quality_plan = None  # nothing to compare with
             _score_agreement(results)
             save(results, path)
             show(f"  {method}: {result.status}" + (f" ({result.error})" if result.error else ""))

@@ -38,6 +38,9 @@ def run_prepare(job: dict) -> dict:
 
 
 def run_measure(job: dict) -> dict:
+    """Load, then (if asked) time generations, then (if asked) evaluate quality.
+
+    Peak RSS is read before the quality pass, whose logit windows are not the method's cost."""
     import torch
 
     from .engines import import_engine
@@ -49,38 +52,44 @@ def run_measure(job: dict) -> dict:
     progress("loading")
     t0 = time.perf_counter()
     engine.load()
-    load_s = time.perf_counter() - t0
+    out = {"status": "ok", "load_s": time.perf_counter() - t0, "threads": job["threads"]}
     cfg = job["config"]
-    m = measure(
-        engine,
-        job["prompt_ids"],
-        cfg["new_tokens"],
-        warmup=cfg["warmup"] if job["phase"] == "measure" else 0,
-        min_repeats=cfg["min_repeats"] if job["phase"] == "measure" else 1,
-        min_time_s=cfg["min_time_s"] if job["phase"] == "measure" else 0.0,
-        max_repeats=cfg["max_repeats"] if job["phase"] == "measure" else 1,
-        progress=progress,
-    )
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    if job["timed_runs"]:
+        full = job["timed_runs"] == "full"
+        m = measure(
+            engine,
+            job["prompt_ids"],
+            cfg["new_tokens"],
+            warmup=cfg["warmup"] if full else 0,
+            min_repeats=cfg["min_repeats"] if full else 1,
+            min_time_s=cfg["min_time_s"] if full else 0.0,
+            max_repeats=cfg["max_repeats"] if full else 1,
+            progress=progress,
+        )
+        out.update(
+            first_call_s=m.first_call_s,
+            warmup_runs=m.warmup_runs,
+            runs=[{"ttft_s": r.ttft_s, "e2e_s": r.e2e_s, "itl_s": r.itl_s} for r in m.runs],
+            tokens=m.runs[0].tokens,
+            deterministic=m.deterministic,
+        )
+    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB
     info = engine.info()
-    return {
-        "status": "ok",
-        "load_s": load_s,
-        "first_call_s": m.first_call_s,
-        "warmup_runs": m.warmup_runs,
-        "runs": [{"ttft_s": r.ttft_s, "e2e_s": r.e2e_s, "itl_s": r.itl_s} for r in m.runs],
-        "tokens": m.runs[0].tokens,
-        "deterministic": m.deterministic,
-        "peak_rss_bytes": peak_rss,
-        "threads": job["threads"],
-        "weight_bytes": info.get("weight_bytes"),
-        "file_bytes": info.get("file_bytes"),
-        "parameters": info.get("parameters"),
-        "details": info.get("details", {}),
-    }
+    out.update(weight_bytes=info.get("weight_bytes"), file_bytes=info.get("file_bytes"),
+               parameters=info.get("parameters"), details=info.get("details", {}))
+    if job.get("quality_plan"):
+        from .quality import evaluate
+
+        progress("quality: perplexity, KL, top-1 and greedy agreement against the reference")
+        try:
+            out["quality"] = evaluate(engine, job["quality_plan"], job["is_reference"])
+        except Exception as e:  # noqa: BLE001 - keep the speed figures already measured
+            traceback.print_exc(file=sys.stderr)
+            out["quality"] = {"verdict": "error", "reasons": [f"{type(e).__name__}: {e}"[:300]]}
+    return out
 
 
-PHASES = {"prepare": run_prepare, "measure": run_measure, "reference": run_measure}
+PHASES = {"prepare": run_prepare, "measure": run_measure}
 
 
 def main(argv: list[str]) -> int:

@@ -44,12 +44,12 @@ def module_weight_bytes(model: torch.nn.Module) -> int:
     layers hold their weight in packed params, which are read through `weight()`."""
     seen, total = set(), 0
 
-    def add(t):
+    def add(t, shared=True):
         nonlocal total
         if t is None:
             return
-        key = (t.data_ptr(), t.numel()) if not t.is_quantized else id(t)
-        if key not in seen:
+        key = (t.data_ptr(), t.numel())
+        if not shared or key not in seen:  # an unpacked int8 weight is a fresh copy: never shared
             seen.add(key)
             total += tensor_bytes(t)
 
@@ -59,9 +59,9 @@ def module_weight_bytes(model: torch.nn.Module) -> int:
         for b in module.buffers(recurse=False):
             add(b)
         if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
-            add(module.weight())
+            add(module.weight(), shared=False)
             bias = module.bias() if callable(getattr(module, "bias", None)) else None
-            add(bias)
+            add(bias, shared=False)
     return total
 
 

@@ -61,6 +61,41 @@ def size_chart(results: RunResults, path: str) -> None:
     _save(fig, path)
 
 
+def quality_chart(results: RunResults, path: str) -> bool:
+    """Speedup against the reference vs KL: one point per method, the KL budget as a line."""
+    from .. import defaults
+    from ..analysis import comparisons
+
+    comp = comparisons(results)
+    points = []
+    for m in _ok(results):
+        q = m.quality or {}
+        sp = comp.get(m.method, {}).get(f"speedup_e2e_vs_{defaults.REFERENCE_METHOD}")
+        value = 1.0 if m.method == defaults.REFERENCE_METHOD else (sp or {}).get("value")
+        if q.get("kl_mean") is None or value is None:
+            continue
+        points.append((m.method, q["kl_mean"], value, q.get("verdict")))
+    if not points:
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, kl, sp, verdict in points:
+        color = "#54a24b" if verdict == "PASS" else "#e45756"
+        ax.scatter(max(kl, 1e-8), sp, s=70, color=color, zorder=3)
+        ax.annotate(f"{name} ({verdict})", (max(kl, 1e-8), sp), textcoords="offset points",
+                    xytext=(6, 4))
+    budget = (results.quality_setup or {}).get("budget", {}).get("max_kl_mean")
+    if budget:
+        ax.axvline(budget, color="gray", ls="--", label=f"KL budget {budget} nats")
+        ax.legend(loc="lower right")
+    ax.set_xscale("log")
+    ax.axhline(1.0, color="black", lw=0.5)
+    ax.set_xlabel("mean KL(reference || method), nats per position (log; 1e-8 = identical)")
+    ax.set_ylabel(f"E2E speedup vs {defaults.REFERENCE_METHOD}")
+    ax.set_title("Speed against quality loss (green: passes the budget)")
+    _save(fig, path)
+    return True
+
+
 def _save(fig, path: str) -> None:
     fig.tight_layout()
     tmp = path + ".tmp.png"
@@ -80,4 +115,6 @@ def draw_all(results: RunResults, folder: str) -> list[str]:
     for name, draw in CHARTS.items():
         draw(results, os.path.join(folder, name))
         written.append(name)
+    if quality_chart(results, os.path.join(folder, "speed_vs_quality.png")):
+        written.append("speed_vs_quality.png")
     return written

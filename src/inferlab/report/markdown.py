@@ -7,9 +7,12 @@ from ..results import RunResults
 from .tables import (
     COLD_COLUMNS,
     COLUMNS,
+    QUALITY_COLUMNS,
     cold_start_rows,
     comparison_rows,
     detail_lines,
+    quality_rows,
+    ranking,
 )
 
 
@@ -24,7 +27,7 @@ def md_table(columns, rows) -> str:
 
 def console_table(results: RunResults) -> str:
     """A compact fixed-width table for the terminal."""
-    keep = [0, 1, 2, 3, 5, 6, 8, 9, 12]
+    keep = [0, 1, 2, 3, 5, 6, 8, 9, 12, 13]
     cols = [COLUMNS[i] for i in keep]
     rows = [[r[i] for i in keep] for r in comparison_rows(results)]
     widths = [max(len(str(x)) for x in [c] + [r[i] for r in rows]) for i, c in enumerate(cols)]
@@ -42,6 +45,9 @@ def warnings_of(results: RunResults) -> list[str]:
                     f"{m.method}: greedy tokens differ from {defaults.REFERENCE_METHOD}'s from "
                     f"token {m.first_divergence} of {len(m.tokens)}"
                 )
+            q = m.quality or {}
+            if q.get("verdict") in ("FAIL", "error"):
+                out.append(f"{m.method}: quality {q['verdict']}: {'; '.join(q.get('reasons', []))}")
         else:
             out.append(f"{m.method}: {m.status}: {m.error}")
     if not results.model.get("quality_meaningful", True):
@@ -74,6 +80,31 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
         md_table(COLUMNS, comparison_rows(results)),
         "",
     ]
+    ranked = ranking(results)
+    if ranked:
+        judged = any(m.quality for m in results.methods)
+        parts += ["## Ranking" + (" (fastest first, among methods that pass the quality budget)"
+                                   if judged else " (fastest first; quality not evaluated)"), ""]
+        parts += ranked + [""]
+    qrows = quality_rows(results)
+    if qrows:
+        qs = results.quality_setup or {}
+        b = qs.get("budget", {})
+        parts += [
+            "## Quality against the fp32 reference",
+            "",
+            f"Text: {qs.get('text_source')}; {qs.get('windows')} non-overlapping windows of "
+            f"{qs.get('context')} tokens (stride {qs.get('context')}), perplexity over every "
+            f"next-token prediction in them (exp of mean NLL, natural log, per token). KL is "
+            f"KL(reference || method) in nats per position. Greedy: {qs.get('greedy_prompts')} "
+            f"prompts x {qs.get('greedy_new_tokens')} tokens, index of the first token that "
+            f"differs from the reference's. Budget for PASS: perplexity at most "
+            f"+{b.get('max_ppl_increase', 0):.0%}, mean KL at most {b.get('max_kl_mean')} nats, "
+            f"top-1 agreement at least {b.get('min_top1', 0):.0%}.",
+            "",
+            md_table(QUALITY_COLUMNS, qrows),
+            "",
+        ]
     warns = warnings_of(results)
     parts += ["## Warnings", ""] + ([f"- {w}" for w in warns] or ["- none"]) + [""]
     parts += ["## Cold start", "", md_table(COLD_COLUMNS, cold_start_rows(results)), ""]

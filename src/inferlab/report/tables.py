@@ -31,6 +31,8 @@ def speedup(entry: dict | None, itself: bool = False) -> str:
 def agreement(results: RunResults, m) -> str:
     if m.method == defaults.REFERENCE_METHOD:
         return "reference"
+    if not m.tokens:
+        return "-"
     if m.first_divergence is None:
         return "no reference"
     n = len(m.tokens)
@@ -40,8 +42,20 @@ def agreement(results: RunResults, m) -> str:
 COLUMNS = (
     "method", "status", "TTFT ms", "TPOT ms", "ITL p50/p90/p99 ms", "decode tok/s", "E2E ms",
     f"E2E speedup vs {defaults.BASELINE_METHOD}", f"E2E speedup vs {defaults.REFERENCE_METHOD}",
-    "weights MB", "file MB", "peak RSS MB", "greedy tokens vs reference",
+    "weights MB", "file MB", "peak RSS MB", "greedy tokens vs reference", "quality",
 )
+
+
+def verdict(m) -> str:
+    q = m.quality or {}
+    v = q.get("verdict")
+    if not v:
+        return "-"
+    return v if not q.get("reasons") or v == "not meaningful" else f"{v}: {'; '.join(q['reasons'])}"
+
+
+def _f(fig, attr="median", scale=1e3, fmt="{:.1f}"):
+    return "-" if fig is None else fmt.format(getattr(fig, attr) * scale)
 
 
 def comparison_rows(results: RunResults) -> list[list[str]]:
@@ -51,17 +65,16 @@ def comparison_rows(results: RunResults) -> list[list[str]]:
         if not m.ok:
             rows.append([m.method, m.status.upper()] + ["-"] * (len(COLUMNS) - 3) + [m.error or ""])
             continue
-        itl = m.figure("itl_s")
-        tps = m.figure("decode_tps")
+        itl, e2e = m.figure("itl_s"), m.figure("e2e_s")
         c = comp.get(m.method, {})
         rows.append([
             m.method,
             "ok",
-            ms(m.figure("ttft_s").median),
-            ms(m.figure("tpot_s").median),
-            f"{ms(itl.median)}/{ms(itl.p90)}/{ms(itl.p99)}",
-            f"{tps.median:.1f}",
-            f"{ms(m.figure('e2e_s').median)} ± {ms(m.figure('e2e_s').mad)}",
+            _f(m.figure("ttft_s")),
+            _f(m.figure("tpot_s")),
+            "-" if itl is None else f"{ms(itl.median)}/{ms(itl.p90)}/{ms(itl.p99)}",
+            _f(m.figure("decode_tps"), scale=1),
+            "-" if e2e is None else f"{ms(e2e.median)} ± {ms(e2e.mad)}",
             speedup(c.get(f"speedup_e2e_vs_{defaults.BASELINE_METHOD}"),
                     m.method == defaults.BASELINE_METHOD),
             speedup(c.get(f"speedup_e2e_vs_{defaults.REFERENCE_METHOD}"),
@@ -70,6 +83,7 @@ def comparison_rows(results: RunResults) -> list[list[str]]:
             mbytes(m.file_bytes),
             mbytes(m.peak_rss_bytes),
             agreement(results, m),
+            verdict(m),
         ])
     return rows
 
@@ -95,3 +109,49 @@ COLD_COLUMNS = ("method", "export/convert s", "load s", "first call ms", "warmup
 def detail_lines(m) -> list[str]:
     """What the engine says it actually built."""
     return [f"{k}: {v}" for k, v in sorted(m.details.items())]
+
+
+QUALITY_COLUMNS = ("method", "perplexity", "vs reference", "KL mean", "KL p99", "top-1",
+                   "greedy: prompts identical", "greedy: first divergence per prompt", "verdict")
+
+
+def quality_rows(results: RunResults) -> list[list[str]]:
+    rows = []
+    for m in results.methods:
+        q = m.quality
+        if not m.ok or not q:
+            continue
+        num = q.get("ppl") is not None
+        div = q.get("greedy_first_divergence") or []
+        share = q.get("greedy_identical_share")
+        rows.append([
+            m.method,
+            f"{q['ppl']:.3f}" if num else "n/a",
+            f"{q['ppl_increase']:+.2%}" if num else "n/a",
+            f"{q['kl_mean']:.5f}" if num else "n/a",
+            f"{q['kl_p99']:.4f}" if num else "n/a",
+            f"{q['top1']:.2%}" if num else "n/a",
+            "-" if share is None else f"{share:.0%} of {len(div)}",
+            ", ".join(str(d) for d in div) or "-",
+            verdict(m),
+        ])
+    return rows
+
+
+def ranking(results: RunResults) -> list[str]:
+    """Methods ranked by median E2E among those that pass the quality budget; a FAIL is
+    listed apart and never ranked best."""
+    timed = [m for m in results.methods if m.ok and m.runs]
+    if not timed:
+        return []
+    passing = [m for m in timed if (m.quality or {}).get("verdict") == "PASS"]
+    judged = any(m.quality for m in timed)
+    pool = passing if judged else timed
+    lines = []
+    for i, m in enumerate(sorted(pool, key=lambda m: m.figure("e2e_s").median), 1):
+        lines.append(f"{i}. {m.method}: {m.figure('e2e_s').median * 1e3:.1f} ms E2E, "
+                     f"{m.figure('decode_tps').median:.1f} decode tok/s")
+    for m in timed:
+        if m not in pool:
+            lines.append(f"- not ranked: {m.method} ({verdict(m)})")
+    return lines
