@@ -1,4 +1,5 @@
-"""Command line: `inferlab run`, `inferlab quality`, `inferlab report`, `inferlab methods`.
+"""Command line: `inferlab run`, `inferlab quality`, `inferlab profile`, `inferlab report`,
+`inferlab methods`.
 
 Exit codes: 0 all good; 1 the run finished but a method failed; 2 bad input (model, option,
 results file); 130 interrupted (results measured so far are saved)."""
@@ -48,7 +49,8 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = True) -> None:
+def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = True,
+                        with_profile_switch: bool = True) -> None:
     g = p.add_argument_group("model and methods")
     g.add_argument("--model", default=defaults.DEFAULT_MODEL,
                    help="bundled 'smollm2-135m' (default), 'gpt2-random', a local Hugging Face "
@@ -84,6 +86,17 @@ def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = 
                        help="skip the quality evaluation (speed only, faster)")
     g.add_argument("--text-file",
                    help="UTF-8 text for perplexity and KL (default: CPython's pydoc_data.topics)")
+    g = p.add_argument_group("profiling (a separate pass, never timed with the benchmark)")
+    if with_profile_switch:
+        g.add_argument("--profile", action="store_true",
+                       help="add a profiling pass per method: operator/phase breakdown, traces, "
+                            "roofline (profiling_report.md)")
+    g.add_argument("--profile-steps", type=_positive_int, default=defaults.PROFILE_DECODE_STEPS,
+                   help=f"decode steps profiled after the prefill (default {defaults.PROFILE_DECODE_STEPS})")
+    g.add_argument("--profile-detail", action="store_true",
+                   help="record shapes, stacks and memory in the traces (much larger files)")
+    g.add_argument("--remeasure-hardware", action="store_true",
+                   help="measure bandwidth and GEMM peak again instead of using the cached figures")
     p.add_argument("--output", default=defaults.RESULTS_DIR,
                    help="folder under which each run gets a new folder (default results/)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -96,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_measure_options(p)
     p = sub.add_parser("quality", help="only the quality evaluation (no timing): perplexity, "
                                        "KL, top-1 and greedy agreement with PASS/FAIL")
-    add_measure_options(p, with_quality_switch=False)
+    add_measure_options(p, with_quality_switch=False, with_profile_switch=False)
+    p = sub.add_parser("profile", help="only the profiling pass: where time goes per operator, "
+                                       "phase and model part, and the distance to the hardware limit")
+    add_measure_options(p, with_quality_switch=False, with_profile_switch=False)
     p = sub.add_parser("report", help="redraw report.md, report.html and charts from a results.json")
     p.add_argument("results", help="path to a results.json (or its folder)")
     sub.add_parser("methods", help="list the methods")
@@ -119,8 +135,11 @@ def config_from_args(args):
         threads=args.threads, warmup=args.warmup, min_repeats=args.repeats,
         max_repeats=args.max_repeats, min_time_s=args.min_time, timeout_s=args.timeout,
         output_dir=args.output, speed=args.command == "run",
-        quality=args.command == "quality" or not getattr(args, "no_quality", False),
+        quality=args.command == "quality" or (args.command == "run" and not args.no_quality),
         text_file=args.text_file,
+        profile=args.command == "profile" or getattr(args, "profile", False),
+        profile_steps=args.profile_steps, profile_detail=args.profile_detail,
+        remeasure_hardware=args.remeasure_hardware,
     )
 
 
@@ -181,7 +200,7 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "quality": cmd_run, "report": cmd_report,
+    handler = {"run": cmd_run, "quality": cmd_run, "profile": cmd_run, "report": cmd_report,
                "methods": cmd_methods}[args.command]
     return handler(args)
 

@@ -24,6 +24,11 @@ class RunConfig:
     speed: bool = True  # time generations (off: `inferlab quality`)
     quality: bool = True  # evaluate against the reference (off: --no-quality)
     text_file: str | None = None  # perplexity text; default: CPython's pydoc_data.topics
+    profile: bool = False  # a profiling pass per method, in its own process (`inferlab profile`)
+    profile_steps: int = defaults.PROFILE_DECODE_STEPS
+    profile_detail: bool = False  # shapes, stacks and memory in the trace (much larger files)
+    sweep_lengths: list[int] = field(default_factory=lambda: list(defaults.SWEEP_CONTEXTS))
+    remeasure_hardware: bool = False
 
     def validate(self) -> None:
         """Raise ValueError (one line) on values that cannot be measured."""
@@ -46,8 +51,10 @@ class RunConfig:
             raise ValueError("--repeats must be >= 1 and --max-repeats >= --repeats")
         if self.warmup < 0 or self.min_time_s < 0 or self.timeout_s <= 0:
             raise ValueError("--warmup and --min-time must be >= 0, --timeout > 0")
-        if not (self.speed or self.quality):
-            raise ValueError("nothing to do: both speed and quality are off")
+        if not (self.speed or self.quality or self.profile):
+            raise ValueError("nothing to do: speed, quality and profiling are all off")
+        if self.profile_steps < 1:
+            raise ValueError("--profile-steps must be at least 1")
         if not self.prompt.strip():
             raise ValueError("the prompt is empty")
 

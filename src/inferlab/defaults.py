@@ -27,6 +27,11 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+# --- profiling ------------------------------------------------------------------------------
+PROFILE_DECODE_STEPS = 3  # profiled decode steps after one prefill: keeps traces small
+SWEEP_CONTEXTS = (32, 128, 512)  # context lengths for the with/without KV cache question
+SWEEP_METHODS = ("kv-cache", "eager-nocache")
+
 # --- stability warnings (METRICS.md "Statistics") ----------------------------------------------
 WARN_CV = 0.10  # stdev / mean at or above this: unstable
 WARN_EXTREME = 0.50  # min or max more than this fraction away from the mean

@@ -201,3 +201,21 @@ def _from_hub(repo_id: str) -> str:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def parameter_count(folder: str) -> int | None:
+    """Parameters stored in the folder's safetensors files (a tied weight is stored once)."""
+    from safetensors import safe_open
+
+    files = [f for f in os.listdir(folder) if f.endswith(".safetensors")]
+    if not files:
+        return None
+    total = 0
+    for name in files:
+        with safe_open(os.path.join(folder, name), framework="np") as f:
+            for key in f.keys():
+                n = 1
+                for d in f.get_slice(key).get_shape():
+                    n *= d
+                total += n
+    return total

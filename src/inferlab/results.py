@@ -65,6 +65,8 @@ class MethodResult:
     # against the reference
     first_divergence: int | None = None  # index of the first token differing (N if none)
     quality: dict[str, Any] | None = None
+    profile: dict[str, Any] | None = None  # profiling/breakdown.py per phase, sweep, trace
+    profile_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -110,6 +112,7 @@ class RunResults:
     methods: list[MethodResult] = field(default_factory=list)
     reference_tokens: list[int] | None = None
     quality_setup: dict[str, Any] | None = None  # text, windows, budget (quality.py)
+    hardware: dict[str, Any] | None = None  # measured bandwidth and GEMM peak (profiling)
     status: str = "running"  # running | complete | interrupted
     created: str = ""
     schema_version: int = defaults.SCHEMA_VERSION

@@ -19,7 +19,7 @@ from . import __version__, defaults, machine
 from .analysis import first_divergence
 from .config import RunConfig
 from .engines import PREPARED, engine_class, engine_path
-from .models import ModelRef, resolve
+from .models import ModelRef, parameter_count, resolve
 from .results import MethodResult, RunResults, save
 from .worker import PROGRESS
 
@@ -155,6 +155,7 @@ class RunContext:
     logdir: str
     show: Display
     quality_plan: dict | None = None
+    tracedir: str = ""
 
 
 def _job(phase: str, method: str, ctx: RunContext, timed_runs, with_quality: bool) -> dict:
@@ -172,7 +173,8 @@ def _job(phase: str, method: str, ctx: RunContext, timed_runs, with_quality: boo
     }
 
 
-def run_method(method: str, ctx: RunContext, timed_runs, with_quality: bool) -> MethodResult:
+def run_method(method: str, ctx: RunContext, timed_runs, with_quality: bool,
+               with_profile: bool = False) -> MethodResult:
     """Prepare (own process, if the method has a conversion step), then measure."""
     result = MethodResult(method=method, status="running")
     result.summary = engine_class(method).summary
@@ -187,12 +189,32 @@ def run_method(method: str, ctx: RunContext, timed_runs, with_quality: bool) -> 
             return result
         result.prepare_s = out.data["prepare_s"]
         result.prepare_cache_hit = out.data["prepare_cache_hit"]
-    out = run_worker(_job("measure", method, ctx, timed_runs, with_quality), ctx.workdir,
-                     log_path, timeout, show)
-    if out.status != "ok":
-        result.status, result.error = out.status, out.error
-        return result
-    data = dict(out.data)
+    if timed_runs or with_quality:
+        out = run_worker(_job("measure", method, ctx, timed_runs, with_quality), ctx.workdir,
+                         log_path, timeout, show)
+        if out.status != "ok":
+            result.status, result.error = out.status, out.error
+            return result
+        data = dict(out.data)
+    else:
+        data = {}
+    if with_profile:
+        job = _job("profile", method, ctx, None, False)
+        job["profile"] = {
+            "steps": ctx.config.profile_steps, "detail": ctx.config.profile_detail,
+            "sweep": ctx.config.sweep_lengths, "sweep_methods": list(defaults.SWEEP_METHODS),
+            "trace_path": os.path.join(ctx.tracedir, f"trace_{method}.json"),
+        }
+        prof = run_worker(job, ctx.workdir, log_path, timeout, show)
+        if prof.status == "ok":
+            for key in ("weight_bytes", "file_bytes", "parameters", "details", "threads"):
+                data.setdefault(key, prof.data.get(key))
+            data["profile"] = prof.data["profile"]
+        elif not data:  # profiling was the only job: the method failed
+            result.status, result.error = prof.status, f"profile: {prof.error}"
+            return result
+        else:
+            data["profile_error"] = prof.error
     data.pop("prepare_s", None)
     data.pop("prepare_cache_hit", None)
     merged = MethodResult.from_dict({**data, "method": method, "status": "ok"})
@@ -240,11 +262,15 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
     except ValueError:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    ctx = RunContext(model, prompt_ids, config, workdir, logdir, show, plan)
+    ctx = RunContext(model, prompt_ids, config, workdir, logdir, show, plan,
+                     os.path.join(folder, "traces"))
+    if config.profile:
+        os.makedirs(ctx.tracedir)
     results = RunResults(
         config=config.to_dict(),
         machine=machine.describe(),
-        model={**model.to_dict(), "prompt_ids": prompt_ids, "chat_template_applied": templated},
+        model={**model.to_dict(), "prompt_ids": prompt_ids, "chat_template_applied": templated,
+               "parameters": parameter_count(model.path)},
         prompt_tokens=len(prompt_ids),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         inferlab_version=__version__,
@@ -254,13 +280,19 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
                                                        "budget", "reference")}
         results.quality_setup.update(windows=len(plan["windows"]),
                                      greedy_prompts=len(plan["greedy_prompts"]))
+    if config.profile:
+        from .profiling import hardware
+
+        show("hardware limits: streaming bandwidth and GEMM peak"
+             + (" (re-measuring)" if config.remeasure_hardware else " (cached per machine)"))
+        results.hardware = hardware.limits(config.threads, config.remeasure_hardware)
     path = os.path.join(folder, "results.json")
     timed = "full" if config.speed else None
     # the reference first: every other method is compared with its tokens and distributions
     order = sorted(config.methods, key=lambda m: m != defaults.REFERENCE_METHOD)
     try:
         save(results, path)
-        if defaults.REFERENCE_METHOD not in order:
+        if defaults.REFERENCE_METHOD not in order and (config.speed or plan):
             show(f"reference ({defaults.REFERENCE_METHOD}): tokens and distributions to compare with")
             ref = run_method(defaults.REFERENCE_METHOD, ctx, "once" if config.speed else None,
                              plan is not None)
@@ -271,7 +303,7 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
         for i, method in enumerate(order, 1):
             show(f"[{i}/{len(order)}] {method}")
             results.methods.append(MethodResult(method=method, status="interrupted"))
-            result = run_method(method, ctx, timed, ctx.quality_plan is not None)
+            result = run_method(method, ctx, timed, ctx.quality_plan is not None, config.profile)
             results.methods[-1] = result
             if method == defaults.REFERENCE_METHOD:
                 results.reference_tokens = result.tokens if result.ok else None

@@ -89,7 +89,29 @@ def run_measure(job: dict) -> dict:
     return out
 
 
-PHASES = {"prepare": run_prepare, "measure": run_measure}
+def run_profile(job: dict) -> dict:
+    """Its own process, never timed together with the benchmark."""
+    import torch
+
+    from .engines import import_engine
+    from .models import ModelRef
+
+    torch.set_num_threads(job["threads"])
+    engine = import_engine(job["engine"])(ModelRef.from_dict(job["model"]), job["threads"])
+    progress("profiling: loading")
+    engine.load()
+    opts = job["profile"]
+    progress(f"profiling: prefill + {opts['steps']} decode steps"
+             + (f", then context sweep {opts['sweep']}" if opts["sweep"] else ""))
+    sweep = tuple(opts["sweep"]) if job["method"] in opts["sweep_methods"] else ()
+    data = engine.profile(job["prompt_ids"], opts["steps"], opts["trace_path"], opts["detail"], sweep)
+    info = engine.info()
+    return {"status": "ok", "profile": data, "weight_bytes": info.get("weight_bytes"),
+            "file_bytes": info.get("file_bytes"), "parameters": info.get("parameters"),
+            "details": info.get("details", {}), "threads": job["threads"]}
+
+
+PHASES = {"prepare": run_prepare, "measure": run_measure, "profile": run_profile}
 
 
 def main(argv: list[str]) -> int:

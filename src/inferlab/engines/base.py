@@ -43,6 +43,12 @@ class Engine(ABC):
     def window_logits(self, token_ids: list[int]):
         """Logits for every position of a fresh window: numpy float32 [len(token_ids), vocab]."""
 
+    def profile(self, prompt_ids: list[int], steps: int, trace_path: str, detail: bool,
+                sweep_lengths: tuple[int, ...] = ()) -> dict:
+        """Profile a prefill and `steps` decode steps (after `load`); write a Chrome trace to
+        trace_path; return the per-phase breakdown (profiling/breakdown.py)."""
+        raise EngineError(f"{self.name} cannot be profiled")
+
     @abstractmethod
     def info(self) -> dict:
         """What was actually built: weight_bytes, file_bytes, and engine details

@@ -39,6 +39,12 @@ class EagerNoCache(Engine):
     def window_logits(self, token_ids):
         return window_logits(self.model, token_ids)
 
+    def profile(self, prompt_ids, steps, trace_path, detail, sweep_lengths=()):
+        from ..profiling import torch_profile
+
+        return torch_profile.profile(self, self.model, prompt_ids, steps, trace_path, detail,
+                                     sweep_lengths)
+
     def info(self) -> dict:
         return {
             "weight_bytes": module_weight_bytes(self.model),

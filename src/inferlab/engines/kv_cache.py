@@ -42,6 +42,12 @@ class KVCache(Engine):
     def window_logits(self, token_ids):
         return window_logits(self.model, token_ids)
 
+    def profile(self, prompt_ids, steps, trace_path, detail, sweep_lengths=()):
+        from ..profiling import torch_profile
+
+        return torch_profile.profile(self, self.model, prompt_ids, steps, trace_path, detail,
+                                     sweep_lengths)
+
     def details(self) -> dict:
         return {"dtype": "float32", "threads": torch.get_num_threads(),
                 "attention": self.model.config._attn_implementation}

@@ -93,10 +93,13 @@ def initializer_bytes(model_path: str) -> tuple[int, dict]:
 class OrtCausalLM:
     """Greedy-decoding driver over one exported decoder-with-past graph."""
 
-    def __init__(self, model_path: str, threads: int):
+    def __init__(self, model_path: str, threads: int, profile_prefix: str | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        if profile_prefix:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = profile_prefix
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

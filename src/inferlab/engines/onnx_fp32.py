@@ -33,6 +33,11 @@ class OnnxFp32(Engine):
     def window_logits(self, token_ids):
         return self.ort.window_logits(token_ids)
 
+    def profile(self, prompt_ids, steps, trace_path, detail, sweep_lengths=()):
+        from ..profiling import ort_profile
+
+        return ort_profile.profile(self.model_path, self.threads, prompt_ids, steps, trace_path)
+
     def details(self, ops: dict) -> dict:
         import onnxruntime
 

@@ -18,11 +18,20 @@ def _write_text(path: str, text: str) -> None:
 
 def write_reports(results: RunResults, folder: str) -> list[str]:
     """Write charts, report.md and report.html into folder; returns the paths written."""
+    from . import profiling
+
     drawn = charts.draw_all(results, folder)
     md = markdown.render(results, drawn)
     _write_text(os.path.join(folder, "report.md"), md)
     _write_text(os.path.join(folder, "report.html"), to_html(md))
-    return [os.path.join(folder, n) for n in ("report.md", "report.html", *drawn)]
+    written = ["report.md", "report.html", *drawn]
+    if profiling.profiled(results):
+        prof_charts = profiling.draw(results, folder)
+        pmd = profiling.render(results, prof_charts)
+        _write_text(os.path.join(folder, "profiling_report.md"), pmd)
+        _write_text(os.path.join(folder, "profiling_report.html"), to_html(pmd))
+        written += ["profiling_report.md", "profiling_report.html", *prof_charts]
+    return [os.path.join(folder, n) for n in written]
 
 
 def to_html(md: str) -> str:

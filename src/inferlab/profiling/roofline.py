@@ -1,0 +1,77 @@
+"""Distance to the hardware limit, and the one-sentence bottleneck verdict per method.
+
+Decode at batch 1 reads every weight once per step: floor = weight bytes / bandwidth.
+Prefill is compute-bound: floor = 2 x parameters x prompt tokens / GEMM peak (attention's
+FLOPs left out: small at these prompt lengths). Efficiency = floor / measured time."""
+
+from __future__ import annotations
+
+from .. import defaults
+
+
+def roofline(m, results) -> dict | None:
+    hw = results.hardware
+    if not hw or not m.ok or m.weight_bytes is None:
+        return None
+    bw, peak = hw["bandwidth_bytes_per_s"], hw["gemm_flops_per_s"]
+    phases = (m.profile or {}).get("phases", {})
+    if m.runs:
+        tpot, ttft, source = m.figure("tpot_s").median, m.figure("ttft_s").median, "benchmark"
+    elif "decode" in phases:
+        tpot = phases["decode"]["wall_ms"] / 1e3
+        ttft = phases.get("prefill", {}).get("wall_ms", float("nan")) / 1e3
+        source = "profiled steps (profiler overhead included)"
+    else:
+        return None
+    params = results.model.get("parameters") or m.parameters
+    decode_floor = m.weight_bytes / bw
+    out = {
+        "bandwidth_gb_s": bw / 1e9,
+        "gemm_gflop_s": peak / 1e9,
+        "weight_mb_per_step": m.weight_bytes / 1e6,
+        "decode_floor_ms": decode_floor * 1e3,
+        "tpot_ms": tpot * 1e3,
+        "decode_efficiency": decode_floor / tpot if tpot else None,
+        "achieved_gb_s": m.weight_bytes / tpot / 1e9 if tpot else None,
+        "time_source": source,
+    }
+    if params:
+        flops = 2 * params * results.prompt_tokens
+        out.update(prefill_gflop=flops / 1e9, prefill_floor_ms=flops / peak * 1e3,
+                   ttft_ms=ttft * 1e3, prefill_efficiency=(flops / peak) / ttft if ttft else None)
+    return out
+
+
+def verdict(m, roof: dict | None, sweep_ratio: float | None) -> tuple[str, str]:
+    """(bottleneck sentence with its evidence, suggested next step that follows from it)."""
+    decode = (m.profile or {}).get("phases", {}).get("decode")
+    if not decode:
+        return "no decode profile", "run `inferlab profile` for this method"
+    shares = decode["categories_share"]
+    wall = decode["wall_ms"]
+    top_cat = max((c for c in shares if c != "overhead"), key=lambda c: shares[c])
+    overhead = shares.get("overhead", 0.0)
+    eff = (roof or {}).get("decode_efficiency")
+    eff_text = f"; {eff:.0%} of the memory-bandwidth floor ({roof['decode_floor_ms']:.1f} ms)" if eff else ""
+    if m.method == defaults.BASELINE_METHOD and sweep_ratio and sweep_ratio > 1.5:
+        return (f"decode recomputes the whole sequence: a step costs {sweep_ratio:.1f}x more at the "
+                f"longest swept context than at the shortest ({top_cat} {shares[top_cat]:.0%} of a "
+                f"{wall:.1f} ms profiled step{eff_text})",
+                "keep a KV cache: each step then processes one token")
+    if eff and eff >= 0.6:
+        return (f"decode is memory-bound near the floor: {eff:.0%} of the bandwidth limit, "
+                f"{roof['weight_mb_per_step']:.0f} MB of weights read per step at "
+                f"{roof['achieved_gb_s']:.1f} GB/s",
+                "read fewer bytes per step: int8/int4 weights, or a smaller model")
+    if overhead >= 0.3:
+        return (f"decode is {overhead:.0%} framework overhead: the step spends "
+                f"{decode['categories_ms']['overhead']:.1f} ms of {wall:.1f} ms outside any "
+                f"operator{eff_text}",
+                "cut per-operator overhead: fuse or compile the step (torch.compile, ONNX Runtime)")
+    if top_cat == "matmul":
+        return (f"decode is matmul-bound ({shares['matmul']:.0%} of a {wall:.1f} ms step) but the "
+                f"kernels stream weights below the machine's bandwidth{eff_text}",
+                "a faster GEMV kernel (ONNX Runtime/MLAS, oneDNN) or fewer weight bytes (int8)")
+    return (f"decode time is led by {top_cat} ({shares[top_cat]:.0%} of a {wall:.1f} ms step)"
+            f"{eff_text}",
+            f"look at the top {top_cat} operators in the table below")

@@ -1,0 +1,171 @@
+"""profiling_report.md and its charts, from the profile data in a RunResults."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..profiling.categories import CATEGORIES
+from ..profiling.parts import PARTS
+from ..profiling.roofline import roofline, verdict
+from ..results import RunResults
+from .markdown import md_table
+
+
+def profiled(results: RunResults):
+    return [m for m in results.methods if m.ok and m.profile]
+
+
+def sweep_table(results: RunResults) -> tuple[list[str], list[list[str]]] | None:
+    by_method = {m.method: {s["context"]: s for s in m.profile.get("sweep", [])}
+                 for m in profiled(results) if m.profile.get("sweep")}
+    if not by_method:
+        return None
+    contexts = sorted({c for d in by_method.values() for c in d})
+    names = list(by_method)
+    cols = ["context tokens"]
+    for n in names:
+        cols += [f"{n} step ms", f"{n} attention share"]
+    if len(names) == 2:
+        cols.append(f"{names[1]} / {names[0]}")
+    rows = []
+    for c in contexts:
+        row = [str(c)]
+        steps = []
+        for n in names:
+            s = by_method[n].get(c)
+            row += [f"{s['step_ms']:.1f}", f"{s['attention_share']:.0%}"] if s else ["-", "-"]
+            steps.append(s["step_ms"] if s else None)
+        if len(names) == 2:
+            row.append(f"{steps[1] / steps[0]:.1f}x" if all(steps) else "-")
+        rows.append(row)
+    return cols, rows
+
+
+def sweep_ratio(m) -> float | None:
+    sweep = (m.profile or {}).get("sweep") or []
+    if len(sweep) < 2:
+        return None
+    return sweep[-1]["step_ms"] / sweep[0]["step_ms"]
+
+
+def render(results: RunResults, charts: list[str]) -> str:
+    hw = results.hardware or {}
+    parts = [f"# inferlab profiling report: {results.model['name']}", ""]
+    if hw:
+        parts += [
+            f"Hardware limits at {hw['threads']} threads ({'cached' if hw.get('cached') else 'measured'} "
+            f"{hw.get('measured')}): streaming bandwidth **{hw['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s**, "
+            f"GEMM peak **{hw['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s** ({hw['method']}).",
+            "",
+        ]
+    parts += ["Profiles cover one prefill and a few decode steps per method, in a process of their "
+              "own, after one untimed prefill + decode; they are never timed together with the "
+              "benchmark. Category shares of a phase add up to 100 %: `overhead` is the phase's "
+              "wall time that no operator covers (Python, dispatch, framework bookkeeping).", ""]
+    parts += ["## Bottlenecks", ""]
+    roof_rows = []
+    for m in profiled(results):
+        roof = roofline(m, results)
+        sentence, step = verdict(m, roof, sweep_ratio(m))
+        parts += [f"- **{m.method}**: {sentence}. Next: {step}."]
+        if roof:
+            roof_rows.append([
+                m.method, f"{roof['weight_mb_per_step']:.0f}", f"{roof['decode_floor_ms']:.1f}",
+                f"{roof['tpot_ms']:.1f}", f"{roof['decode_efficiency']:.0%}",
+                f"{roof['achieved_gb_s']:.1f}",
+                f"{roof.get('prefill_floor_ms', float('nan')):.1f}",
+                f"{roof.get('ttft_ms', float('nan')):.1f}",
+                f"{roof['prefill_efficiency']:.0%}" if roof.get("prefill_efficiency") else "-",
+                roof["time_source"],
+            ])
+    parts.append("")
+    if roof_rows:
+        parts += ["## Roofline", "",
+                  f"Decode floor = weight bytes read per step / bandwidth; prefill floor = 2 x "
+                  f"{results.model.get('parameters') or '?'} parameters x {results.prompt_tokens} "
+                  f"prompt tokens / GEMM peak. Efficiency = floor / measured time.", "",
+                  md_table(["method", "weights MB/step", "decode floor ms", "TPOT ms",
+                            "decode efficiency", "achieved GB/s", "prefill floor ms", "TTFT ms",
+                            "prefill efficiency", "times from"], roof_rows), ""]
+    sweep = sweep_table(results)
+    if sweep:
+        parts += ["## What the KV cache changes: decode step against context length", "",
+                  "One decode step after a context of N tokens (median of 3), and the share of "
+                  "the step spent in the attention blocks (forward hooks).", "",
+                  md_table(*sweep), ""]
+    for m in profiled(results):
+        prof = m.profile
+        parts += [f"## {m.method}", "",
+                  f"{prof['profiler']}; trace `traces/{prof['trace_file']}` "
+                  f"({prof['trace_bytes'] / 1e6:.1f} MB, opens in Perfetto or chrome://tracing).", ""]
+        phases = prof["phases"]
+        cat_rows = [[c] + [f"{phases[p]['categories_ms'][c]:.2f} ({phases[p]['categories_share'][c]:.0%})"
+                           for p in phases] for c in CATEGORIES]
+        cat_rows.append(["**total (wall)**"] + [f"{phases[p]['wall_ms']:.2f}" for p in phases])
+        parts += ["Time per call by category, ms (share):", "",
+                  md_table(["category"] + [f"{p} (x{phases[p]['calls']})" for p in phases], cat_rows), ""]
+        if "decode" in phases:
+            d = phases["decode"]
+            parts += ["Top operators of a decode step by self time:", "",
+                      md_table(["operator", "category", "self ms", "calls/step", "share"],
+                               [[o["op"], o["category"], f"{o['self_ms']:.3f}",
+                                 f"{o['calls_per_phase']:.0f}", f"{o['share']:.1%}"]
+                                for o in d["top_ops"]]), ""]
+            step = d.get("parts_step_ms") or d["wall_ms"]
+            parts += [f"By model part, per decode step ({prof.get('parts_note')}):", "",
+                      md_table(["part", "ms", "share"],
+                               [[p, f"{d['parts_ms'].get(p, 0.0):.2f}",
+                                 f"{d['parts_ms'].get(p, 0.0) / step:.0%}"] for p in PARTS]), ""]
+    if charts:
+        parts += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
+    return "\n".join(parts)
+
+
+def draw(results: RunResults, folder: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .charts import _save
+
+    written = []
+    methods = profiled(results)
+    if not methods:
+        return written
+    bars = [(f"{m.method}\n{p}", m.profile["phases"][p]) for m in methods for p in ("prefill", "decode")
+            if p in m.profile["phases"]]
+    fig, ax = plt.subplots(figsize=(max(8, len(bars) * 0.9), 5))
+    bottom = np.zeros(len(bars))
+    colors = plt.get_cmap("tab20").colors
+    for i, c in enumerate(CATEGORIES):
+        vals = np.array([ph["categories_share"][c] * 100 for _, ph in bars])
+        ax.bar(range(len(bars)), vals, bottom=bottom, label=c, color=colors[i % len(colors)])
+        bottom += vals
+    ax.set_xticks(range(len(bars)), [b for b, _ in bars], fontsize=8)
+    ax.set_ylabel("share of phase wall time, %")
+    ax.set_title("Where time goes, by operator category (overhead = outside any operator)")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    _save(fig, os.path.join(folder, "profile_categories.png"))
+    written.append("profile_categories.png")
+    sweeps = [(m.method, m.profile["sweep"]) for m in methods if m.profile.get("sweep")]
+    if sweeps:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for name, sw in sweeps:
+            x = [s["context"] for s in sw]
+            a1.plot(x, [s["step_ms"] for s in sw], marker="o", label=name)
+            a2.plot(x, [s["attention_share"] * 100 for s in sw], marker="o", label=name)
+        a1.set_xlabel("context tokens")
+        a1.set_ylabel("decode step, ms")
+        a1.set_title("Step time vs context")
+        a2.set_xlabel("context tokens")
+        a2.set_ylabel("attention share of the step, %")
+        a2.set_title("Attention share vs context")
+        for a in (a1, a2):
+            a.set_xscale("log", base=2)
+            a.legend()
+        _save(fig, os.path.join(folder, "profile_context_sweep.png"))
+        written.append("profile_context_sweep.png")
+    return written

@@ -1,0 +1,134 @@
+"""Profiling: category table, breakdown arithmetic, traces, hardware limits, roofline."""
+
+import json
+import os
+
+import pytest
+
+from inferlab.engines import engine_class
+from inferlab.profiling import hardware
+from inferlab.profiling.breakdown import OpRecord, breakdown
+from inferlab.profiling.categories import CATEGORIES, categorize
+from inferlab.profiling.parts import part_of
+from inferlab.profiling.roofline import roofline, verdict
+from inferlab.results import MethodResult, RunResults, RunSample
+
+PROMPT = [5, 17, 42, 99, 3, 250, 7, 8, 9, 10]
+
+
+@pytest.mark.parametrize("op, category", [
+    ("aten::mm", "matmul"), ("aten::addmm", "matmul"), ("quantized::linear_dynamic", "matmul"),
+    ("MatMulNBits", "matmul"), ("MatMulInteger", "matmul"), ("Gemm", "matmul"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+    ("GroupQueryAttention", "attention"), ("aten::layer_norm", "normalization"),
+    ("aten::rsqrt", "normalization"), ("SimplifiedLayerNormalization", "normalization"),
+    ("aten::silu", "activation"), ("aten::gelu", "activation"), ("FastGelu", "activation"),
+    ("aten::add", "elementwise"), ("Mul", "elementwise"), ("aten::cat", "layout/copies"),
+    ("aten::view", "layout/copies"), ("Reshape", "layout/copies"), ("Transpose", "layout/copies"),
+    ("DynamicQuantizeLinear", "quantize/dequantize"), ("aten::quantize_per_tensor", "quantize/dequantize"),
+    ("aten::embedding", "embedding/lookup"), ("Gather", "embedding/lookup"),
+    ("aten::argmax", "sampling"), ("some::unknown_op", "other"),
+])
+def test_category_table(op, category):
+    assert categorize(op) == category
+    assert category in CATEGORIES
+
+
+@pytest.mark.parametrize("name, part", [
+    ("model.layers.3.self_attn.q_proj", "attention"), ("/model/layers.3/self_attn/q_proj/MatMul", "attention"),
+    ("transformer.h.0.attn.c_attn", "attention"), ("model.layers.0.mlp.down_proj", "mlp"),
+    ("/transformer/h.1/mlp/c_fc/Gemm", "mlp"), ("model.embed_tokens", "embedding"),
+    ("transformer.wte", "embedding"), ("model.norm", "final norm + lm head"),
+    ("lm_head", "final norm + lm head"), ("/lm_head/MatMul", "final norm + lm head"),
+    ("transformer.ln_f", "final norm + lm head"), ("model.layers.2.input_layernorm", "block norms"),
+    ("transformer.h.0.ln_1", "block norms"), ("model.rotary_emb", "other"),
+])
+def test_model_parts_from_names(name, part):
+    assert part_of(name) == part
+
+
+def test_breakdown_shares_add_up_and_overhead_is_the_gap():
+    windows = [("prefill", 0, 100), ("decode", 100, 150), ("decode", 150, 200)]
+    ops = [OpRecord("aten::mm", 10, 60), OpRecord("aten::add", 80, 10),
+           OpRecord("aten::mm", 105, 30), OpRecord("aten::mm", 155, 30),
+           OpRecord("aten::mm", 300, 999)]  # outside every window: ignored
+    b = breakdown(windows, ops)
+    pre, dec = b["prefill"], b["decode"]
+    assert pre["wall_ms"] == pytest.approx(0.1)
+    assert pre["categories_ms"]["matmul"] == pytest.approx(0.06)
+    assert pre["categories_ms"]["overhead"] == pytest.approx(0.03)
+    assert dec["calls"] == 2 and dec["wall_ms"] == pytest.approx(0.05)
+    assert dec["categories_ms"]["matmul"] == pytest.approx(0.03)  # per call
+    for phase in (pre, dec):
+        assert sum(phase["categories_share"].values()) == pytest.approx(1.0)
+    assert dec["top_ops"][0]["op"] == "aten::mm" and dec["top_ops"][0]["calls_per_phase"] == 1
+
+
+@pytest.fixture(scope="module", params=["kv-cache", "onnx"])
+def profiled(request, tiny_refs, tmp_path_factory):
+    engine = engine_class(request.param)(tiny_refs["llama"], threads=1)
+    engine.prepare()
+    engine.load()
+    trace = str(tmp_path_factory.mktemp("trace") / "trace.json")
+    sweep = (16, 32) if request.param == "kv-cache" else ()
+    return request.param, engine.profile(PROMPT, 3, trace, False, sweep), trace
+
+
+def test_profile_breakdown_sums_to_phase_time(profiled):
+    method, prof, trace = profiled
+    for name, phase in prof["phases"].items():
+        total = sum(phase["categories_ms"].values())
+        assert total == pytest.approx(phase["wall_ms"], rel=0.02), name
+        assert phase["categories_ms"]["overhead"] >= 0
+    assert prof["phases"]["decode"]["calls"] == 3 and prof["phases"]["prefill"]["calls"] == 1
+    top = prof["phases"]["decode"]["top_ops"]
+    assert top == sorted(top, key=lambda o: o["self_ms"], reverse=True)
+    assert not any(o["op"] in ("decode", "prefill") for o in top)  # labels are not operators
+    assert prof["phases"]["decode"]["categories_ms"]["matmul"] > 0
+
+
+def test_trace_is_written_and_parses_as_json(profiled):
+    _, prof, trace = profiled
+    assert os.path.getsize(trace) == prof["trace_bytes"] > 0
+    with open(trace) as f:
+        data = json.load(f)
+    assert data  # a Chrome trace: a list of events, or a dict with traceEvents
+
+
+def test_context_sweep_reports_each_length(profiled):
+    method, prof, _ = profiled
+    if method != "kv-cache":
+        assert prof["sweep"] == []
+        return
+    assert [s["context"] for s in prof["sweep"]] == [16, 32]
+    for s in prof["sweep"]:
+        assert s["step_ms"] > 0 and 0 < s["attention_share"] < 1
+
+
+def test_bandwidth_and_gemm_peak_are_positive(monkeypatch, tmp_path):
+    monkeypatch.setattr(hardware, "BANDWIDTH_BYTES", 64 << 20)
+    monkeypatch.setattr(hardware, "GEMM_N", 256)
+    monkeypatch.setenv("INFERLAB_CACHE", str(tmp_path))
+    first = hardware.limits(threads=1)
+    assert first["bandwidth_bytes_per_s"] > 1e8 and first["gemm_flops_per_s"] > 1e8
+    assert not first["cached"] and hardware.limits(threads=1)["cached"]
+    assert not hardware.limits(threads=1, remeasure=True)["cached"]
+
+
+def test_roofline_arithmetic_on_known_inputs():
+    r = RunResults(config={}, machine={}, model={"name": "m", "parameters": 1_000_000},
+                   prompt_tokens=10)
+    r.hardware = {"bandwidth_bytes_per_s": 10e9, "gemm_flops_per_s": 100e9, "threads": 2}
+    m = MethodResult(method="kv-cache", status="ok", weight_bytes=200_000_000,
+                     runs=[RunSample(ttft_s=0.001, e2e_s=0.001 + 0.04 * 4, itl_s=[0.04] * 4)] * 5)
+    roof = roofline(m, r)
+    assert roof["decode_floor_ms"] == pytest.approx(20.0)  # 200 MB / 10 GB/s
+    assert roof["tpot_ms"] == pytest.approx(40.0)
+    assert roof["decode_efficiency"] == pytest.approx(0.5)
+    assert roof["achieved_gb_s"] == pytest.approx(5.0)
+    assert roof["prefill_floor_ms"] == pytest.approx(0.2)  # 2 * 1e6 * 10 / 100e9 s
+    assert roof["prefill_efficiency"] == pytest.approx(0.2)
+    m.profile = {"phases": {"decode": {"wall_ms": 40.0, "categories_share": {
+        "matmul": 0.3, "overhead": 0.6, "attention": 0.1}, "categories_ms": {"overhead": 24.0}}}}
+    sentence, step = verdict(m, roof, None)
+    assert "60% framework overhead" in sentence and "compile" in step
