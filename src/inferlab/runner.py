@@ -302,7 +302,9 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
                 show(f"  reference failed ({ref.error}): no comparisons in this run")
         for i, method in enumerate(order, 1):
             show(f"[{i}/{len(order)}] {method}")
+            # saved as 'interrupted' until it finishes: a killed run shows where it stopped
             results.methods.append(MethodResult(method=method, status="interrupted"))
+            save(results, path)
             result = run_method(method, ctx, timed, ctx.quality_plan is not None, config.profile)
             results.methods[-1] = result
             if method == defaults.REFERENCE_METHOD:
