@@ -161,6 +161,8 @@ def cmd_run(args) -> int:
     write_reports(results, folder)
     print(console_table(results))
     print(f"\nresults: {os.path.join(folder, 'results.json')}\nreport:  {os.path.join(folder, 'report.md')}")
+    if os.path.exists(os.path.join(folder, "profiling_report.md")):
+        print(f"profile: {os.path.join(folder, 'profiling_report.md')}")
     if results.status == "interrupted":
         print("inferlab: interrupted; the results measured so far are saved", file=sys.stderr)
         return EXIT_INTERRUPTED

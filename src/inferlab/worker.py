@@ -89,6 +89,21 @@ def run_measure(job: dict) -> dict:
     return out
 
 
+def _unprofiled_steps(engine, prompt_ids, steps: int) -> dict:
+    """The same calls without a profiler, to show how much the profiler itself inflates them."""
+    from .harness import argmax, clock
+
+    token = argmax(engine.prefill(prompt_ids))  # warm
+    token = argmax(engine.decode(token))
+    t0 = clock()
+    token = argmax(engine.prefill(prompt_ids))
+    t1 = clock()
+    for _ in range(steps):
+        token = argmax(engine.decode(token))
+    t2 = clock()
+    return {"prefill_ms": (t1 - t0) * 1e3, "decode_step_ms": (t2 - t1) / steps * 1e3}
+
+
 def run_profile(job: dict) -> dict:
     """Its own process, never timed together with the benchmark."""
     import torch
@@ -101,10 +116,12 @@ def run_profile(job: dict) -> dict:
     progress("profiling: loading")
     engine.load()
     opts = job["profile"]
-    progress(f"profiling: prefill + {opts['steps']} decode steps"
-             + (f", then context sweep {opts['sweep']}" if opts["sweep"] else ""))
     sweep = tuple(opts["sweep"]) if job["method"] in opts["sweep_methods"] else ()
+    progress(f"profiling: prefill + {opts['steps']} decode steps"
+             + (f", then context sweep {list(sweep)}" if sweep else ""))
+    unprofiled = _unprofiled_steps(engine, job["prompt_ids"], opts["steps"])
     data = engine.profile(job["prompt_ids"], opts["steps"], opts["trace_path"], opts["detail"], sweep)
+    data["unprofiled"] = unprofiled
     info = engine.info()
     return {"status": "ok", "profile": data, "weight_bytes": info.get("weight_bytes"),
             "file_bytes": info.get("file_bytes"), "parameters": info.get("parameters"),

@@ -100,6 +100,13 @@ def render(results: RunResults, charts: list[str]) -> str:
         parts += [f"## {m.method}", "",
                   f"{prof['profiler']}; trace `traces/{prof['trace_file']}` "
                   f"({prof['trace_bytes'] / 1e6:.1f} MB, opens in Perfetto or chrome://tracing).", ""]
+        u = prof.get("unprofiled")
+        if u and "decode" in prof["phases"]:
+            parts += [f"Profiler cost: a profiled decode step took {prof['phases']['decode']['wall_ms']:.1f} ms, "
+                      f"the same step unprofiled {u['decode_step_ms']:.1f} ms (prefill "
+                      f"{prof['phases'].get('prefill', {}).get('wall_ms', float('nan')):.1f} vs "
+                      f"{u['prefill_ms']:.1f} ms). Shares below are of the profiled time; the "
+                      "bottleneck sentence above corrects for the difference.", ""]
         phases = prof["phases"]
         cat_rows = [[c] + [f"{phases[p]['categories_ms'][c]:.2f} ({phases[p]['categories_share'][c]:.0%})"
                            for p in phases] for c in CATEGORIES]
@@ -114,10 +121,13 @@ def render(results: RunResults, charts: list[str]) -> str:
                                  f"{o['calls_per_phase']:.0f}", f"{o['share']:.1%}"]
                                 for o in d["top_ops"]]), ""]
             step = d.get("parts_step_ms") or d["wall_ms"]
-            parts += [f"By model part, per decode step ({prof.get('parts_note')}):", "",
-                      md_table(["part", "ms", "share"],
-                               [[p, f"{d['parts_ms'].get(p, 0.0):.2f}",
-                                 f"{d['parts_ms'].get(p, 0.0) / step:.0%}"] for p in PARTS]), ""]
+            part_rows = [[p, f"{d['parts_ms'].get(p, 0.0):.2f}", f"{d['parts_ms'].get(p, 0.0) / step:.0%}"]
+                         for p in PARTS]
+            outside = step - sum(d["parts_ms"].get(p, 0.0) for p in PARTS)
+            if outside > 0.005 * step:
+                part_rows.append(["outside any operator", f"{outside:.2f}", f"{outside / step:.0%}"])
+            parts += [f"By model part, per decode step of {step:.1f} ms ({prof.get('parts_note')}):", "",
+                      md_table(["part", "ms", "share"], part_rows), ""]
     if charts:
         parts += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
     return "\n".join(parts)
