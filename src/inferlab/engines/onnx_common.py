@@ -4,12 +4,11 @@ runs prefill/decode by feeding `present.*` outputs back as `past_key_values.*` i
 from __future__ import annotations
 
 import os
-import shutil
-import time
 
 import numpy as np
 
 from .. import defaults
+from ..fsutil import build_folder, is_complete
 from ..models import ModelRef
 from .base import EngineError
 
@@ -22,26 +21,6 @@ def artifact_dir(ref: ModelRef, variant: str) -> str:
 
     tag = f"{variant}-ort{onnxruntime.__version__}-opt{optimum.version.__version__}-tf{transformers.__version__}"
     return os.path.join(defaults.cache_dir(), "onnx", f"{ref.name}-{ref.content_hash}", tag)
-
-
-def is_complete(folder: str) -> bool:
-    return os.path.isfile(os.path.join(folder, ".complete"))
-
-
-def build_atomically(dest: str, build) -> float:
-    """Run build(tmp) and rename tmp to dest; returns seconds spent. No half-written cache."""
-    tmp = f"{dest}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    t0 = time.perf_counter()
-    try:
-        build(tmp)
-        open(os.path.join(tmp, ".complete"), "w").close()
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return time.perf_counter() - t0
 
 
 def export_fp32(ref: ModelRef) -> tuple[str, bool]:
@@ -58,7 +37,7 @@ def export_fp32(ref: ModelRef) -> tuple[str, bool]:
         if not os.path.isfile(os.path.join(tmp, "model.onnx")):
             raise EngineError(f"ONNX export wrote no model.onnx in {tmp}")
 
-    build_atomically(dest, build)
+    build_folder(dest, build)
     return dest, False
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 
 from .base import EngineError
-from .onnx_common import artifact_dir, build_atomically, export_fp32, initializer_bytes, is_complete
+from ..fsutil import build_folder, is_complete
+from .onnx_common import artifact_dir, export_fp32, initializer_bytes
 from .onnx_fp32 import OnnxFp32
 
 QUANTIZED_OPS = ("MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul")
@@ -81,7 +82,7 @@ class OnnxInt8(OnnxFp32):
             if sum(ops.get(op, 0) for op in QUANTIZED_OPS) == 0:  # never cache a no-op
                 raise EngineError("onnx-int8 quantized 0 MatMul nodes: nothing was optimized")
 
-        build_atomically(dest, build)
+        build_folder(dest, build)
         return dest, False
 
     def load(self) -> None:

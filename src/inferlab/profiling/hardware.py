@@ -73,7 +73,7 @@ def limits(threads: int, remeasure: bool = False) -> dict:
         except (OSError, json.JSONDecodeError):
             pass  # a broken cache file is simply measured again
     data = measure(threads)
-    from ..results import write_json_atomic
+    from ..fsutil import write_json_atomic
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json_atomic(path, data)

@@ -1,0 +1,44 @@
+"""What the PyTorch engines share: loading, window logits, profiling and the report of what
+was built. Subclasses only say how prefill and one decode step run."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Engine
+from .torch_common import (
+    folder_weight_file_bytes,
+    load_hf_model,
+    module_weight_bytes,
+    parameter_count,
+    window_logits,
+)
+
+
+class TorchEngine(Engine):
+    def load(self) -> None:
+        self.model = self.build_model()
+
+    def build_model(self):
+        return load_hf_model(self.model_ref, self.threads)
+
+    def window_logits(self, token_ids):
+        return window_logits(self.model, token_ids)
+
+    def profile(self, prompt_ids, steps, trace_path, detail, sweep_lengths=()):
+        from ..profiling import torch_profile
+
+        return torch_profile.profile(self, self.model, prompt_ids, steps, trace_path, detail,
+                                     sweep_lengths)
+
+    def details(self) -> dict:
+        return {"dtype": "float32", "threads": torch.get_num_threads(),
+                "attention": self.model.config._attn_implementation}
+
+    def info(self) -> dict:
+        return {
+            "weight_bytes": module_weight_bytes(self.model),
+            "file_bytes": folder_weight_file_bytes(self.model_ref.path),
+            "parameters": parameter_count(self.model),
+            "details": self.details(),
+        }
