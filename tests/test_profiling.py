@@ -132,3 +132,22 @@ def test_roofline_arithmetic_on_known_inputs():
         "matmul": 0.3, "overhead": 0.6, "attention": 0.1}, "categories_ms": {"overhead": 24.0}}}}
     sentence, step = verdict(m, roof, None)
     assert "60% framework overhead" in sentence and "compile" in step
+
+
+def test_verdict_removes_profiler_cost_and_names_memory_bound():
+    r = RunResults(config={}, machine={}, model={"name": "m", "parameters": 1_000_000},
+                   prompt_tokens=10)
+    r.hardware = {"bandwidth_bytes_per_s": 10e9, "gemm_flops_per_s": 100e9, "threads": 2}
+    m = MethodResult(method="onnx", status="ok", weight_bytes=360_000_000,
+                     runs=[RunSample(ttft_s=0.001, e2e_s=0.001 + 0.04 * 4, itl_s=[0.04] * 4)] * 5)
+    # profiled step 80 ms of which 45 ms outside operators; unprofiled 40 ms
+    m.profile = {"unprofiled": {"decode_step_ms": 40.0, "prefill_ms": 1.0},
+                 "phases": {"decode": {"wall_ms": 80.0,
+                                       "categories_share": {"matmul": 0.4375, "overhead": 0.5625},
+                                       "categories_ms": {"matmul": 35.0, "overhead": 45.0}}}}
+    sentence, step = verdict(m, roofline(m, r), None)
+    assert "memory-bound" in sentence and "90%" in sentence  # 36 ms floor / 40 ms TPOT
+    assert "fewer bytes" in step
+    m.weight_bytes = 100_000_000  # floor 10 ms: far from it; overhead 5 ms of 40 after correction
+    sentence, _ = verdict(m, roofline(m, r), None)
+    assert "matmul-bound" in sentence and "framework overhead" not in sentence

@@ -154,7 +154,7 @@ def draw(results: RunResults, folder: str) -> list[str]:
         vals = np.array([ph["categories_share"][c] * 100 for _, ph in bars])
         ax.bar(range(len(bars)), vals, bottom=bottom, label=c, color=colors[i % len(colors)])
         bottom += vals
-    ax.set_xticks(range(len(bars)), [b for b, _ in bars], fontsize=8)
+    ax.set_xticks(range(len(bars)), [b for b, _ in bars], fontsize=8, rotation=30, ha="right")
     ax.set_ylabel("share of phase wall time, %")
     ax.set_title("Where time goes, by operator category (overhead = outside any operator)")
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
