@@ -103,6 +103,18 @@ def test_not_a_causal_lm(tmp_path, capsys):
     assert "not a causal language model" in capsys.readouterr().err
 
 
+def test_folder_without_weights_and_corrupt_gguf(tmp_path, capsys):
+    from transformers import LlamaConfig
+
+    LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=64).save_pretrained(tmp_path / "empty")
+    assert run_cli("run", "--model", tmp_path / "empty", "--quiet") == 2
+    assert "no weight files" in capsys.readouterr().err
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf file")
+    assert run_cli("run", "--model", tmp_path / "junk.gguf", "--quiet") == 2
+    assert "cannot load GGUF" in capsys.readouterr().err
+
+
 def test_report_of_corrupt_file_exits_2(tmp_path, capsys):
     bad = tmp_path / "results.json"
     bad.write_text("{not json")

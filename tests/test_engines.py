@@ -109,3 +109,27 @@ def test_int8_that_quantizes_nothing_is_an_error(tiny_refs, monkeypatch):
     engine = ti.TorchInt8(tiny_refs["llama"], threads=1)
     with pytest.raises(EngineError, match="0 layers"):
         engine.load()
+
+
+def test_bytes_read_per_step_leave_out_lookup_only_tables(loaded):
+    """Tied LM head: the table is streamed every step. Quantized LM head: the fp32 table is
+    only gathered (one row), so it is held but not read."""
+    for method in ("kv-cache", "onnx"):
+        info = loaded(method, "llama").info()
+        assert info["details"]["weight_bytes_read_per_step"] == info["weight_bytes"], method
+    for method in ("torch-int8", "onnx-int8"):
+        info = loaded(method, "llama").info()
+        table = 320 * 64 * 4  # vocab x hidden fp32
+        assert info["weight_bytes"] - info["details"]["weight_bytes_read_per_step"] >= table, method
+
+
+def test_onnx_int8_quantizes_the_tied_lm_head(loaded):
+    import onnx
+
+    e = loaded("onnx-int8", "llama")
+    graph = onnx.load(e.model_path).graph
+    inits = {i.name for i in graph.initializer}
+    fp32_const_matmuls = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
+                          and n.input[1] in inits]
+    assert fp32_const_matmuls == []  # every weight matmul, LM head included, is quantized
+    assert any("lm_head" in n.name for n in graph.node if n.op_type == "MatMulNBits")

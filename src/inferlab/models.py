@@ -98,6 +98,8 @@ def _check_causal_lm(folder: str) -> None:
         raise ModelError(
             f"not a causal language model: {folder} has model_type '{config.model_type}'"
         )
+    if not any(f.endswith(WEIGHT_SUFFIXES) for f in os.listdir(folder)):
+        raise ModelError(f"no weight files (*.safetensors, *.bin) in {folder}")
 
 
 def content_hash(folder: str) -> str:

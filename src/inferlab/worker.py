@@ -122,6 +122,7 @@ def run_profile(job: dict) -> dict:
     unprofiled = _unprofiled_steps(engine, job["prompt_ids"], opts["steps"])
     data = engine.profile(job["prompt_ids"], opts["steps"], opts["trace_path"], opts["detail"], sweep)
     data["unprofiled"] = unprofiled
+    progress(f"profiling: trace {opts['trace_path']} ({data['trace_bytes'] / 1e6:.1f} MB)")
     info = engine.info()
     return {"status": "ok", "profile": data, "weight_bytes": info.get("weight_bytes"),
             "file_bytes": info.get("file_bytes"), "parameters": info.get("parameters"),

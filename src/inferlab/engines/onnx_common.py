@@ -51,22 +51,36 @@ def onnx_file_bytes(folder: str) -> int:
 
 def initializer_bytes(model_path: str) -> tuple[int, dict]:
     """Bytes of the graph's initializers (the weights as ORT holds them) and op counts."""
+    total, ops, _ = graph_bytes(model_path)
+    return total, ops
+
+
+def graph_bytes(model_path: str) -> tuple[int, dict, int]:
+    """(initializer bytes, op counts, bytes of tables only read through Gather: an embedding
+    whose one row per step is all a decode step reads of it)."""
     import onnx
     from onnx import external_data_helper, helper
 
     model = onnx.load(model_path, load_external_data=False)
-    total = 0
+    sizes, dims = {}, {}
     for init in model.graph.initializer:
+        dims[init.name] = len(init.dims)
         if external_data_helper.uses_external_data(init):
             info = {e.key: e.value for e in init.external_data}
-            total += int(info.get("length", 0))
+            sizes[init.name] = int(info.get("length", 0))
         else:
             n = int(np.prod(init.dims)) if init.dims else 1
-            total += n * np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+            sizes[init.name] = n * np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
     ops: dict[str, int] = {}
+    users: dict[str, set] = {}
     for node in model.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    return total, ops
+        for pos, i in enumerate(node.input):
+            users.setdefault(i, set()).add((node.op_type, pos))
+    # a 2-D table that is only ever the data input of Gather: an embedding lookup
+    gathered = sum(sizes[n] for n, u in users.items()
+                   if n in sizes and dims[n] == 2 and u == {("Gather", 0)})
+    return sum(sizes.values()), ops, gathered
 
 
 class OrtCausalLM:

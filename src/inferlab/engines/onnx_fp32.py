@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from .base import Engine
-from .onnx_common import OrtCausalLM, export_fp32, initializer_bytes, onnx_file_bytes
+from .onnx_common import OrtCausalLM, export_fp32, graph_bytes, onnx_file_bytes
 
 
 class OnnxFp32(Engine):
@@ -46,6 +46,8 @@ class OnnxFp32(Engine):
                 "matmul_nodes": ops.get("MatMul", 0) + ops.get("Gemm", 0)}
 
     def info(self) -> dict:
-        weight_bytes, ops = initializer_bytes(self.model_path)
+        weight_bytes, ops, gathered = graph_bytes(self.model_path)
+        details = self.details(ops)
+        details["weight_bytes_read_per_step"] = weight_bytes - gathered
         return {"weight_bytes": weight_bytes, "file_bytes": onnx_file_bytes(self.folder),
-                "details": self.details(ops)}
+                "details": details}

@@ -65,6 +65,18 @@ def module_weight_bytes(model: torch.nn.Module) -> int:
     return total
 
 
+def lookup_only_bytes(model: torch.nn.Module) -> int:
+    """Bytes of embedding tables that no matmul reads: a decode step reads one row of them, so
+    they do not count towards the bytes a step streams (a tied LM head does read its table)."""
+    linear_ptrs = {m.weight.data_ptr() for m in model.modules()
+                   if isinstance(m, torch.nn.Linear)}
+    total = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Embedding) and m.weight.data_ptr() not in linear_ptrs:
+            total += tensor_bytes(m.weight)
+    return total
+
+
 def parameter_count(model: torch.nn.Module) -> int:
     seen, n = set(), 0
     for p in model.parameters():

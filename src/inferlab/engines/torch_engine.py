@@ -9,6 +9,7 @@ from .base import Engine
 from .torch_common import (
     folder_weight_file_bytes,
     load_hf_model,
+    lookup_only_bytes,
     module_weight_bytes,
     parameter_count,
     window_logits,
@@ -32,13 +33,19 @@ class TorchEngine(Engine):
                                      sweep_lengths)
 
     def details(self) -> dict:
+        import transformers
+
         return {"dtype": "float32", "threads": torch.get_num_threads(),
-                "attention": self.model.config._attn_implementation}
+                "attention": self.model.config._attn_implementation,
+                "torch": torch.__version__, "transformers": transformers.__version__}
 
     def info(self) -> dict:
+        weight_bytes = module_weight_bytes(self.model)
+        details = self.details()
+        details["weight_bytes_read_per_step"] = weight_bytes - lookup_only_bytes(self.model)
         return {
-            "weight_bytes": module_weight_bytes(self.model),
+            "weight_bytes": weight_bytes,
             "file_bytes": folder_weight_file_bytes(self.model_ref.path),
             "parameters": parameter_count(self.model),
-            "details": self.details(),
+            "details": details,
         }

@@ -82,9 +82,9 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
     ]
     ranked = ranking(results)
     if ranked:
-        judged = any(m.quality for m in results.methods)
+        judged = any((m.quality or {}).get("verdict") in ("PASS", "FAIL") for m in results.methods)
         parts += ["## Ranking" + (" (fastest first, among methods that pass the quality budget)"
-                                   if judged else " (fastest first; quality not evaluated)"), ""]
+                                   if judged else " (fastest first; quality not judged)"), ""]
         parts += ranked + [""]
     qrows = quality_rows(results)
     if qrows:

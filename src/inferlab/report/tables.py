@@ -145,7 +145,7 @@ def ranking(results: RunResults) -> list[str]:
     if not timed:
         return []
     passing = [m for m in timed if (m.quality or {}).get("verdict") == "PASS"]
-    judged = any(m.quality for m in timed)
+    judged = any((m.quality or {}).get("verdict") in ("PASS", "FAIL") for m in timed)
     pool = passing if judged else timed
     lines = []
     for i, m in enumerate(sorted(pool, key=lambda m: m.figure("e2e_s").median), 1):
