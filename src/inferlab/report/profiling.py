@@ -65,6 +65,12 @@ def render(results: RunResults, charts: list[str]) -> str:
               "benchmark. Category shares of a phase add up to 100 %: `overhead` is the phase's "
               "wall time that no operator covers (Python, dispatch, framework bookkeeping).", ""]
     parts += ["## Bottlenecks", ""]
+    over = [m.method for m in profiled(results)
+            if ((roofline(m, results) or {}).get("decode_efficiency") or 0) > 1.0]
+    if over:
+        parts += [f"- **warning**: {', '.join(over)} decoded faster than the bandwidth floor allows: "
+                  "the bandwidth figure is low or stale (the machine was slower when it was "
+                  "measured); rerun with `--remeasure-hardware`.", ""]
     roof_rows = []
     for m in profiled(results):
         roof = roofline(m, results)
