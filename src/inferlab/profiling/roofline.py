@@ -59,20 +59,19 @@ def verdict(m, roof: dict | None, sweep_ratio: float | None) -> tuple[str, str]:
     decode = (m.profile or {}).get("phases", {}).get("decode")
     if not decode:
         return "no decode profile", "run `inferlab profile` for this method"
-    shares = dict(decode["categories_share"])
+    shares = dict(decode["categories_share"])  # of the profiled step
     wall = decode["wall_ms"]
     overhead_ms = decode["categories_ms"]["overhead"]
+    overhead = shares.get("overhead", 0.0)
     u = (m.profile or {}).get("unprofiled")
     if u and u["decode_step_ms"] and wall > u["decode_step_ms"]:
-        # the profiler's own cost lands mostly outside operators: take it out of 'overhead'
-        # and express every share against the unprofiled step
+        # the profiler's own cost lands partly outside operators: an overhead claim must hold
+        # after taking the whole difference out of it, against the unprofiled step
         step = u["decode_step_ms"]
         overhead_ms = max(overhead_ms - (wall - step), 0.0)
-        shares = {c: decode["categories_ms"][c] / step for c in shares}
-        shares["overhead"] = overhead_ms / step
+        overhead = overhead_ms / step
         wall = step
     top_cat = max((c for c in shares if c != "overhead"), key=lambda c: shares[c])
-    overhead = shares.get("overhead", 0.0)
     eff = (roof or {}).get("decode_efficiency")
     eff_text = f"; {eff:.0%} of the memory-bandwidth floor ({roof['decode_floor_ms']:.1f} ms)" if eff else ""
     if m.method == defaults.BASELINE_METHOD and sweep_ratio and sweep_ratio > 1.5:
@@ -93,6 +92,18 @@ def verdict(m, roof: dict | None, sweep_ratio: float | None) -> tuple[str, str]:
         return (f"decode is matmul-bound ({shares['matmul']:.0%} of a {wall:.1f} ms step) but the "
                 f"kernels stream weights below the machine's bandwidth{eff_text}",
                 "a faster GEMV kernel (ONNX Runtime/MLAS, oneDNN) or fewer weight bytes (int8)")
-    return (f"decode time is led by {top_cat} ({shares[top_cat]:.0%} of a {wall:.1f} ms step)"
-            f"{eff_text}",
-            f"look at the top {top_cat} operators in the table below")
+    return (f"decode time is led by {top_cat} ({shares[top_cat]:.0%} of the profiled step, "
+            f"{wall:.1f} ms unprofiled){eff_text}",
+            NEXT_STEP.get(top_cat, f"look at the top {top_cat} operators in the table below"))
+
+
+NEXT_STEP = {
+    "layout/copies": "fewer, fused graph nodes: the step runs many small shape and copy operators "
+                     "(graph-level transformer fusions, or a graph built for generation)",
+    "elementwise": "fuse elementwise chains into their neighbours (compile, or fused graph kernels)",
+    "attention": "a fused attention kernel (SDPA, GroupQueryAttention) and a preallocated KV cache",
+    "normalization": "fused (skip) layer-norm kernels",
+    "embedding/lookup": "check the gathers: shape gathers in an unfused graph, or a large lookup",
+    "quantize/dequantize": "keep weights quantized inside the matmul kernel instead of "
+                           "dequantizing them every step",
+}
