@@ -59,7 +59,6 @@ def resolve(spec: str) -> ModelRef:
         stem = os.path.splitext(os.path.basename(spec))[0]
         return _ref(spec, stem, _convert_gguf(os.path.abspath(spec), stem), "gguf", True)
     if os.path.isdir(spec):
-        _check_causal_lm(spec)
         return _ref(spec, os.path.basename(os.path.abspath(spec)), os.path.abspath(spec), "folder", True)
     if os.path.exists(spec):
         raise ModelError(f"not a model folder or .gguf file: {spec}")
@@ -110,18 +109,20 @@ def content_hash(folder: str) -> str:
     )
     for name in names:
         h.update(name.encode())
-        with open(os.path.join(folder, name), "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
+        _hash_file_into(h, os.path.join(folder, name))
     return h.hexdigest()[:16]
 
 
 def _file_hash(path: str) -> str:
     h = hashlib.sha256()
+    _hash_file_into(h, path)
+    return h.hexdigest()[:16]
+
+
+def _hash_file_into(h, path: str) -> None:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
-    return h.hexdigest()[:16]
 
 
 def _atomic_folder(dest: str, build) -> str:
