@@ -133,3 +133,9 @@ def test_onnx_int8_quantizes_the_tied_lm_head(loaded):
                           and n.input[1] in inits]
     assert fp32_const_matmuls == []  # every weight matmul, LM head included, is quantized
     assert any("lm_head" in n.name for n in graph.node if n.op_type == "MatMulNBits")
+
+
+def test_methods_with_a_conversion_step_are_known_from_the_engine():
+    from inferlab.engines import has_prepare
+
+    assert {m for m in method_names() if has_prepare(m)} == {"onnx", "onnx-int8"}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from . import __version__, defaults, machine
 from .analysis import first_divergence
 from .config import RunConfig
-from .engines import PREPARED, engine_class, engine_path
+from .engines import engine_class, engine_path, has_prepare
 from .models import ModelRef, parameter_count, resolve
 from .results import MethodResult, RunResults, save
 from .worker import PROGRESS
@@ -181,7 +181,7 @@ def run_method(method: str, ctx: RunContext, timed_runs, with_quality: bool,
     log_path = os.path.join(ctx.logdir, f"{method}.log")
     show = lambda msg: ctx.show(f"{method}: {msg}")  # noqa: E731
     timeout = ctx.config.timeout_s
-    if method in PREPARED:
+    if has_prepare(method):
         out = run_worker(_job("prepare", method, ctx, None, False), ctx.workdir, log_path,
                          timeout, show)
         if out.status != "ok":

@@ -26,11 +26,19 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
 
 
-def run_prepare(job: dict) -> dict:
+def _engine(job: dict):
+    """The job's engine, built (not loaded) with the job's thread count."""
+    import torch
+
     from .engines import import_engine
     from .models import ModelRef
 
-    engine = import_engine(job["engine"])(ModelRef.from_dict(job["model"]), job["threads"])
+    torch.set_num_threads(job["threads"])
+    return import_engine(job["engine"])(ModelRef.from_dict(job["model"]), job["threads"])
+
+
+def run_prepare(job: dict) -> dict:
+    engine = _engine(job)
     progress("preparing (export / conversion, cached afterwards)")
     t0 = time.perf_counter()
     hit = engine.prepare()
@@ -41,14 +49,9 @@ def run_measure(job: dict) -> dict:
     """Load, then (if asked) time generations, then (if asked) evaluate quality.
 
     Peak RSS is read before the quality pass, whose logit windows are not the method's cost."""
-    import torch
-
-    from .engines import import_engine
     from .harness import measure
-    from .models import ModelRef
 
-    torch.set_num_threads(job["threads"])
-    engine = import_engine(job["engine"])(ModelRef.from_dict(job["model"]), job["threads"])
+    engine = _engine(job)
     progress("loading")
     t0 = time.perf_counter()
     engine.load()
@@ -106,13 +109,7 @@ def _unprofiled_steps(engine, prompt_ids, steps: int) -> dict:
 
 def run_profile(job: dict) -> dict:
     """Its own process, never timed together with the benchmark."""
-    import torch
-
-    from .engines import import_engine
-    from .models import ModelRef
-
-    torch.set_num_threads(job["threads"])
-    engine = import_engine(job["engine"])(ModelRef.from_dict(job["model"]), job["threads"])
+    engine = _engine(job)
     progress("profiling: loading")
     engine.load()
     opts = job["profile"]

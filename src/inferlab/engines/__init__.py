@@ -14,7 +14,6 @@ REGISTRY: dict[str, str] = {
     "onnx-int8": "onnx_int8:OnnxInt8",
 }
 
-PREPARED = {"onnx", "onnx-int8"}  # methods with a cached one-time conversion step
 
 
 def method_names() -> list[str]:
@@ -40,5 +39,10 @@ def engine_class(name: str) -> type[Engine]:
     return import_engine(engine_path(name))
 
 
-__all__ = ["Engine", "EngineError", "REGISTRY", "PREPARED", "method_names", "engine_class",
-           "engine_path", "import_engine"]
+def has_prepare(name: str) -> bool:
+    """Whether the method has a one-time conversion step (it overrides Engine.prepare)."""
+    return engine_class(name).prepare is not Engine.prepare
+
+
+__all__ = ["Engine", "EngineError", "REGISTRY", "method_names", "engine_class", "engine_path",
+           "has_prepare", "import_engine"]
