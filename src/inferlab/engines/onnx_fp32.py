@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import cached_property
 
 from .base import Engine
 from .onnx_common import OrtCausalLM, export_fp32, graph_bytes, onnx_file_bytes
@@ -38,6 +39,11 @@ class OnnxFp32(Engine):
 
         return ort_profile.profile(self.model_path, self.threads, prompt_ids, steps, trace_path)
 
+    @cached_property
+    def graph_stats(self) -> tuple[int, dict, int]:
+        """(initializer bytes, op counts, lookup-only bytes) of the loaded graph, parsed once."""
+        return graph_bytes(self.model_path)
+
     def details(self, ops: dict) -> dict:
         import onnxruntime
 
@@ -46,7 +52,7 @@ class OnnxFp32(Engine):
                 "matmul_nodes": ops.get("MatMul", 0) + ops.get("Gemm", 0)}
 
     def info(self) -> dict:
-        weight_bytes, ops, gathered = graph_bytes(self.model_path)
+        weight_bytes, ops, gathered = self.graph_stats
         details = self.details(ops)
         details["weight_bytes_read_per_step"] = weight_bytes - gathered
         return {"weight_bytes": weight_bytes, "file_bytes": onnx_file_bytes(self.folder),

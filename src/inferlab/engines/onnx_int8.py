@@ -21,6 +21,16 @@ BITS, BLOCK_SIZE, ACCURACY_LEVEL = 8, 32, 4  # accuracy_level 4: int8 activation
 RECIPE = "r3"  # bump when the conversion below changes: it is part of the cache key
 
 
+def quantized_nodes(ops: dict) -> int:
+    return sum(ops.get(op, 0) for op in QUANTIZED_OPS)
+
+
+def require_quantized(ops: dict) -> None:
+    """Zero quantized nodes is a failure, not a result."""
+    if quantized_nodes(ops) == 0:
+        raise EngineError("onnx-int8 quantized 0 MatMul nodes: nothing was optimized")
+
+
 def gemm_to_matmul(model) -> int:
     """Rewrite Gemm(A, W, C) with a constant W as MatMul + Add, in place, so that the MatMulNBits
     quantizer (MatMul only) sees GPT-2's Conv1D layers, which export as Gemm. Returns the count."""
@@ -118,18 +128,14 @@ class OnnxInt8(OnnxFp32):
             q.process()
             out = os.path.join(tmp, "model.onnx")
             q.model.save_model_to_file(out, use_external_data_format=False)
-            _, ops = initializer_bytes(out)
-            if sum(ops.get(op, 0) for op in QUANTIZED_OPS) == 0:  # never cache a no-op
-                raise EngineError("onnx-int8 quantized 0 MatMul nodes: nothing was optimized")
+            require_quantized(initializer_bytes(out)[1])  # never cache a no-op
 
         build_folder(dest, build)
         return dest, False
 
     def load(self) -> None:
         super().load()
-        _, ops = initializer_bytes(self.model_path)
-        if sum(ops.get(op, 0) for op in QUANTIZED_OPS) == 0:
-            raise EngineError("onnx-int8 quantized 0 MatMul nodes: nothing was optimized")
+        require_quantized(self.graph_stats[1])
 
     def details(self, ops: dict) -> dict:
         _, fp32_ops = initializer_bytes(os.path.join(export_fp32(self.model_ref)[0], "model.onnx"))
@@ -137,7 +143,7 @@ class OnnxInt8(OnnxFp32):
             **super().details(ops),
             "dtype": f"int{BITS} weights (block {BLOCK_SIZE}, symmetric), int8 compute "
                      f"(accuracy_level {ACCURACY_LEVEL})",
-            "quantized_nodes": sum(ops.get(op, 0) for op in QUANTIZED_OPS),
+            "quantized_nodes": quantized_nodes(ops),
             "matmul_nodes_before": fp32_ops.get("MatMul", 0) + fp32_ops.get("Gemm", 0),
             "fp32_matmul_nodes_left": ops.get("MatMul", 0) + ops.get("Gemm", 0),
         }
