@@ -179,13 +179,9 @@ def make_plan(tokenizer, text: str, text_source: str, meaningful: bool, workdir:
     """Tokenize once in the parent, so every method scores exactly the same tokens."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     windows = eval_windows(ids)
-    prompts = []
-    for p in GREEDY_PROMPTS:
-        if chat_template and getattr(tokenizer, "chat_template", None):
-            prompts.append([int(i) for i in tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)])
-        else:
-            prompts.append(list(tokenizer(p)["input_ids"]))
+    from .prompts import encode_prompt
+
+    prompts = [encode_prompt(tokenizer, p, chat_template)[0] for p in GREEDY_PROMPTS]
     return {
         "windows": windows,
         "context": EVAL_CONTEXT,

@@ -20,6 +20,7 @@ from .analysis import first_divergence
 from .config import RunConfig
 from .engines import engine_class, engine_path, has_prepare
 from .models import ModelRef, parameter_count, resolve
+from .prompts import encode_prompt, load_tokenizer
 from .results import MethodResult, RunResults, save
 from .worker import PROGRESS
 
@@ -51,28 +52,12 @@ def new_results_folder(base: str, model_name: str) -> str:
 
 
 def tokenize_prompt(model: ModelRef, prompt: str, chat_template: bool) -> tuple[list[int], bool]:
-    """Prompt ids, and whether the model's chat template was applied (instruct models answer
-    a raw prompt oddly: SmolLM2 starts with an end-of-turn token)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(model.path)
-    except Exception as e:  # noqa: BLE001
-        from .models import ModelError, _first_line
-
-        raise ModelError(f"no usable tokenizer in {model.path}: {_first_line(e)}") from e
-    if chat_template and getattr(tok, "chat_template", None):
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                      add_generation_prompt=True, tokenize=True)
-        return [int(i) for i in ids], True
-    return list(tok(prompt, add_special_tokens=True)["input_ids"]), False
+    return encode_prompt(load_tokenizer(model.path), prompt, chat_template)
 
 
 def decode_text(model: ModelRef, tokens: list[int]) -> str:
-    from transformers import AutoTokenizer
-
     try:
-        return AutoTokenizer.from_pretrained(model.path).decode(tokens, skip_special_tokens=False)
+        return load_tokenizer(model.path).decode(tokens, skip_special_tokens=False)
     except Exception:  # noqa: BLE001 - e.g. gpt2-random ids outside the borrowed vocabulary
         return ""
 
@@ -225,8 +210,6 @@ def run_method(method: str, ctx: RunContext, timed_runs, with_quality: bool,
 
 
 def quality_plan(model: ModelRef, config: RunConfig, workdir: str) -> dict:
-    from transformers import AutoTokenizer
-
     from . import quality
 
     if config.text_file:
@@ -237,8 +220,7 @@ def quality_plan(model: ModelRef, config: RunConfig, workdir: str) -> dict:
             raise ValueError(f"cannot read --text-file {config.text_file}: {e}") from None
     else:
         text, source = quality.default_text()
-    tok = AutoTokenizer.from_pretrained(model.path)
-    return quality.make_plan(tok, text, source, model.quality_meaningful, workdir,
+    return quality.make_plan(load_tokenizer(model.path), text, source, model.quality_meaningful, workdir,
                              config.chat_template)
 
 
