@@ -115,12 +115,18 @@ def test_bandwidth_and_gemm_peak_are_positive(monkeypatch, tmp_path):
     assert not hardware.limits(threads=1, remeasure=True)["cached"]
 
 
-def test_roofline_arithmetic_on_known_inputs():
+def known_run(method: str, weight_bytes: int):
+    """1 M parameters, 10 prompt tokens, 10 GB/s, 100 GFLOP/s; 5 runs of TTFT 1 ms, TPOT 40 ms."""
     r = RunResults(config={}, machine={}, model={"name": "m", "parameters": 1_000_000},
                    prompt_tokens=10)
     r.hardware = {"bandwidth_bytes_per_s": 10e9, "gemm_flops_per_s": 100e9, "threads": 2}
-    m = MethodResult(method="kv-cache", status="ok", weight_bytes=200_000_000,
+    m = MethodResult(method=method, status="ok", weight_bytes=weight_bytes,
                      runs=[RunSample(ttft_s=0.001, e2e_s=0.001 + 0.04 * 4, itl_s=[0.04] * 4)] * 5)
+    return r, m
+
+
+def test_roofline_arithmetic_on_known_inputs():
+    r, m = known_run("kv-cache", 200_000_000)
     roof = roofline(m, r)
     assert roof["decode_floor_ms"] == pytest.approx(20.0)  # 200 MB / 10 GB/s
     assert roof["tpot_ms"] == pytest.approx(40.0)
@@ -135,11 +141,7 @@ def test_roofline_arithmetic_on_known_inputs():
 
 
 def test_verdict_removes_profiler_cost_and_names_memory_bound():
-    r = RunResults(config={}, machine={}, model={"name": "m", "parameters": 1_000_000},
-                   prompt_tokens=10)
-    r.hardware = {"bandwidth_bytes_per_s": 10e9, "gemm_flops_per_s": 100e9, "threads": 2}
-    m = MethodResult(method="onnx", status="ok", weight_bytes=360_000_000,
-                     runs=[RunSample(ttft_s=0.001, e2e_s=0.001 + 0.04 * 4, itl_s=[0.04] * 4)] * 5)
+    r, m = known_run("onnx", 360_000_000)
     # profiled step 80 ms of which 45 ms outside operators; unprofiled 40 ms
     m.profile = {"unprofiled": {"decode_step_ms": 40.0, "prefill_ms": 1.0},
                  "phases": {"decode": {"wall_ms": 80.0,

@@ -10,7 +10,7 @@ from . import defaults
 from .fsutil import write_json_atomic
 from .stats import Summary, summarize, too_few_runs
 
-# figure name -> (unit, how to get the samples from the raw runs)
+# the figures summarized per method (seconds, except decode tokens per second)
 FIGURES = ("ttft_s", "tpot_s", "itl_s", "e2e_s", "decode_tps")
 
 

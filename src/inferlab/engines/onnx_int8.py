@@ -3,7 +3,7 @@ compute (accuracy_level 4), KV cache.
 
 Why not `quantize_dynamic`: in onnxruntime 1.32 its per-channel int8 MatMulInteger graph gives
 garbage on SmolLM2 (KL 12.6 nats against fp32, top-1 agreement 0 %), and per-tensor gives KL 0.7
-with the greedy text diverging; 8-bit block-wise weights keep KL near 0.006 and are faster.
+with the greedy text diverging; 8-bit block-wise weights keep KL at 0.005 and are faster.
 The LM head, tied to the embedding behind a Transpose, gets its own transposed copy first, so
 that it is quantized too (it is a fifth of the weights read per step)."""
 

@@ -2,8 +2,8 @@
 streaming read bandwidth over 1 GiB (far beyond the caches) and a GEMM peak (square fp32 matmul).
 
 Bandwidth is the faster of a plain reduction (torch.sum: pure streaming reads) and an fp32 GEMV
-(torch.mv, a decode step's shape): on the project machine the GEMV kernel reads at ~16 GB/s while
-the reduction reaches ~27 GB/s, and ONNX Runtime's GEMV beat the former, so the GEMV alone would
+(torch.mv, a decode step's shape): on the project machine the GEMV kernel read at 15.5-15.6 GB/s
+while the reduction reached 19.3-26.9 GB/s (two measurements), and ONNX Runtime's GEMV beat the former, so the GEMV alone would
 understate the limit."""
 
 from __future__ import annotations
