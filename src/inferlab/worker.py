@@ -93,18 +93,13 @@ def run_measure(job: dict) -> dict:
 
 
 def _unprofiled_steps(engine, prompt_ids, steps: int) -> dict:
-    """The same calls without a profiler, to show how much the profiler itself inflates them."""
-    from .harness import argmax, clock
+    """The same calls without a profiler (the harness's clocks), to show how much the profiler
+    itself inflates them."""
+    from .harness import generate
 
-    token = argmax(engine.prefill(prompt_ids))  # warm
-    token = argmax(engine.decode(token))
-    t0 = clock()
-    token = argmax(engine.prefill(prompt_ids))
-    t1 = clock()
-    for _ in range(steps):
-        token = argmax(engine.decode(token))
-    t2 = clock()
-    return {"prefill_ms": (t1 - t0) * 1e3, "decode_step_ms": (t2 - t1) / steps * 1e3}
+    generate(engine, prompt_ids, 2)  # warm, as the profilers do
+    g = generate(engine, prompt_ids, steps + 1)
+    return {"prefill_ms": g.ttft_s * 1e3, "decode_step_ms": g.tpot_s * 1e3}
 
 
 def run_profile(job: dict) -> dict:
