@@ -17,14 +17,11 @@ class _Fake(Engine):
     def load(self):
         pass
 
-    def prefill(self, token_ids):
-        return np.zeros(8, dtype=np.float32)
+    def prefill(self, token_ids, all_logits=False):
+        return np.zeros((len(token_ids), 8) if all_logits else 8, dtype=np.float32)
 
     def decode(self, token_id):
         return np.zeros(8, dtype=np.float32)
-
-    def window_logits(self, token_ids):
-        return np.zeros((len(token_ids), 8), dtype=np.float32)
 
     def info(self):
         return {"weight_bytes": 0, "file_bytes": 0, "details": {}}
@@ -49,3 +46,14 @@ class Hanging(_Fake):
 
     def decode(self, token_id):
         time.sleep(3600)
+
+
+class Hog(_Fake):
+    """Loads ~200 MB of touched memory, frees half of it, then runs: its peak must show it."""
+
+    name = "hog"
+
+    def load(self):
+        big = np.ones(25 << 20)  # 200 MB, every page touched
+        self.kept = big[: 12 << 20].copy()  # ~100 MB stay resident
+        del big

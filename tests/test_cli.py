@@ -123,8 +123,9 @@ def test_report_of_corrupt_file_exits_2(tmp_path, capsys):
     assert "corrupt" in err and len(err.splitlines()) == 1
 
 
-def test_interrupt_saves_what_was_measured(tiny_models, tmp_path):
-    """Ctrl-C during a hanging method: exit 130, the finished method is kept, no temp files."""
+@pytest.mark.parametrize("protocol", ["sequential", "interleaved"])
+def test_interrupt_saves_what_was_measured(tiny_models, tmp_path, protocol):
+    """Ctrl-C during a hanging method: exit 130, what was measured is kept, no temp files."""
     out = tmp_path / "results"
     code = (
         "import sys; from inferlab import cli, engines; "
@@ -133,15 +134,19 @@ def test_interrupt_saves_what_was_measured(tiny_models, tmp_path):
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "run", "--model", tiny_models["llama"], "--methods",
-         "kv-cache,hanging", "--output", str(out), "--quiet", *FAST],
+         "kv-cache,hanging", "--output", str(out), "--quiet", "--protocol", protocol, *FAST],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def kv_cache_measured(m):  # sequential: finished; interleaved: its first call is in
+        return m["status"] == "ok" if protocol == "sequential" else m["first_call_s"] is not None
+
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.5)
         paths = [os.path.join(out, d, "results.json") for d in os.listdir(out)] if out.exists() else []
         if paths and os.path.exists(paths[0]):
             data = json.load(open(paths[0]))
-            if any(m["method"] == "hanging" for m in data["methods"]):
+            if any(m["method"] == "kv-cache" and kv_cache_measured(m) for m in data["methods"]):
                 break
     time.sleep(3)  # the hanging method's worker is now inside decode
     proc.send_signal(signal.SIGINT)
@@ -149,8 +154,12 @@ def test_interrupt_saves_what_was_measured(tiny_models, tmp_path):
     assert proc.returncode == 130, err
     folder = only_run_folder(out)
     r = load(os.path.join(folder, "results.json"))
-    assert r.status == "interrupted"
-    assert r.method("kv-cache").ok and r.method("hanging").status == "interrupted"
+    assert r.status == "interrupted" and r.method("hanging").status == "interrupted"
+    kv = r.method("kv-cache")
+    if protocol == "sequential":
+        assert kv.ok and len(kv.runs) == 2
+    else:
+        assert kv.status == "interrupted" and kv.first_call_s > 0 and kv.load_s > 0
     assert os.path.exists(os.path.join(folder, "report.md"))
     assert not [f for f in os.listdir(folder) if f.startswith(".")]
 

@@ -22,16 +22,13 @@ class ScriptedEngine(Engine):
         x[(last + 1) % self.V] = 1.0
         return x
 
-    def prefill(self, token_ids):
+    def prefill(self, token_ids, all_logits=False):
         self.calls.append(("prefill", list(token_ids)))
         return self._logits(token_ids[-1])
 
     def decode(self, token_id):
         self.calls.append(("decode", token_id))
         return self._logits(token_id)
-
-    def window_logits(self, token_ids):
-        return np.stack([self._logits(t) for t in token_ids])
 
     def info(self):
         return {}
@@ -58,27 +55,32 @@ def test_generate_makes_exactly_n_tokens_without_eos_stop(monkeypatch):
     assert np.isclose(g.tpot_s, 0.01) and np.isclose(g.decode_tps, 100.0)
 
 
-def test_measure_runs_until_count_and_time(monkeypatch):
-    monkeypatch.setattr(harness, "clock", FakeClock(0.01))  # one generation of 10 tokens = 0.1 s
-    m = harness.measure(ScriptedEngine(), [0], 10, warmup=2, min_repeats=3, min_time_s=1.0,
-                        max_repeats=50)
-    assert len(m.runs) == 10  # count reached at 3, time (1.0 s) only at 10
-    assert m.deterministic and m.warmup_runs == 2
-    m = harness.measure(ScriptedEngine(), [0], 10, warmup=1, min_repeats=3, min_time_s=100.0,
-                        max_repeats=4)
-    assert len(m.runs) == 4  # the cap wins
-    m = harness.measure(ScriptedEngine(), [0], 10, warmup=0, min_repeats=3, min_time_s=0.0,
-                        max_repeats=9)
-    assert len(m.runs) == 3
+def test_repeat_until_count_and_time():
+    from inferlab.config import RunConfig
+    from inferlab.results import MethodResult, RunSample
+    from inferlab.runner import needs_more_runs
+
+    def with_runs(n, e2e):
+        return MethodResult(method="m", status="running",
+                            runs=[RunSample(ttft_s=0.01, e2e_s=e2e, itl_s=[0.01])] * n)
+
+    cfg = RunConfig(min_repeats=3, min_time_s=1.0, max_repeats=50)
+    assert needs_more_runs(with_runs(3, 0.1), cfg)  # count reached, time not
+    assert not needs_more_runs(with_runs(10, 0.11), cfg)  # both reached
+    assert needs_more_runs(with_runs(2, 5.0), cfg)  # time reached, count not
+    cfg = RunConfig(min_repeats=3, min_time_s=100.0, max_repeats=4)
+    assert not needs_more_runs(with_runs(4, 0.1), cfg)  # the cap wins
 
 
-def test_measure_flags_nondeterminism():
-    class Flaky(ScriptedEngine):
-        n = 0
+def test_around_wraps_every_engine_call_of_the_loop():
+    import contextlib
 
-        def prefill(self, token_ids):
-            Flaky.n += 1
-            return self._logits(token_ids[-1] + Flaky.n)
+    seen = []
 
-    m = harness.measure(Flaky(), [0], 4, warmup=0, min_repeats=2, min_time_s=0, max_repeats=2)
-    assert not m.deterministic
+    @contextlib.contextmanager
+    def around(phase):
+        seen.append(phase)
+        yield
+
+    harness.generate(ScriptedEngine(), [0], 4, around=around)
+    assert seen == ["prefill", "decode", "decode", "decode"]

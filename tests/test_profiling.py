@@ -11,6 +11,8 @@ from inferlab.profiling.breakdown import OpRecord, breakdown
 from inferlab.profiling.categories import CATEGORIES, categorize
 from inferlab.profiling.parts import part_of
 from inferlab.profiling.roofline import roofline, verdict
+from inferlab.profiling.run import profile_engine
+from inferlab.protocol import Profile
 from inferlab.results import MethodResult, RunResults, RunSample
 
 PROMPT = [5, 17, 42, 99, 3, 250, 7, 8, 9, 10]
@@ -70,8 +72,9 @@ def profiled(request, tiny_refs, tmp_path_factory):
     engine.prepare()
     engine.load()
     trace = str(tmp_path_factory.mktemp("trace") / "trace.json")
-    sweep = (16, 32) if request.param == "kv-cache" else ()
-    return request.param, engine.profile(PROMPT, 3, trace, False, sweep), trace
+    sweep = [16, 32] if request.param == "kv-cache" else []
+    job = Profile(prompt_ids=PROMPT, steps=3, detail=False, sweep=sweep, trace_path=trace)
+    return request.param, profile_engine(engine, request.param, job, lambda msg: None), trace
 
 
 def test_profile_breakdown_sums_to_phase_time(profiled):

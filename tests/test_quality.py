@@ -56,15 +56,67 @@ class Damaged:
         self.engine, self.scale = engine, scale
         self.rng = np.random.default_rng(0)
 
-    def window_logits(self, ids):
-        x = self.engine.window_logits(ids)
+    def _noisy(self, x):
+        x = np.asarray(x)
         return x + self.scale * self.rng.standard_normal(x.shape).astype(np.float32)
 
-    def prefill(self, ids):
-        return torch.as_tensor(self.window_logits(ids)[-1])
+    def prefill(self, ids, all_logits=False):
+        return self._noisy(self.engine.prefill(ids, all_logits))
 
     def decode(self, t):
-        raise NotImplementedError
+        return self._noisy(self.engine.decode(t))
+
+
+class Recorder:
+    """Logits that say how they were computed: 0 from the prefix call, 1 from a decode step."""
+
+    def __init__(self):
+        self.calls = []
+
+    def prefill(self, ids, all_logits=False):
+        self.calls.append(("prefill", len(ids), all_logits))
+        return np.zeros((len(ids), 4) if all_logits else 4, dtype=np.float32)
+
+    def decode(self, t):
+        self.calls.append(("decode", 1, False))
+        return np.ones(4, dtype=np.float32)
+
+
+def test_scored_as_generated_prefix_in_one_call_then_token_by_token():
+    e = Recorder()
+    window = list(range(10))
+    rows = quality.scored_logits(e, window, prefix=4)
+    # positions 0..8 have a target (the last one has none); 0..3 from one call, 4..8 one by one
+    assert rows.shape == (9, 4)
+    assert e.calls == [("prefill", 4, True)] + [("decode", 1, False)] * 5
+    assert (rows[:4] == 0).all() and (rows[4:] == 1).all()
+
+
+def test_full_forward_engines_are_scored_in_one_call():
+    e = Recorder()
+    e.steps_are_full_forwards = True
+    assert quality.scored_logits(e, list(range(10)), prefix=4).shape == (9, 4)
+    assert e.calls == [("prefill", 9, True)]
+
+
+def test_intervals_contain_the_estimate_and_a_straddled_line_is_marginal():
+    rng = np.random.default_rng(0)
+    c = {"ref_nll": rng.random((4, 255)) + 2, "kl": rng.exponential(0.01, (4, 255)),
+         "top1": rng.random((4, 255)) < 0.96}
+    c["nll"] = c["ref_nll"] + 0.001
+    s = quality.summarize_positions(c, prefix=128)
+    for key in ("kl_mean", "top1", "ppl_increase"):
+        low, high = s[key + "_ci"]
+        assert low <= s[key] <= high and low < high, key
+    assert s["regimes"]["prefill"]["positions"] == 4 * 128
+    assert s["regimes"]["decode"]["positions"] == 4 * 127
+    q = quality.QualityResult(meaningful=True, text_source="t", context=256, stride=256,
+                              scored_tokens=1020, **{k: s[k] for k in (
+                                  "ppl", "ref_ppl", "ppl_increase", "kl_mean", "kl_p99", "top1",
+                                  "ppl_increase_ci", "kl_mean_ci", "top1_ci")})
+    q.budget = {"max_ppl_increase": 0.02, "max_kl_mean": s["kl_mean"], "min_top1": 0.5}
+    q = quality.judge(q)
+    assert q.verdict == "PASS" and len(q.marginal) == 1 and "KL mean" in q.marginal[0]
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +142,10 @@ def test_reference_against_itself_and_a_damaged_engine(ref_engine, tiny_models, 
     same = quality.evaluate(nocache, plan, is_reference=False)
     assert same["kl_mean"] < 1e-6 and same["verdict"] == "PASS"
     # a damaged engine: noise in the logits
-    damaged = Damaged(ref_engine, scale=2.0)
-    q = quality.compare(damaged, plan["windows"], plan["ref_logprobs"])
-    result = quality.judge(quality.QualityResult(
-        meaningful=True, text_source="t", context=plan["context"], stride=plan["context"],
-        scored_tokens=q["scored_tokens"], ppl=q["ppl"], ref_ppl=q["ref_ppl"],
-        ppl_increase=q["ppl"] / q["ref_ppl"] - 1, kl_mean=q["kl_mean"], kl_p99=q["kl_p99"],
-        top1=q["top1"]))
-    assert result.verdict == "FAIL" and any("KL" in r for r in result.reasons)
+    damaged = quality.evaluate(Damaged(ref_engine, scale=2.0), plan, is_reference=False)
+    assert damaged["verdict"] == "FAIL" and any("KL" in r for r in damaged["reasons"])
+    # the window's last position has no target: every figure uses the same positions
+    assert own["scored_tokens"] == damaged["scored_tokens"] == len(plan["windows"]) * (plan["context"] - 1)
 
 
 def test_random_weights_are_not_judged(ref_engine, tiny_models, tmp_path):

@@ -54,3 +54,27 @@ def test_ratio_of_medians_interval_and_significance():
 def test_ratio_of_nothing_is_none():
     assert ratio_of_medians([], [1.0]) is None
     assert math.isclose(ratio_of_medians([4.0], [2.0]).value, 2.0)
+
+
+def test_mad_zero_does_not_make_every_other_sample_an_outlier():
+    # more than half the samples equal: MAD = 0; the old rule counted both others as outliers
+    s = summarize([1.0, 1.0, 1.0, 2.0, 3.0], "x")
+    assert s.mad == 0.0 and s.outliers == 0
+    assert summarize([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.005], "x").outliers == 0  # under 1 %
+    assert summarize([1.0] * 9 + [10.0], "x").outliers == 1  # a real outlier still counts
+    assert summarize([2.0] * 6, "x").outliers == 0
+
+
+def test_percentiles_of_too_few_samples_are_labelled_as_the_maximum():
+    few = summarize([1.0, 2.0, 3.0, 4.0, 5.0], "x")
+    assert few.p90 is None and few.p99 is None
+    assert few.tail(90) == ("max", 5.0) and few.tail(99) == ("max", 5.0)
+    ten = summarize([float(i) for i in range(10)], "x")
+    assert ten.tail(90)[0] == "p90" and ten.tail(99) == ("max", 9.0)
+    many = summarize([float(i) for i in range(100)], "x")
+    assert many.tail(99)[0] == "p99"
+
+
+def test_scaled_mad_is_the_plus_minus():
+    s = summarize([1.0, 2.0, 3.0, 4.0, 100.0], "x")
+    assert s.scaled_mad == pytest.approx(1.4826 * s.mad)

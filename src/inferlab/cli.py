@@ -46,6 +46,13 @@ _positive_int = _number(int, 1, "an integer")
 _non_negative_float = _number(float, 0, "a number")
 
 
+def _fraction(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {text}")
+    return value
+
+
 def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = True,
                         with_profile_switch: bool = True) -> None:
     g = p.add_argument_group("model and methods")
@@ -66,7 +73,7 @@ def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = 
     g.add_argument("--threads", type=_positive_int, default=defaults.default_threads(),
                    help="intra-op threads for every engine (default: usable cores)")
     g = p.add_argument_group("measuring protocol")
-    g.add_argument("--warmup", type=int, default=defaults.DEFAULT_WARMUP,
+    g.add_argument("--warmup", type=_number(int, 0, "an integer"), default=defaults.DEFAULT_WARMUP,
                    help=f"untimed generations before timing (default {defaults.DEFAULT_WARMUP})")
     g.add_argument("--repeats", type=_positive_int, default=defaults.DEFAULT_MIN_REPEATS,
                    help=f"minimum timed runs (default {defaults.DEFAULT_MIN_REPEATS})")
@@ -74,6 +81,10 @@ def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = 
                    help=f"cap on timed runs (default {defaults.DEFAULT_MAX_REPEATS})")
     g.add_argument("--min-time", type=_non_negative_float, default=defaults.DEFAULT_MIN_TIME_S,
                    help=f"minimum timed seconds per method (default {defaults.DEFAULT_MIN_TIME_S:g})")
+    g.add_argument("--protocol", choices=defaults.PROTOCOLS, default=defaults.DEFAULT_PROTOCOL,
+                   help="interleaved (default): every method stays loaded and the methods take "
+                        "turns, one timed run each, so the machine's drift spreads over all; "
+                        "sequential: one method after the other")
     g.add_argument("--timeout", type=_non_negative_float, default=defaults.DEFAULT_METHOD_TIMEOUT_S,
                    help="seconds before a method's process is killed "
                         f"(default {defaults.DEFAULT_METHOD_TIMEOUT_S:g})")
@@ -81,6 +92,13 @@ def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = 
     if with_quality_switch:
         g.add_argument("--no-quality", action="store_true",
                        help="skip the quality evaluation (speed only, faster)")
+    b = defaults.QUALITY_BUDGET
+    g.add_argument("--max-ppl-increase", type=_non_negative_float, default=b["max_ppl_increase"],
+                   help=f"budget: perplexity increase, a fraction (default {b['max_ppl_increase']:g})")
+    g.add_argument("--max-kl", type=_non_negative_float, default=b["max_kl_mean"],
+                   help=f"budget: mean KL in nats (default {b['max_kl_mean']:g})")
+    g.add_argument("--min-top1", type=_fraction, default=b["min_top1"],
+                   help=f"budget: top-1 agreement, a fraction (default {b['min_top1']:g})")
     g.add_argument("--text-file",
                    help="UTF-8 text for perplexity and KL (default: CPython's pydoc_data.topics)")
     g = p.add_argument_group("profiling (a separate pass, never timed with the benchmark)")
@@ -136,7 +154,8 @@ def config_from_args(args):
         text_file=args.text_file,
         profile=args.command == "profile" or getattr(args, "profile", False),
         profile_steps=args.profile_steps, profile_detail=args.profile_detail,
-        remeasure_hardware=args.remeasure_hardware,
+        remeasure_hardware=args.remeasure_hardware, protocol=args.protocol,
+        max_ppl_increase=args.max_ppl_increase, max_kl_mean=args.max_kl, min_top1=args.min_top1,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 from . import defaults
@@ -29,6 +30,14 @@ class RunConfig:
     profile_detail: bool = False  # shapes, stacks and memory in the trace (much larger files)
     sweep_lengths: list[int] = field(default_factory=lambda: list(defaults.SWEEP_CONTEXTS))
     remeasure_hardware: bool = False
+    protocol: str = defaults.DEFAULT_PROTOCOL  # interleaved | sequential (runner.py)
+    max_ppl_increase: float = defaults.QUALITY_BUDGET["max_ppl_increase"]
+    max_kl_mean: float = defaults.QUALITY_BUDGET["max_kl_mean"]
+    min_top1: float = defaults.QUALITY_BUDGET["min_top1"]
+
+    def budget(self) -> dict:
+        """The quality budget of this run (defaults.QUALITY_BUDGET unless set on the CLI)."""
+        return {k: getattr(self, k) for k in defaults.QUALITY_BUDGET}
 
     def validate(self) -> None:
         """Raise ValueError (one line) on values that cannot be measured."""
@@ -45,8 +54,15 @@ class RunConfig:
             raise ValueError("a method is listed twice in --methods")
         if self.new_tokens < 2:
             raise ValueError("--new-tokens must be at least 2 (ITL needs two tokens)")
-        if self.threads < 1:
-            raise ValueError("--threads must be at least 1")
+        cpus = os.cpu_count() or 1
+        if not 1 <= self.threads <= cpus:
+            raise ValueError(f"--threads must be between 1 and this machine's {cpus} CPUs "
+                             f"(more threads than CPUs measures contention, not the method)")
+        if self.protocol not in defaults.PROTOCOLS:
+            raise ValueError(f"--protocol must be one of {', '.join(defaults.PROTOCOLS)}")
+        if not (0 <= self.max_ppl_increase and 0 <= self.max_kl_mean and 0 <= self.min_top1 <= 1):
+            raise ValueError("quality budget out of range: --max-ppl-increase and --max-kl >= 0, "
+                             "--min-top1 between 0 and 1")
         if self.min_repeats < 1 or self.max_repeats < self.min_repeats:
             raise ValueError("--repeats must be >= 1 and --max-repeats >= --repeats")
         if self.warmup < 0 or self.min_time_s < 0 or self.timeout_s <= 0:

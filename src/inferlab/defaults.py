@@ -17,6 +17,8 @@ DEFAULT_MIN_TIME_S = 5.0  # ... and at least this much timed wall time ...
 DEFAULT_MAX_REPEATS = 30  # ... but never more than this many
 DEFAULT_METHOD_TIMEOUT_S = 600.0  # a method's process is killed after this (hang guard)
 DEFAULT_SEED = 0
+PROTOCOLS = ("interleaved", "sequential")  # runner.py: how timed runs of several methods alternate
+DEFAULT_PROTOCOL = "interleaved"
 
 
 def default_threads() -> int:
@@ -27,22 +29,37 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+# --- the quality budget: a method passes only if every line holds (METRICS.md) ---------------
+QUALITY_BUDGET = {
+    "max_ppl_increase": 0.02,  # perplexity at most 2 % above the reference's
+    "max_kl_mean": 0.02,  # nats per position
+    "min_top1": 0.95,  # share of positions predicting the reference's next token
+}
+QUALITY_BLOCK = 32  # positions per bootstrap block for the quality intervals (neighbours correlate)
+
 # --- profiling ------------------------------------------------------------------------------
 PROFILE_DECODE_STEPS = 3  # profiled decode steps after one prefill: keeps traces small
 SWEEP_CONTEXTS = (32, 128, 512)  # context lengths for the with/without KV cache question
 SWEEP_METHODS = ("kv-cache", "eager-nocache")
+
+# --- bottleneck verdict (profiling/roofline.py) --------------------------------------------
+VERDICT_MEMORY_BOUND = 0.6  # decode efficiency at or above this: memory-bound near the floor
+VERDICT_OVERHEAD = 0.3  # share of the step outside operators at or above this: overhead-bound
+VERDICT_SWEEP_GROWTH = 1.5  # no-cache step growing more than this over the swept contexts
 
 # --- stability warnings (METRICS.md "Statistics") ----------------------------------------------
 WARN_CV = 0.10  # stdev / mean at or above this: unstable
 WARN_EXTREME = 0.50  # min or max more than this fraction away from the mean
 WARN_MIN_SAMPLES = 5  # fewer samples than this: too few
 OUTLIER_MADS = 3.0  # a sample further than this many scaled MADs from the median is an outlier
+OUTLIER_MIN_REL = 0.01  # ... and more than this fraction of the median away from it
+WARN_OTHER_CPU = 0.10  # other processes' CPU time above this share of the machine's CPU time
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
 
 # --- files ----------------------------------------------------------------------------------
 RESULTS_DIR = "results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def cache_dir() -> str:

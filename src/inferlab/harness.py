@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ContextManager
 
 from .engines.base import Engine
 
@@ -34,14 +35,19 @@ class Generation:
         return (n - 1) / (self.e2e_s - self.ttft_s) if n > 1 else float("nan")
 
 
-def generate(engine: Engine, prompt_ids: list[int], new_tokens: int) -> Generation:
-    """Exactly `new_tokens` greedy tokens, no early stop on EOS."""
+def generate(engine: Engine, prompt_ids: list[int], new_tokens: int,
+             around: Callable[[str], ContextManager] | None = None) -> Generation:
+    """Exactly `new_tokens` greedy tokens, no early stop on EOS. `around(phase)` ("prefill" or
+    "decode") wraps each engine call: how profilers label and observe the same loop."""
+    wrap = around or _nothing
     t0 = clock()
-    token = argmax(engine.prefill(prompt_ids))
+    with wrap("prefill"):
+        token = argmax(engine.prefill(prompt_ids))
     stamps = [clock()]
     tokens = [token]
     for _ in range(new_tokens - 1):
-        token = argmax(engine.decode(token))
+        with wrap("decode"):
+            token = argmax(engine.decode(token))
         stamps.append(clock())
         tokens.append(token)
     return Generation(
@@ -52,46 +58,19 @@ def generate(engine: Engine, prompt_ids: list[int], new_tokens: int) -> Generati
     )
 
 
-@dataclass
-class Measurement:
-    first_call_s: float  # the first (cold) generation, kept apart from steady state
-    warmup_runs: int
-    runs: list[Generation]
-    deterministic: bool  # every timed run produced the same tokens as the first call
+def _nothing(phase: str) -> ContextManager:
+    return contextlib.nullcontext()
 
 
-def measure(
-    engine: Engine,
-    prompt_ids: list[int],
-    new_tokens: int,
-    warmup: int,
-    min_repeats: int,
-    min_time_s: float,
-    max_repeats: int,
-    progress: Callable[[str], None] = lambda msg: None,
-) -> Measurement:
-    """Warm up, then repeat until both min_repeats and min_time_s are reached (cap max_repeats)."""
+def generate_timed(engine: Engine, prompt_ids: list[int], new_tokens: int,
+                   timed: bool = True) -> Generation:
+    """`generate`, with the garbage collector paused in a timed run: a collection inside it
+    would be charged to one token."""
     gc.collect()
-    progress("first call")
-    first = generate(engine, prompt_ids, new_tokens)
-    for i in range(1, warmup):  # the first call counts as the first warmup run
-        progress(f"warmup {i + 1}/{warmup}")
-        generate(engine, prompt_ids, new_tokens)
-    runs: list[Generation] = []
-    timed = 0.0
-    while len(runs) < max_repeats and (len(runs) < min_repeats or timed < min_time_s):
-        progress(f"repeat {len(runs) + 1} (min {min_repeats}, {timed:.1f}/{min_time_s:.0f} s)")
-        gc.collect()
-        gc.disable()  # a collection inside a timed run would be charged to one token
-        try:
-            run = generate(engine, prompt_ids, new_tokens)
-        finally:
-            gc.enable()
-        runs.append(run)
-        timed += run.e2e_s
-    return Measurement(
-        first_call_s=first.e2e_s,
-        warmup_runs=max(warmup, 1),
-        runs=runs,
-        deterministic=all(r.tokens == first.tokens for r in runs),
-    )
+    if not timed:
+        return generate(engine, prompt_ids, new_tokens)
+    gc.disable()
+    try:
+        return generate(engine, prompt_ids, new_tokens)
+    finally:
+        gc.enable()

@@ -40,7 +40,7 @@ class RunSample:
 @dataclass
 class MethodResult:
     method: str
-    status: str  # ok | failed | timeout | interrupted
+    status: str  # ok | failed | timeout | interrupted (| running while being measured)
     error: str | None = None
     summary: str = ""
     # cold start
@@ -58,8 +58,13 @@ class MethodResult:
     weight_bytes: int | None = None
     file_bytes: int | None = None
     parameters: int | None = None
-    peak_rss_bytes: int | None = None
+    rss_after_load_bytes: int | None = None  # resident right after loading (steady state)
+    peak_rss_bytes: int | None = None  # the worker's own high-water mark through its timed runs
     threads: int | None = None
+    # what else the machine did while this method was timed (procstat.py)
+    timed_wall_s: float | None = None  # sum of the timed runs' E2E
+    other_cpu_s: float | None = None  # machine CPU time minus this run's own processes'
+    steal_s: float | None = None  # CPU time the hypervisor gave to other machines
     details: dict[str, Any] = field(default_factory=dict)
     # against the reference
     first_divergence: int | None = None  # index of the first token differing (N if none)
@@ -85,9 +90,22 @@ class MethodResult:
             s = self.figure(name)
             if s:
                 out.extend(s.warnings)
+        load = self.other_load()
+        if load is not None and load >= defaults.WARN_OTHER_CPU:
+            out.append(f"{self.method}: other processes took {self.other_cpu_s:.1f} CPU-s during its "
+                       f"{self.timed_wall_s:.1f} s of timed runs ({load:.0%} of the machine's CPU "
+                       "time): its figures are slowed by competing load; close other programs")
         if self.deterministic is False:
             out.append(f"{self.method}: repeated runs produced different tokens")
         return out
+
+    def other_load(self, cpus: int | None = None) -> float | None:
+        """Other processes' CPU time as a share of the machine's CPU time during the timed runs."""
+        import os
+
+        if not self.timed_wall_s or self.other_cpu_s is None:
+            return None
+        return max(self.other_cpu_s, 0.0) / (self.timed_wall_s * (cpus or os.cpu_count() or 1))
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,28 +1,34 @@
-"""Runs every method of a configuration, each in its own process with a timeout, and saves
-results.json after each one, so that an interrupted or crashing run loses nothing measured."""
+"""Runs every method of a configuration, each in its own worker process, and saves
+results.json after every step, so that an interrupted or crashing run loses nothing measured.
+
+Protocols (METRICS.md "Protocols"):
+- interleaved (default for several methods): every method's worker loads and stays loaded;
+  the runner asks each in turn for one timed generation (A B C A B C ...), so that the
+  machine's drift spreads over all methods instead of favouring whichever ran first;
+- sequential: one method at a time, all its runs, then the next.
+Memory stays honest in both: every method is its own process, with its own counters."""
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
-import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from . import __version__, defaults, machine
+from . import protocol as p
 from .analysis import first_divergence
+from .checks import check_lengths, check_output_location
 from .config import RunConfig
 from .engines import engine_class, engine_path, has_prepare
 from .models import ModelRef, parameter_count, resolve
+from .procstat import machine_cpu_seconds
 from .prompts import encode_prompt, load_tokenizer
 from .results import MethodResult, RunResults, save
-from .worker import PROGRESS
+from .workers import WorkerError, WorkerHandle
 
 
 class Display:
@@ -62,151 +68,238 @@ def decode_text(model: ModelRef, tokens: list[int]) -> str:
         return ""
 
 
-class WorkerOutcome:
-    def __init__(self, status: str, data: dict, error: str | None):
-        self.status, self.data, self.error = status, data, error
-
-
-def run_worker(job: dict, workdir: str, log_path: str, timeout_s: float, show) -> WorkerOutcome:
-    """Start `python -m inferlab.worker` for one job; kill it on timeout or interrupt."""
-    tag = f"{job['method']}-{job['phase']}"
-    job_path = os.path.join(workdir, f"{tag}.job.json")
-    out_path = os.path.join(workdir, f"{tag}.out.json")
-    with open(job_path, "w") as f:
-        json.dump(job, f)
-    tail: collections.deque[str] = collections.deque(maxlen=30)
-    with open(log_path, "a") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "inferlab.worker", job_path, out_path],
-            stdout=log,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # Ctrl-C reaches the parent only; it then stops the child
-        )
-
-        def pump():
-            for line in proc.stderr:
-                log.write(line)
-                log.flush()
-                if line.startswith(PROGRESS):
-                    show(line[len(PROGRESS):].strip())
-                elif line.strip():
-                    tail.append(line.rstrip())
-
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            reader.join(5)
-            return WorkerOutcome("timeout", {}, f"no result after {timeout_s:.0f} s (timeout); killed")
-        except BaseException:  # KeyboardInterrupt: stop the child, then let the caller save
-            _kill(proc)
-            raise
-        reader.join(5)
-    data = {}
-    if os.path.exists(out_path):
-        with open(out_path) as f:
-            data = json.load(f)
-    if data.get("status") == "failed":
-        return WorkerOutcome("failed", data, data.get("error"))
-    if proc.returncode != 0 or not data:
-        if proc.returncode and proc.returncode < 0:
-            why = f"process killed by {signal.Signals(-proc.returncode).name}"
-        else:
-            why = f"process exited with code {proc.returncode}"
-        last = tail[-1] if tail else "no output"
-        return WorkerOutcome("failed", data, f"{why}; last output: {last[:300]}")
-    return WorkerOutcome("ok", data, None)
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
+def needs_more_runs(result: MethodResult, config: RunConfig) -> bool:
+    """Repeat until both the minimum count and the minimum timed seconds are reached, up to the
+    cap (METRICS.md "Statistics")."""
+    n = len(result.runs)
+    timed = sum(r.e2e_s for r in result.runs)
+    return n < config.max_repeats and (n < config.min_repeats or timed < config.min_time_s)
 
 
 @dataclass
-class RunContext:
-    """What every method of one run shares."""
+class MethodRun:
+    """One method's worker and the result it fills in."""
 
-    model: ModelRef
-    prompt_ids: list[int]
-    config: RunConfig
-    workdir: str
-    logdir: str
-    show: Display
-    quality_plan: dict | None = None
-    tracedir: str = ""
+    result: MethodResult
+    listed: bool = True  # False: the reference, run only to compare with, not in the results
+    worker: WorkerHandle | None = None
+    busy_start: tuple[float, float] | None = field(default=None, repr=False)
 
+    @property
+    def method(self) -> str:
+        return self.result.method
 
-def _job(phase: str, method: str, ctx: RunContext, timed_runs, with_quality: bool) -> dict:
-    return {
-        "phase": phase,
-        "method": method,
-        "engine": engine_path(method),
-        "model": ctx.model.to_dict(),
-        "prompt_ids": ctx.prompt_ids,
-        "threads": ctx.config.threads,
-        "config": ctx.config.to_dict(),
-        "timed_runs": timed_runs,  # "full" | "once" | None
-        "quality_plan": ctx.quality_plan if with_quality else None,
-        "is_reference": method == defaults.REFERENCE_METHOD,
-    }
+    @property
+    def live(self) -> bool:
+        return self.worker is not None and self.result.status == "running"
 
 
-def run_method(method: str, ctx: RunContext, timed_runs, with_quality: bool,
-               with_profile: bool = False) -> MethodResult:
-    """Prepare (own process, if the method has a conversion step), then measure."""
-    result = MethodResult(method=method, status="running")
-    result.summary = engine_class(method).summary
-    log_path = os.path.join(ctx.logdir, f"{method}.log")
-    show = lambda msg: ctx.show(f"{method}: {msg}")  # noqa: E731
-    timeout = ctx.config.timeout_s
-    if has_prepare(method):
-        out = run_worker(_job("prepare", method, ctx, None, False), ctx.workdir, log_path,
-                         timeout, show)
-        if out.status != "ok":
-            result.status, result.error = out.status, f"prepare: {out.error}"
-            return result
-        result.prepare_s = out.data["prepare_s"]
-        result.prepare_cache_hit = out.data["prepare_cache_hit"]
-    if timed_runs or with_quality:
-        out = run_worker(_job("measure", method, ctx, timed_runs, with_quality), ctx.workdir,
-                         log_path, timeout, show)
-        if out.status != "ok":
-            result.status, result.error = out.status, out.error
-            return result
-        data = dict(out.data)
-    else:
-        data = {}
-    if with_profile:
-        job = _job("profile", method, ctx, None, False)
-        job["profile"] = {
-            "steps": ctx.config.profile_steps, "detail": ctx.config.profile_detail,
-            "sweep": ctx.config.sweep_lengths, "sweep_methods": list(defaults.SWEEP_METHODS),
-            "trace_path": os.path.join(ctx.tracedir, f"trace_{method}.json"),
-        }
-        prof = run_worker(job, ctx.workdir, log_path, timeout, show)
-        if prof.status == "ok":
-            for key in ("weight_bytes", "file_bytes", "parameters", "details", "threads"):
-                data.setdefault(key, prof.data.get(key))
-            data["profile"] = prof.data["profile"]
-        elif not data:  # profiling was the only job: the method failed
-            result.status, result.error = prof.status, f"profile: {prof.error}"
-            return result
-        else:
-            data["profile_error"] = prof.error
-    data.pop("prepare_s", None)
-    data.pop("prepare_cache_hit", None)
-    merged = MethodResult.from_dict({**data, "method": method, "status": "ok"})
-    merged.summary, merged.prepare_s = result.summary, result.prepare_s
-    merged.prepare_cache_hit = result.prepare_cache_hit
-    merged.text = decode_text(ctx.model, merged.tokens) if merged.tokens else ""
-    return merged
+class Session:
+    """One run's workers, results and file."""
+
+    def __init__(self, config: RunConfig, model: ModelRef, prompt_ids: list[int],
+                 results: RunResults, folder: str, show: Display):
+        self.config, self.model, self.prompt_ids = config, model, prompt_ids
+        self.results, self.show = results, show
+        self.path = os.path.join(folder, "results.json")
+        self.workdir = os.path.join(folder, ".work")
+        self.logdir = os.path.join(folder, "logs")
+        self.tracedir = os.path.join(folder, "traces")
+        os.makedirs(self.workdir)
+        os.makedirs(self.logdir)
+        self.plan: dict | None = None
+        self.open: list[WorkerHandle] = []
+
+    # --- workers --------------------------------------------------------------------------
+    def _start(self, method: str) -> WorkerHandle:
+        start = p.Start(method=method, engine=engine_path(method), model=self.model,
+                        threads=self.config.threads)
+        worker = WorkerHandle(start, os.path.join(self.logdir, f"{method}.log"),
+                              lambda msg: self.show(f"{method}: {msg}"))
+        self.open.append(worker)
+        return worker
+
+    def _stop(self, worker: WorkerHandle) -> None:
+        worker.close()
+        if worker in self.open:
+            self.open.remove(worker)
+
+    def close_all(self) -> None:
+        for worker in list(self.open):
+            worker.kill()
+        self.open.clear()
+
+    def save(self) -> None:
+        save(self.results, self.path)
+
+    def _fail(self, run: MethodRun, phase: str, e: WorkerError) -> None:
+        run.result.status, run.result.error = e.status, f"{phase}: {e.message}"
+        if run.worker is not None:
+            self._stop(run.worker)
+            run.worker = None
+        self.show(f"  {run.method}: {e.status} ({phase}: {e.message})")
+
+    # --- steps ----------------------------------------------------------------------------
+    def prepare(self, run: MethodRun) -> None:
+        """The one-time conversion, in a process of its own: its memory never counts."""
+        if not has_prepare(run.method):
+            return
+        worker = self._start(run.method)
+        try:
+            out = worker.request(p.Prepare(), self.config.timeout_s)
+            run.result.prepare_s, run.result.prepare_cache_hit = out.seconds, out.cache_hit
+        except WorkerError as e:
+            self._fail(run, "prepare", e)
+        finally:
+            self._stop(worker)
+
+    def load(self, run: MethodRun) -> None:
+        run.worker = self._start(run.method)
+        try:
+            out = run.worker.request(p.Load(), self.config.timeout_s)
+        except WorkerError as e:
+            return self._fail(run, "load", e)
+        r = run.result
+        r.load_s, r.rss_after_load_bytes = out.load_s, out.rss_bytes
+        r.weight_bytes, r.file_bytes = out.info.weight_bytes, out.info.file_bytes
+        r.parameters, r.details, r.threads = out.info.parameters, out.info.details, self.config.threads
+
+    def generate(self, run: MethodRun, timed: bool) -> p.Generated | None:
+        """One generation; a timed one is charged with the CPU time other processes took."""
+        request = p.Generate(self.prompt_ids, self.config.new_tokens, timed)
+        own0, machine0 = time.process_time(), machine_cpu_seconds()
+        try:
+            out = run.worker.request(request, self.config.timeout_s)
+        except WorkerError as e:
+            self._fail(run, "timed run" if timed else "first call", e)
+            return None
+        machine1 = machine_cpu_seconds()
+        r = run.result
+        r.peak_rss_bytes = out.peak_rss_bytes
+        if timed:
+            r.runs.append(out.sample)
+            if machine0 and machine1:
+                busy = machine1[0] - machine0[0]
+                own = out.cpu_s + (time.process_time() - own0)
+                r.other_cpu_s = (r.other_cpu_s or 0.0) + busy - own
+                r.steal_s = (r.steal_s or 0.0) + machine1[1] - machine0[1]
+            r.timed_wall_s = (r.timed_wall_s or 0.0) + out.sample.e2e_s
+            if out.tokens != r.tokens:
+                r.deterministic = False
+        return out
+
+    def warm(self, run: MethodRun) -> None:
+        self.show(f"{run.method}: first call")
+        out = self.generate(run, timed=False)
+        if out is None:
+            return
+        r = run.result
+        r.first_call_s, r.tokens, r.deterministic = out.sample.e2e_s, out.tokens, True
+        r.text = decode_text(self.model, out.tokens)
+        for i in range(1, self.config.warmup):  # the first call counts as the first warmup run
+            self.show(f"{run.method}: warmup {i + 1}/{self.config.warmup}")
+            if self.generate(run, timed=False) is None:
+                return
+        r.warmup_runs = max(self.config.warmup, 1)
+        if not run.listed or run.method == defaults.REFERENCE_METHOD:
+            self.results.reference_tokens = r.tokens
+
+    def timed_rounds(self, runs: list[MethodRun]) -> None:
+        """Round after round, one timed generation of each method that still needs runs."""
+        rnd = 0
+        while True:
+            todo = [r for r in runs if r.listed and r.live and needs_more_runs(r.result, self.config)]
+            if not todo:
+                return
+            rnd += 1
+            for run in todo:
+                n = len(run.result.runs)
+                self.show(f"{run.method}: timed run {n + 1} (round {rnd}; min "
+                          f"{self.config.min_repeats} runs, {self.config.min_time_s:g} s)")
+                self.generate(run, timed=True)
+            self._score_agreement()
+            self.save()
+
+    def evaluate(self, run: MethodRun) -> None:
+        """The quality pass. Its failure leaves the speed figures and says what failed."""
+        if self.plan is None or not run.live:
+            return
+        is_ref = not run.listed or run.method == defaults.REFERENCE_METHOD
+        try:
+            out = run.worker.request(p.Evaluate(self.plan, is_ref), self.config.timeout_s)
+            run.result.quality = out.quality
+        except WorkerError as e:
+            run.result.quality = {"verdict": "error", "reasons": [f"quality pass {e.status}: {e.message}"]}
+            if run.worker.proc.poll() is not None:  # killed or crashed: nothing more to ask
+                self._stop(run.worker)
+                run.worker = None
+            if is_ref:
+                self.show("  reference quality pass failed: no quality comparisons in this run")
+                self.plan = None
+
+    def finish(self, run: MethodRun) -> None:
+        if run.worker is not None:
+            self._stop(run.worker)
+            run.worker = None
+        if run.result.status == "running":
+            run.result.status = "ok"
+        if run.listed:
+            self.show(f"  {run.method}: {run.result.status}"
+                      + (f" ({run.result.error})" if run.result.error else ""))
+
+    def measure(self, runs: list[MethodRun]) -> None:
+        """Load, warm, time and evaluate a group of methods: all together when interleaved,
+        one group per method when sequential."""
+        for run in runs:
+            if run.result.status == "running":
+                self.load(run)
+        if self.config.speed or self.plan:
+            for run in runs:
+                if run.live:
+                    self.warm(run)
+                    self.save()
+        if self.config.speed:
+            self.timed_rounds(runs)
+        for run in runs:  # reference first: the others are compared with its distributions
+            self.evaluate(run)
+            self.save()
+        for run in runs:
+            self.finish(run)
+        self._score_agreement()
+        self.save()
+
+    def profile(self, run: MethodRun) -> None:
+        """Its own process, never timed together with the benchmark."""
+        r = run.result
+        if r.status not in ("running", "ok"):
+            return
+        worker = self._start(run.method)
+        opts = self.config
+        sweep = list(opts.sweep_lengths) if run.method in defaults.SWEEP_METHODS else []
+        request = p.Profile(self.prompt_ids, opts.profile_steps, opts.profile_detail, sweep,
+                            os.path.join(self.tracedir, f"trace_{run.method}.json"))
+        try:
+            out = worker.request(request, opts.timeout_s)
+            r.profile = out.profile
+            if r.weight_bytes is None:
+                r.weight_bytes, r.file_bytes = out.info.weight_bytes, out.info.file_bytes
+                r.parameters, r.details = out.info.parameters, out.info.details
+                r.threads = opts.threads
+            if r.status == "running":
+                r.status = "ok"
+        except WorkerError as e:
+            if r.status == "running":  # profiling was the only job: the method failed
+                r.status, r.error = e.status, f"profile: {e.message}"
+            else:
+                r.profile_error = e.message
+        finally:
+            self._stop(worker)
+
+    def _score_agreement(self) -> None:
+        ref = self.results.reference_tokens
+        for m in self.results.methods:
+            if m.tokens and ref:
+                m.first_divergence = first_divergence(m.tokens, ref)
 
 
 def quality_plan(model: ModelRef, config: RunConfig, workdir: str) -> dict:
@@ -220,34 +313,23 @@ def quality_plan(model: ModelRef, config: RunConfig, workdir: str) -> dict:
             raise ValueError(f"cannot read --text-file {config.text_file}: {e}") from None
     else:
         text, source = quality.default_text()
-    return quality.make_plan(load_tokenizer(model.path), text, source, model.quality_meaningful, workdir,
-                             config.chat_template)
+    return quality.make_plan(load_tokenizer(model.path), text, source, model.quality_meaningful,
+                             workdir, config.chat_template, config.budget())
 
 
 def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
     """Benchmark every method of `config`. Returns the results and their folder.
 
-    On KeyboardInterrupt the running method is stopped, the results so far are saved and
+    On KeyboardInterrupt the running methods are stopped, the results so far are saved and
     returned with status 'interrupted'."""
     show = show or Display()
     config.validate()
+    check_output_location(config.output_dir)
     show(f"resolving model {config.model}")
     model = resolve(config.model)
     prompt_ids, templated = tokenize_prompt(model, config.prompt, config.chat_template)
+    check_lengths(model, len(prompt_ids), config)
     folder = new_results_folder(config.output_dir, model.name)
-    workdir = os.path.join(folder, ".work")
-    logdir = os.path.join(folder, "logs")
-    os.makedirs(workdir)
-    os.makedirs(logdir)
-    try:
-        plan = quality_plan(model, config, workdir) if config.quality else None
-    except ValueError:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    ctx = RunContext(model, prompt_ids, config, workdir, logdir, show, plan,
-                     os.path.join(folder, "traces"))
-    if config.profile:
-        os.makedirs(ctx.tracedir)
     results = RunResults(
         config=config.to_dict(),
         machine=machine.describe(),
@@ -257,57 +339,69 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         inferlab_version=__version__,
     )
-    if plan:
-        results.quality_setup = {k: plan[k] for k in ("context", "text_source", "greedy_new_tokens",
-                                                       "budget", "reference")}
+    session = Session(config, model, prompt_ids, results, folder, show)
+    try:
+        session.plan = quality_plan(model, config, session.workdir) if config.quality else None
+    except ValueError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if session.plan:
+        plan = session.plan
+        results.quality_setup = {k: plan[k] for k in ("context", "prefix", "text_source",
+                                                       "greedy_new_tokens", "budget", "reference")}
         results.quality_setup.update(windows=len(plan["windows"]),
                                      greedy_prompts=len(plan["greedy_prompts"]))
     if config.profile:
+        os.makedirs(session.tracedir)
         from .profiling import hardware
 
         show("hardware limits: streaming bandwidth and GEMM peak"
              + (" (re-measuring)" if config.remeasure_hardware else " (cached per machine)"))
         results.hardware = hardware.limits(config.threads, config.remeasure_hardware)
-    path = os.path.join(folder, "results.json")
-    timed = "full" if config.speed else None
     # the reference first: every other method is compared with its tokens and distributions
     order = sorted(config.methods, key=lambda m: m != defaults.REFERENCE_METHOD)
+    runs = []
+    for method in order:
+        result = MethodResult(method=method, status="running", summary=engine_class(method).summary)
+        results.methods.append(result)
+        runs.append(MethodRun(result))
+    reference = []
+    if defaults.REFERENCE_METHOD not in order and (config.speed or session.plan):
+        reference = [MethodRun(MethodResult(method=defaults.REFERENCE_METHOD, status="running"),
+                               listed=False)]
     try:
-        save(results, path)
-        if defaults.REFERENCE_METHOD not in order and (config.speed or plan):
-            show(f"reference ({defaults.REFERENCE_METHOD}): tokens and distributions to compare with")
-            ref = run_method(defaults.REFERENCE_METHOD, ctx, "once" if config.speed else None,
-                             plan is not None)
-            results.reference_tokens = ref.tokens if ref.ok else None
-            if not ref.ok:
-                ctx.quality_plan = None
-                show(f"  reference failed ({ref.error}): no comparisons in this run")
-        for i, method in enumerate(order, 1):
-            show(f"[{i}/{len(order)}] {method}")
-            # saved as 'interrupted' until it finishes: a killed run shows where it stopped
-            results.methods.append(MethodResult(method=method, status="interrupted"))
-            save(results, path)
-            result = run_method(method, ctx, timed, ctx.quality_plan is not None, config.profile)
-            results.methods[-1] = result
-            if method == defaults.REFERENCE_METHOD:
-                results.reference_tokens = result.tokens if result.ok else None
-                if not result.ok:
-                    ctx.quality_plan = None  # nothing to compare with
-            _score_agreement(results)
-            save(results, path)
-            show(f"  {method}: {result.status}" + (f" ({result.error})" if result.error else ""))
+        session.save()
+        for run_ in reference + runs:
+            session.prepare(run_)
+        session.save()
+        if config.speed or session.plan:
+            if reference:
+                show(f"reference ({defaults.REFERENCE_METHOD}): tokens and distributions to compare with")
+                session.measure(reference)
+                if reference[0].result.status != "ok":
+                    show(f"  reference failed ({reference[0].result.error}): no comparisons in this run")
+                    session.plan = None
+            if config.protocol == "interleaved":
+                session.measure(runs)
+            else:
+                for run_ in runs:
+                    session.measure([run_])
+        if config.profile:
+            for run_ in runs:
+                show(f"{run_.method}: profiling")
+                session.profile(run_)
+                session.save()
+        for run_ in runs:
+            session.finish(run_)
         results.status = "complete"
     except KeyboardInterrupt:
         results.status = "interrupted"
-        _score_agreement(results)
+        for m in results.methods:
+            if m.status == "running":
+                m.status = "interrupted"
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    save(results, path)
+        session.close_all()
+        shutil.rmtree(session.workdir, ignore_errors=True)
+    session._score_agreement()
+    session.save()
     return results, folder
-
-
-def _score_agreement(results: RunResults) -> None:
-    ref = results.reference_tokens
-    for m in results.methods:
-        if m.ok and ref:
-            m.first_divergence = first_divergence(m.tokens, ref)

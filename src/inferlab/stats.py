@@ -17,18 +17,25 @@ class Summary:
     n: int
     median: float
     mad: float  # median absolute deviation (unscaled)
+    scaled_mad: float  # 1.4826 x MAD: estimates the stdev for normal data; the "±" of reports
     mean: float
     stdev: float
     min: float
     max: float
-    p90: float
-    p99: float
+    p90: float | None  # None with fewer than 10 samples: the "p90" would only be the maximum
+    p99: float | None  # None with fewer than 100 samples
     outliers: int
     warnings: list[str] = field(default_factory=list)
 
     @property
     def cv(self) -> float:
         return self.stdev / self.mean if self.mean else math.nan
+
+    def tail(self, percentile: int) -> tuple[str, float]:
+        """(label, value) of a high percentile, or ("max", max) when there are too few samples
+        for that percentile to be more than the maximum."""
+        value = {90: self.p90, 99: self.p99}[percentile]
+        return (f"p{percentile}", value) if value is not None else ("max", self.max)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,24 +54,38 @@ def summarize(samples, name: str = "figure") -> Summary | None:
     mad = float(np.median(np.abs(x - median)))
     mean = float(x.mean())
     stdev = float(x.std(ddof=1)) if x.size > 1 else 0.0
-    scaled_mad = 1.4826 * mad  # consistent with stdev for normal data
-    if scaled_mad > 0:
-        outliers = int(np.sum(np.abs(x - median) > defaults.OUTLIER_MADS * scaled_mad))
-    else:
-        outliers = int(np.sum(x != median))
+    scaled_mad = MAD_TO_STDEV * mad
     return Summary(
         n=int(x.size),
         median=median,
         mad=mad,
+        scaled_mad=scaled_mad,
         mean=mean,
         stdev=stdev,
         min=float(x.min()),
         max=float(x.max()),
-        p90=float(np.percentile(x, 90)),
-        p99=float(np.percentile(x, 99)),
-        outliers=outliers,
+        p90=float(np.percentile(x, 90)) if x.size >= 10 else None,
+        p99=float(np.percentile(x, 99)) if x.size >= 100 else None,
+        outliers=count_outliers(x, median, scaled_mad),
         warnings=stability_warnings(x, name),
     )
+
+
+MAD_TO_STDEV = 1.4826  # scaled MAD estimates the standard deviation of normal data
+MEAN_AD_TO_STDEV = 1.2533  # the same for the mean absolute deviation
+
+
+def count_outliers(x: np.ndarray, median: float, scaled_mad: float) -> int:
+    """Samples further than OUTLIER_MADS robust deviations from the median. When more than
+    half the samples are equal (MAD = 0), the scale falls back to the mean absolute deviation,
+    so that not every other sample is an outlier; a deviation below OUTLIER_MIN_REL of the
+    median (clock resolution, not a disturbance) is never one."""
+    dev = np.abs(x - median)
+    scale = scaled_mad if scaled_mad > 0 else MEAN_AD_TO_STDEV * float(dev.mean())
+    if scale == 0:
+        return 0
+    limit = max(defaults.OUTLIER_MADS * scale, defaults.OUTLIER_MIN_REL * abs(median))
+    return int(np.sum(dev > limit))
 
 
 def stability_warnings(x: np.ndarray, name: str) -> list[str]:

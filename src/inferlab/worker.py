@@ -1,23 +1,46 @@
-"""One method in its own process: `python -m inferlab.worker JOB.json OUT.json`.
+"""One method in its own process: `python -m inferlab.worker`, driven by the runner.
 
-A fresh process per method keeps peak RSS honest and isolates crashes and hangs: the parent
-(runner.py) enforces the timeout and records whatever happened."""
+It reads protocol messages (one JSON line each) on stdin and answers each on the file
+descriptor given in INFERLAB_REPLY_FD; the engine's own prints go to stdout (the method's log),
+progress lines to stderr. A fresh process per method keeps memory figures honest and isolates
+crashes and hangs. It stays loaded between requests, so the runner can interleave timed runs of
+several methods (A B C A B C ...). It ends when the runner is gone: the kernel kills it when
+its parent dies, and a closed stdin ends the loop."""
 
 from __future__ import annotations
 
-import json
 import os
-import resource
 import sys
 import time
 import traceback
 import warnings
 
+from . import protocol as p
+from .procstat import process_memory
+
 PROGRESS = "@@"  # stderr lines starting with this are progress for the parent's display
+REPLY_FD_ENV = "INFERLAB_REPLY_FD"
+PARENT_PID_ENV = "INFERLAB_PARENT_PID"
 
 
 def progress(message: str) -> None:
     print(f"{PROGRESS} {message}", file=sys.stderr, flush=True)
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to kill this process when its parent dies (Linux), and exit now if the
+    parent is already gone: a runner killed with SIGKILL must not leave workers running."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    expected = os.environ.get(PARENT_PID_ENV)
+    if expected and os.getppid() != int(expected):
+        os._exit(1)
 
 
 def _quiet_libraries() -> None:
@@ -26,122 +49,100 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
 
 
-def _engine(job: dict):
-    """The job's engine, built (not loaded) with the job's thread count."""
-    import torch
+class Worker:
+    """Holds one engine and answers requests about it. Imports only what the engine needs: the
+    ONNX engines never load torch into this process."""
 
-    from .engines import import_engine
-    from .models import ModelRef
+    def __init__(self, start: p.Start):
+        from .engines import import_engine
 
-    torch.set_num_threads(job["threads"])
-    return import_engine(job["engine"])(ModelRef.from_dict(job["model"]), job["threads"])
+        self.start = start
+        self.engine = import_engine(start.engine)(start.model, start.threads)
 
+    def handle(self, request):
+        handler = getattr(self, "on_" + type(request).__name__.lower())
+        return handler(request)
 
-def run_prepare(job: dict) -> dict:
-    engine = _engine(job)
-    progress("preparing (export / conversion, cached afterwards)")
-    t0 = time.perf_counter()
-    hit = engine.prepare()
-    return {"prepare_s": None if hit else time.perf_counter() - t0, "prepare_cache_hit": hit}
+    def on_prepare(self, _: p.Prepare) -> p.Prepared:
+        progress("preparing (export / conversion, cached afterwards)")
+        t0 = time.perf_counter()
+        hit = self.engine.prepare()
+        return p.Prepared(seconds=None if hit else time.perf_counter() - t0, cache_hit=hit)
 
+    def on_load(self, _: p.Load) -> p.Loaded:
+        progress("loading")
+        t0 = time.perf_counter()
+        self.engine.load()
+        load_s = time.perf_counter() - t0
+        rss, _ = process_memory()
+        return p.Loaded(load_s=load_s, rss_bytes=rss, info=self.info())
 
-def run_measure(job: dict) -> dict:
-    """Load, then (if asked) time generations, then (if asked) evaluate quality.
+    def info(self) -> p.EngineInfo:
+        info = self.engine.info()
+        return p.EngineInfo(weight_bytes=info.get("weight_bytes"), file_bytes=info.get("file_bytes"),
+                            parameters=info.get("parameters"), details=info.get("details", {}))
 
-    Peak RSS is read before the quality pass, whose logit windows are not the method's cost."""
-    from .harness import measure
+    def on_generate(self, request: p.Generate) -> p.Generated:
+        from .harness import generate_timed
 
-    engine = _engine(job)
-    progress("loading")
-    t0 = time.perf_counter()
-    engine.load()
-    out = {"status": "ok", "load_s": time.perf_counter() - t0, "threads": job["threads"]}
-    cfg = job["config"]
-    if job["timed_runs"]:
-        full = job["timed_runs"] == "full"
-        m = measure(
-            engine,
-            job["prompt_ids"],
-            cfg["new_tokens"],
-            warmup=cfg["warmup"] if full else 0,
-            min_repeats=cfg["min_repeats"] if full else 1,
-            min_time_s=cfg["min_time_s"] if full else 0.0,
-            max_repeats=cfg["max_repeats"] if full else 1,
-            progress=progress,
-        )
-        out.update(
-            first_call_s=m.first_call_s,
-            warmup_runs=m.warmup_runs,
-            runs=[{"ttft_s": r.ttft_s, "e2e_s": r.e2e_s, "itl_s": r.itl_s} for r in m.runs],
-            tokens=m.runs[0].tokens,
-            deterministic=m.deterministic,
-        )
-    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB
-    info = engine.info()
-    out.update(weight_bytes=info.get("weight_bytes"), file_bytes=info.get("file_bytes"),
-               parameters=info.get("parameters"), details=info.get("details", {}))
-    if job.get("quality_plan"):
+        cpu0 = time.process_time()  # the whole process, every thread
+        g = generate_timed(self.engine, request.prompt_ids, request.new_tokens, request.timed)
+        cpu_s = time.process_time() - cpu0
+        _, hwm = process_memory()
+        from .results import RunSample
+
+        return p.Generated(sample=RunSample(ttft_s=g.ttft_s, e2e_s=g.e2e_s, itl_s=g.itl_s),
+                           tokens=g.tokens, cpu_s=cpu_s, peak_rss_bytes=hwm)
+
+    def on_evaluate(self, request: p.Evaluate) -> p.Evaluated:
         from .quality import evaluate
 
         progress("quality: perplexity, KL, top-1 and greedy agreement against the reference")
-        try:
-            out["quality"] = evaluate(engine, job["quality_plan"], job["is_reference"])
-        except Exception as e:  # noqa: BLE001 - keep the speed figures already measured
-            traceback.print_exc(file=sys.stderr)
-            out["quality"] = {"verdict": "error", "reasons": [f"{type(e).__name__}: {e}"[:300]]}
-    return out
+        return p.Evaluated(quality=evaluate(self.engine, request.plan, request.is_reference))
+
+    def on_profile(self, request: p.Profile) -> p.Profiled:
+        from .profiling.run import profile_engine
+
+        progress("profiling: loading")
+        self.engine.load()
+        data = profile_engine(self.engine, self.start.method, request, progress)
+        return p.Profiled(profile=data, info=self.info())
 
 
-def _unprofiled_steps(engine, prompt_ids, steps: int) -> dict:
-    """The same calls without a profiler (the harness's clocks), to show how much the profiler
-    itself inflates them."""
-    from .harness import generate
-
-    generate(engine, prompt_ids, 2)  # warm, as the profilers do
-    g = generate(engine, prompt_ids, steps + 1)
-    return {"prefill_ms": g.ttft_s * 1e3, "decode_step_ms": g.tpot_s * 1e3}
+def _one_line(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}"[:500]
 
 
-def run_profile(job: dict) -> dict:
-    """Its own process, never timed together with the benchmark."""
-    engine = _engine(job)
-    progress("profiling: loading")
-    engine.load()
-    opts = job["profile"]
-    sweep = tuple(opts["sweep"]) if job["method"] in opts["sweep_methods"] else ()
-    progress(f"profiling: prefill + {opts['steps']} decode steps"
-             + (f", then context sweep {list(sweep)}" if sweep else ""))
-    unprofiled = _unprofiled_steps(engine, job["prompt_ids"], opts["steps"])
-    data = engine.profile(job["prompt_ids"], opts["steps"], opts["trace_path"], opts["detail"], sweep)
-    data["unprofiled"] = unprofiled
-    progress(f"profiling: trace {opts['trace_path']} ({data['trace_bytes'] / 1e6:.1f} MB)")
-    info = engine.info()
-    return {"status": "ok", "profile": data, "weight_bytes": info.get("weight_bytes"),
-            "file_bytes": info.get("file_bytes"), "parameters": info.get("parameters"),
-            "details": info.get("details", {}), "threads": job["threads"]}
-
-
-PHASES = {"prepare": run_prepare, "measure": run_measure, "profile": run_profile}
-
-
-def main(argv: list[str]) -> int:
-    from .fsutil import write_json_atomic
-
-    job_path, out_path = argv
-    with open(job_path) as f:
-        job = json.load(f)
+def main() -> int:
+    die_with_parent()
     _quiet_libraries()
-    try:
-        out = PHASES[job["phase"]](job)
-        code = 0
-    except Exception as e:  # noqa: BLE001 - any engine failure becomes a recorded result
-        traceback.print_exc(file=sys.stderr)
-        first = (str(e).strip().splitlines() or [""])[0]
-        out = {"status": "failed", "error": f"{type(e).__name__}: {first}"[:500]}
-        code = 1
-    write_json_atomic(out_path, out)
-    return code
+    reply = os.fdopen(int(os.environ[REPLY_FD_ENV]), "w")
+
+    def send(message) -> None:
+        reply.write(p.encode(message))
+        reply.flush()
+
+    worker, start_error = None, "no Start message"
+    for line in sys.stdin:
+        request = p.decode(line)
+        if isinstance(request, p.Stop):
+            break
+        try:
+            if isinstance(request, p.Start):  # no reply: a failure here answers the next request
+                worker = Worker(request)
+            elif worker is None:
+                send(p.Failed(error=start_error))
+            else:
+                send(worker.handle(request))
+        except Exception as e:  # noqa: BLE001 - any engine failure becomes a recorded result
+            traceback.print_exc(file=sys.stderr)
+            if isinstance(request, p.Start):
+                start_error = _one_line(e)
+            else:
+                send(p.Failed(error=_one_line(e)))
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -16,6 +16,9 @@ class EngineError(RuntimeError):
 class Engine(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]  # one line for --help and the report
+    # True when every decode step recomputes the whole sequence (no cache): one call over a
+    # window then gives each step's logits, and quality scores it that way (quality.py)
+    steps_are_full_forwards: ClassVar[bool] = False
 
     def __init__(self, model: ModelRef, threads: int):
         self.model_ref = model
@@ -32,22 +35,14 @@ class Engine(ABC):
         """Load into memory, ready to generate (timed as load time)."""
 
     @abstractmethod
-    def prefill(self, token_ids: list[int]) -> Any:
-        """Start a new sequence; return the next-token logits (1-D, vocabulary)."""
+    def prefill(self, token_ids: list[int], all_logits: bool = False) -> Any:
+        """Start a new sequence; return the next-token logits (1-D, vocabulary), computing
+        the LM head for the last position only. With all_logits (the quality pass), return
+        the logits of every position, [len(token_ids), vocabulary]."""
 
     @abstractmethod
     def decode(self, token_id: int) -> Any:
         """Append one token to the sequence; return the next-token logits (1-D)."""
-
-    @abstractmethod
-    def window_logits(self, token_ids: list[int]):
-        """Logits for every position of a fresh window: numpy float32 [len(token_ids), vocab]."""
-
-    def profile(self, prompt_ids: list[int], steps: int, trace_path: str, detail: bool,
-                sweep_lengths: tuple[int, ...] = ()) -> dict:
-        """Profile a prefill and `steps` decode steps (after `load`); write a Chrome trace to
-        trace_path; return the per-phase breakdown (profiling/breakdown.py)."""
-        raise EngineError(f"{self.name} cannot be profiled")
 
     @abstractmethod
     def info(self) -> dict:

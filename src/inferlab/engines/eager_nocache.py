@@ -10,16 +10,18 @@ from .torch_engine import TorchEngine
 class EagerNoCache(TorchEngine):
     name = "eager-nocache"
     summary = "PyTorch fp32, no KV cache: each step reruns the whole sequence (original baseline)"
+    steps_are_full_forwards = True
 
     @torch.inference_mode()
-    def _last_logits(self):
+    def _last_logits(self, all_logits=False):
         # logits_to_keep=1: only the last position goes through the LM head, as in kv-cache
-        out = self.model(input_ids=torch.tensor([self.ids]), use_cache=False, logits_to_keep=1)
-        return out.logits[0, -1]
+        out = self.model(input_ids=torch.tensor([self.ids]), use_cache=False,
+                         logits_to_keep=0 if all_logits else 1)
+        return out.logits[0] if all_logits else out.logits[0, -1]
 
-    def prefill(self, token_ids):
+    def prefill(self, token_ids, all_logits=False):
         self.ids = list(token_ids)
-        return self._last_logits()
+        return self._last_logits(all_logits)
 
     def decode(self, token_id):
         self.ids.append(int(token_id))

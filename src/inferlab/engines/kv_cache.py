@@ -12,10 +12,12 @@ class KVCache(TorchEngine):
     summary = "PyTorch fp32 with the KV cache (the reference for correctness and quality)"
 
     @torch.inference_mode()
-    def prefill(self, token_ids):
-        out = self.model(input_ids=torch.tensor([list(token_ids)]), use_cache=True, logits_to_keep=1)
+    def prefill(self, token_ids, all_logits=False):
+        # logits_to_keep: 0 keeps every position, 1 only the last (the LM head runs on those)
+        out = self.model(input_ids=torch.tensor([list(token_ids)]), use_cache=True,
+                         logits_to_keep=0 if all_logits else 1)
         self.past = out.past_key_values
-        return out.logits[0, -1]
+        return out.logits[0] if all_logits else out.logits[0, -1]
 
     @torch.inference_mode()
     def decode(self, token_id):

@@ -136,13 +136,10 @@ class OrtCausalLM:
         self.length += n
         return named["logits"][0]
 
-    def prefill(self, ids: list[int]) -> np.ndarray:
+    def prefill(self, ids: list[int], all_logits: bool = False) -> np.ndarray:
         self.length = 0
-        return self._run(list(ids), self._empty_past())[-1]
+        logits = self._run(list(ids), self._empty_past())
+        return logits if all_logits else logits[-1]
 
     def decode(self, token_id: int) -> np.ndarray:
         return self._run([int(token_id)], self.past)[-1]
-
-    def window_logits(self, ids: list[int]) -> np.ndarray:
-        self.length = 0
-        return self._run(list(ids), self._empty_past()).astype(np.float32)

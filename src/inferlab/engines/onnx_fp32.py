@@ -25,19 +25,11 @@ class OnnxFp32(Engine):
         self.model_path = os.path.join(folder, "model.onnx")
         self.ort = OrtCausalLM(self.model_path, self.threads)
 
-    def prefill(self, token_ids):
-        return self.ort.prefill(token_ids)
+    def prefill(self, token_ids, all_logits=False):
+        return self.ort.prefill(token_ids, all_logits)
 
     def decode(self, token_id):
         return self.ort.decode(token_id)
-
-    def window_logits(self, token_ids):
-        return self.ort.window_logits(token_ids)
-
-    def profile(self, prompt_ids, steps, trace_path, detail, sweep_lengths=()):
-        from ..profiling import ort_profile
-
-        return ort_profile.profile(self.model_path, self.threads, prompt_ids, steps, trace_path)
 
     @cached_property
     def graph_stats(self) -> tuple[int, dict, int]:

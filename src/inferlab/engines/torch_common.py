@@ -84,9 +84,3 @@ def parameter_count(model: torch.nn.Module) -> int:
             seen.add(p.data_ptr())
             n += p.numel()
     return n
-
-
-@torch.inference_mode()
-def window_logits(model, token_ids: list[int]):
-    out = model(input_ids=torch.tensor([token_ids]), use_cache=False)
-    return out.logits[0].float().numpy()

@@ -1,4 +1,4 @@
-"""What the PyTorch engines share: loading, window logits, profiling and the report of what
+"""What the PyTorch engines share: loading and the report of what
 was built. Subclasses only say how prefill and one decode step run."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from .torch_common import (
     lookup_only_bytes,
     module_weight_bytes,
     parameter_count,
-    window_logits,
 )
 
 
@@ -22,15 +21,6 @@ class TorchEngine(Engine):
 
     def build_model(self):
         return load_hf_model(self.model_ref, self.threads)
-
-    def window_logits(self, token_ids):
-        return window_logits(self.model, token_ids)
-
-    def profile(self, prompt_ids, steps, trace_path, detail, sweep_lengths=()):
-        from ..profiling import torch_profile
-
-        return torch_profile.profile(self, self.model, prompt_ids, steps, trace_path, detail,
-                                     sweep_lengths)
 
     def details(self) -> dict:
         import transformers

@@ -8,12 +8,13 @@ import os
 import shutil
 import tempfile
 
-from ..harness import argmax
+from ..harness import generate
 from .breakdown import OpRecord, breakdown
 from .parts import part_of
 
 
 def profile(model_path: str, threads: int, prompt_ids, steps: int, trace_path: str) -> dict:
+    """A second session of the same graph with ORT's profiler on, driven by the harness's loop."""
     import onnxruntime
 
     from ..engines.onnx_common import OrtCausalLM
@@ -21,12 +22,8 @@ def profile(model_path: str, threads: int, prompt_ids, steps: int, trace_path: s
     tmp = tempfile.mkdtemp(prefix="inferlab-ortprof-")
     try:
         ort = OrtCausalLM(model_path, threads, profile_prefix=os.path.join(tmp, "ort"))
-        # warm-up call pair, then the calls we keep: 1 prefill + `steps` decodes
-        token = argmax(ort.prefill(prompt_ids))
-        token = argmax(ort.decode(token))
-        token = argmax(ort.prefill(prompt_ids))
-        for _ in range(steps):
-            token = argmax(ort.decode(token))
+        generate(ort, prompt_ids, 2)  # warm-up pair; the last steps + 1 session runs are kept
+        generate(ort, prompt_ids, steps + 1)
         raw = ort.session.end_profiling()
         shutil.copyfile(raw, trace_path)
         with open(raw) as f:

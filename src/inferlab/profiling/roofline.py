@@ -74,17 +74,17 @@ def verdict(m, roof: dict | None, sweep_ratio: float | None) -> tuple[str, str]:
     top_cat = max((c for c in shares if c != "overhead"), key=lambda c: shares[c])
     eff = (roof or {}).get("decode_efficiency")
     eff_text = f"; {eff:.0%} of the memory-bandwidth floor ({roof['decode_floor_ms']:.1f} ms)" if eff else ""
-    if m.method == defaults.BASELINE_METHOD and sweep_ratio and sweep_ratio > 1.5:
+    if m.method == defaults.BASELINE_METHOD and sweep_ratio and sweep_ratio > defaults.VERDICT_SWEEP_GROWTH:
         return (f"decode recomputes the whole sequence: a step costs {sweep_ratio:.1f}x more at the "
                 f"longest swept context than at the shortest ({top_cat} {shares[top_cat]:.0%} of a "
                 f"{wall:.1f} ms profiled step{eff_text})",
                 "keep a KV cache: each step then processes one token")
-    if eff and eff >= 0.6:
+    if eff and eff >= defaults.VERDICT_MEMORY_BOUND:
         return (f"decode is memory-bound near the floor: {eff:.0%} of the bandwidth limit, "
                 f"{roof['weight_mb_per_step']:.0f} MB of weights read per step at "
                 f"{roof['achieved_gb_s']:.1f} GB/s",
                 "read fewer bytes per step: int8/int4 weights, or a smaller model")
-    if overhead >= 0.3:
+    if overhead >= defaults.VERDICT_OVERHEAD:
         return (f"decode is {overhead:.0%} framework overhead: the step spends "
                 f"{overhead_ms:.1f} ms of {wall:.1f} ms outside any operator{eff_text}",
                 "cut per-operator overhead: fuse or compile the step (torch.compile, ONNX Runtime)")

@@ -3,11 +3,12 @@ separate pass with module hooks for the time by model part (hooks would distort 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import defaultdict
 
-from ..harness import argmax
+from ..harness import generate
 from .breakdown import OpRecord, breakdown
 from .parts import PARTS, top_level_modules
 
@@ -43,21 +44,42 @@ class PartTimer:
             h.remove()
 
 
+class _StepClock:
+    """Wraps each decode call of the harness's loop: the call's wall time, its share spent in
+    attention, and the time of every model part summed over the calls."""
+
+    def __init__(self, timer: PartTimer):
+        self.timer, self.steps, self.shares = timer, [], []
+        self.parts: dict[str, float] = defaultdict(float)
+
+    def __call__(self, phase: str):
+        return self if phase == "decode" else contextlib.nullcontext()
+
+    def __enter__(self):
+        self.timer.reset()
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        dt = time.perf_counter() - self.t0
+        self.steps.append(dt)
+        self.shares.append(self.timer.totals.get("attention", 0.0) / dt)
+        for part, t in self.timer.totals.items():
+            self.parts[part] += t
+        return False
+
+
 def _step_parts(engine, model, prompt_ids, steps) -> dict:
     """Mean ms per decode step by model part; 'other' is the rest of the step."""
     timer = PartTimer(model)
+    clock = _StepClock(timer)
     try:
-        token = argmax(engine.prefill(prompt_ids))
-        timer.reset()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            token = argmax(engine.decode(token))
-        wall = (time.perf_counter() - t0) / steps
-        parts = {p: timer.totals.get(p, 0.0) / steps for p in PARTS}
-        parts["other"] = max(wall - sum(v for k, v in parts.items() if k != "other"), 0.0)
-        return {"step_ms": wall * 1e3, "parts_ms": {k: v * 1e3 for k, v in parts.items()}}
+        generate(engine, prompt_ids, steps + 1, around=clock)
     finally:
         timer.remove()
+    wall = sum(clock.steps) / steps
+    parts = {p: clock.parts.get(p, 0.0) / steps for p in PARTS}
+    parts["other"] = max(wall - sum(v for k, v in parts.items() if k != "other"), 0.0)
+    return {"step_ms": wall * 1e3, "parts_ms": {k: v * 1e3 for k, v in parts.items()}}
 
 
 def context_sweep(engine, model, prompt_ids, lengths, reps: int = 3) -> list[dict]:
@@ -69,22 +91,13 @@ def context_sweep(engine, model, prompt_ids, lengths, reps: int = 3) -> list[dic
             continue
         ids = (list(prompt_ids) * (length // max(len(prompt_ids), 1) + 1))[:length]
         timer = PartTimer(model)
+        clock = _StepClock(timer)
         try:
-            token = argmax(engine.prefill(ids))
-            samples, shares = [], []
-            for _ in range(reps):
-                timer.reset()
-                t0 = time.perf_counter()
-                token = argmax(engine.decode(token))
-                dt = time.perf_counter() - t0
-                samples.append(dt)
-                shares.append(timer.totals.get("attention", 0.0) / dt)
+            generate(engine, ids, reps + 1, around=clock)
         finally:
             timer.remove()
-        samples.sort()
-        shares.sort()
-        out.append({"context": length, "step_ms": samples[len(samples) // 2] * 1e3,
-                    "attention_share": shares[len(shares) // 2]})
+        out.append({"context": length, "step_ms": sorted(clock.steps)[reps // 2] * 1e3,
+                    "attention_share": sorted(clock.shares)[reps // 2]})
     return out
 
 
@@ -94,15 +107,10 @@ def profile(engine, model, prompt_ids, steps: int, trace_path: str, detail: bool
     from torch.profiler import ProfilerActivity, record_function
 
     # warm up outside the profiler: first-call allocations are cold start, not the bottleneck
-    token = argmax(engine.prefill(prompt_ids))
-    token = argmax(engine.decode(token))
+    generate(engine, prompt_ids, 2)
     with torch.profiler.profile(activities=[ProfilerActivity.CPU], record_shapes=detail,
                                 with_stack=detail, profile_memory=detail) as prof:
-        with record_function("prefill"):
-            token = argmax(engine.prefill(prompt_ids))
-        for _ in range(steps):
-            with record_function("decode"):
-                token = argmax(engine.decode(token))
+        generate(engine, prompt_ids, steps + 1, around=record_function)
     prof.export_chrome_trace(trace_path)
     windows, ops = [], []
     for e in prof.events():

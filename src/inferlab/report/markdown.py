@@ -27,7 +27,10 @@ def md_table(columns, rows) -> str:
 
 def console_table(results: RunResults) -> str:
     """A compact fixed-width table for the terminal."""
-    keep = [0, 1, 2, 3, 5, 6, 8, 9, 12, 13]
+    keep = [COLUMNS.index(c) for c in ("method", "status", "TTFT ms", "TPOT ms", "decode tok/s",
+                                       "E2E ms (median ± scaled MAD)",
+                                       f"E2E speedup vs {defaults.REFERENCE_METHOD}", "weights MB",
+                                       "peak RSS MB", "quality")]
     cols = [COLUMNS[i] for i in keep]
     rows = [[r[i] for i in keep] for r in comparison_rows(results)]
     widths = [max(len(str(x)) for x in [c] + [r[i] for r in rows]) for i, c in enumerate(cols)]
@@ -57,6 +60,13 @@ def warnings_of(results: RunResults) -> list[str]:
     return out
 
 
+PROTOCOL_TEXT = {
+    "interleaved": "interleaved (every method stayed loaded and the methods took turns, one "
+                   "timed run each: drift spreads over all of them)",
+    "sequential": "sequential (one method after the other: drift between methods is not controlled)",
+}
+
+
 def render(results: RunResults, charts: list[str] | None = None) -> str:
     cfg, mach, model = results.config, results.machine, results.model
     parts = [
@@ -71,7 +81,8 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
         f"{cfg['threads']} threads. Each method ran in its "
         f"own process: one untimed first call (+{max(cfg['warmup'] - 1, 0)} warmup), then timed "
         f"runs until at least {cfg['min_repeats']} runs and {cfg['min_time_s']:g} s (cap "
-        f"{cfg['max_repeats']}). Figures are medians over runs; E2E shows ± MAD; speedups are ratios "
+        f"{cfg['max_repeats']}), {PROTOCOL_TEXT.get(cfg.get('protocol'), 'protocol unknown')}. "
+        "Figures are medians over runs; E2E shows ± the scaled MAD (1.4826 x MAD); speedups are ratios "
         f"of median E2E with a {int(100 * defaults.CONFIDENCE)} % bootstrap interval, '(n.s.)' when "
         "the interval includes 1. Definitions: METRICS.md.",
         "",
@@ -94,8 +105,12 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
             "## Quality against the fp32 reference",
             "",
             f"Text: {qs.get('text_source')}; {qs.get('windows')} non-overlapping windows of "
-            f"{qs.get('context')} tokens (stride {qs.get('context')}), perplexity over every "
-            f"next-token prediction in them (exp of mean NLL, natural log, per token). KL is "
+            f"{qs.get('context')} tokens (stride {qs.get('context')}), each scored as the method "
+            f"generates: its first {qs.get('prefix')} tokens in one call, the rest one token at a "
+            f"time; perplexity over every next-token prediction in them (exp of mean NLL, natural "
+            f"log, per token). Intervals: 95 %, bootstrap over blocks of "
+            f"{defaults.QUALITY_BLOCK} positions; a verdict is marked marginal when an interval "
+            f"contains its budget line. KL is "
             f"KL(reference || method) in nats per position. Greedy: {qs.get('greedy_prompts')} "
             f"prompts x {qs.get('greedy_new_tokens')} tokens, index of the first token that "
             f"differs from the reference's. Budget for PASS: perplexity at most "

@@ -28,6 +28,15 @@ def speedup(entry: dict | None, itself: bool = False) -> str:
     return f"{entry['value']:.2f}x [{entry['low']:.2f}-{entry['high']:.2f}]{mark}"
 
 
+def tails(fig) -> str:
+    """median/p90/p99 in ms; a percentile that too few samples cannot give is shown as 'max'."""
+    cells = [ms(fig.median)]
+    for q in (90, 99):
+        label, value = fig.tail(q)
+        cells.append(ms(value) if label == f"p{q}" else f"max {ms(value)}")
+    return "/".join(cells)
+
+
 def agreement(results: RunResults, m) -> str:
     if m.method == defaults.REFERENCE_METHOD:
         return "reference"
@@ -40,9 +49,10 @@ def agreement(results: RunResults, m) -> str:
 
 
 COLUMNS = (
-    "method", "status", "TTFT ms", "TPOT ms", "ITL p50/p90/p99 ms", "decode tok/s", "E2E ms",
+    "method", "status", "TTFT ms", "TPOT ms", "ITL p50/p90/p99 ms", "decode tok/s", "E2E ms (median ± scaled MAD)",
     f"E2E speedup vs {defaults.BASELINE_METHOD}", f"E2E speedup vs {defaults.REFERENCE_METHOD}",
-    "weights MB", "file MB", "peak RSS MB", "greedy tokens vs reference", "quality",
+    "weights MB", "file MB", "RSS after load MB", "peak RSS MB", "greedy tokens vs reference",
+    "quality",
 )
 
 
@@ -51,7 +61,14 @@ def verdict(m) -> str:
     v = q.get("verdict")
     if not v:
         return "-"
+    if q.get("marginal") and v in ("PASS", "FAIL"):
+        v += " (marginal)"
     return v if not q.get("reasons") or v == "not meaningful" else f"{v}: {'; '.join(q['reasons'])}"
+
+
+def with_interval(value, ci, fmt: str) -> str:
+    text = fmt.format(value)
+    return f"{text} [{fmt.format(ci[0])}, {fmt.format(ci[1])}]" if ci else text
 
 
 def _f(fig, attr="median", scale=1e3, fmt="{:.1f}"):
@@ -72,15 +89,16 @@ def comparison_rows(results: RunResults) -> list[list[str]]:
             "ok",
             _f(m.figure("ttft_s")),
             _f(m.figure("tpot_s")),
-            "-" if itl is None else f"{ms(itl.median)}/{ms(itl.p90)}/{ms(itl.p99)}",
+            "-" if itl is None else tails(itl),
             _f(m.figure("decode_tps"), scale=1),
-            "-" if e2e is None else f"{ms(e2e.median)} ± {ms(e2e.mad)}",
+            "-" if e2e is None else f"{ms(e2e.median)} ± {ms(e2e.scaled_mad)}",
             speedup(c.get(f"speedup_e2e_vs_{defaults.BASELINE_METHOD}"),
                     m.method == defaults.BASELINE_METHOD and bool(m.runs)),
             speedup(c.get(f"speedup_e2e_vs_{defaults.REFERENCE_METHOD}"),
                     m.method == defaults.REFERENCE_METHOD and bool(m.runs)),
             mbytes(m.weight_bytes),
             mbytes(m.file_bytes),
+            mbytes(m.rss_after_load_bytes),
             mbytes(m.peak_rss_bytes),
             agreement(results, m),
             verdict(m),
@@ -111,7 +129,8 @@ def detail_lines(m) -> list[str]:
     return [f"{k}: {v}" for k, v in sorted(m.details.items())]
 
 
-QUALITY_COLUMNS = ("method", "perplexity", "vs reference", "KL mean", "KL p99", "top-1",
+QUALITY_COLUMNS = ("method", "perplexity", "vs reference [95 % CI]", "KL mean [95 % CI]",
+                   "KL p99", "top-1 [95 % CI]", "KL prefix / one at a time",
                    "greedy: prompts identical", "greedy: first divergence per prompt", "verdict")
 
 
@@ -127,15 +146,24 @@ def quality_rows(results: RunResults) -> list[list[str]]:
         rows.append([
             m.method,
             f"{q['ppl']:.3f}" if num else "n/a",
-            f"{q['ppl_increase']:+.2%}" if num else "n/a",
-            f"{q['kl_mean']:.5f}" if num else "n/a",
+            with_interval(q["ppl_increase"], q.get("ppl_increase_ci"), "{:+.2%}") if num else "n/a",
+            with_interval(q["kl_mean"], q.get("kl_mean_ci"), "{:.5f}") if num else "n/a",
             f"{q['kl_p99']:.4f}" if num else "n/a",
-            f"{q['top1']:.2%}" if num else "n/a",
+            with_interval(q["top1"], q.get("top1_ci"), "{:.2%}") if num else "n/a",
+            regimes(q) if num else "n/a",
             "-" if share is None else f"{share:.0%} of {len(div)}",
             ", ".join(str(d) for d in div) or "-",
             verdict(m),
         ])
     return rows
+
+
+def regimes(q: dict) -> str:
+    r = q.get("regimes") or {}
+    pre, dec = r.get("prefill") or {}, r.get("decode") or {}
+    if pre.get("kl_mean") is None or dec.get("kl_mean") is None:
+        return "-"
+    return f"{pre['kl_mean']:.5f} / {dec['kl_mean']:.5f}"
 
 
 def ranking(results: RunResults) -> list[str]:

@@ -1,0 +1,43 @@
+"""Counters the kernel keeps: a process's own memory and the whole machine's CPU time.
+
+Why not getrusage's ru_maxrss: Linux keeps it across exec, so a freshly started worker reports
+at least its parent's high-water mark. VmHWM belongs to the worker's own address space, which
+exec creates anew."""
+
+from __future__ import annotations
+
+import os
+
+USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_memory(pid: int | str = "self") -> tuple[int | None, int | None]:
+    """(resident bytes now, resident high-water mark) of a process; None where unknown."""
+    rss = hwm = None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024  # kB
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss, hwm
+
+
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """(busy, steal) CPU-seconds of the whole machine since boot, summed over its CPUs; busy
+    is user + nice + system + irq + softirq (idle, iowait and steal left out). None where
+    /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    v = [int(x) for x in fields[1:]]
+    v += [0] * (8 - len(v))
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v[:8]
+    return (user + nice + system + irq + softirq) / USER_HZ, steal / USER_HZ

@@ -1,0 +1,143 @@
+"""The messages between the runner and a method's worker process, typed on both sides.
+
+The runner sends one `Start`, then requests; the worker answers each request with exactly one
+reply (or `Failed`). Every message travels as one JSON line: {"kind": class name, "body": fields}.
+Nested dataclass fields (ModelRef, RunSample, EngineInfo) are rebuilt from their type hints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .models import ModelRef
+from .results import RunSample
+
+
+# --- requests (runner -> worker) -------------------------------------------------------------
+@dataclass
+class Start:
+    """First message: which method this worker is, on which model, with how many threads."""
+
+    method: str
+    engine: str  # "package.module:Class"
+    model: ModelRef
+    threads: int
+
+
+@dataclass
+class Prepare:
+    """Build and cache what loading needs (export, conversion); own process, never measured."""
+
+
+@dataclass
+class Load:
+    pass
+
+
+@dataclass
+class Generate:
+    """One greedy generation of exactly `new_tokens` tokens; `timed` ones run with the garbage
+    collector paused (a collection would be charged to one token)."""
+
+    prompt_ids: list[int]
+    new_tokens: int
+    timed: bool = True
+
+
+@dataclass
+class Evaluate:
+    """The quality pass (quality.py) against the reference."""
+
+    plan: dict[str, Any]
+    is_reference: bool
+
+
+@dataclass
+class Profile:
+    prompt_ids: list[int]
+    steps: int
+    detail: bool
+    sweep: list[int]
+    trace_path: str
+
+
+@dataclass
+class Stop:
+    pass
+
+
+# --- replies (worker -> runner) --------------------------------------------------------------
+@dataclass
+class EngineInfo:
+    """What the engine says it built (Engine.info)."""
+
+    weight_bytes: int | None = None
+    file_bytes: int | None = None
+    parameters: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    seconds: float | None  # None on a cache hit
+    cache_hit: bool
+
+
+@dataclass
+class Loaded:
+    load_s: float
+    rss_bytes: int | None  # resident set right after loading: the steady-state footprint
+    info: EngineInfo
+
+
+@dataclass
+class Generated:
+    sample: RunSample
+    tokens: list[int]
+    cpu_s: float  # CPU time of the whole worker process (all threads) during the generation
+    peak_rss_bytes: int | None  # the process's own high-water mark so far (VmHWM)
+
+
+@dataclass
+class Evaluated:
+    quality: dict[str, Any]  # QualityResult.to_dict()
+
+
+@dataclass
+class Profiled:
+    profile: dict[str, Any]
+    info: EngineInfo
+
+
+@dataclass
+class Failed:
+    error: str  # one line: "ExceptionType: message"
+
+
+MESSAGES = {cls.__name__: cls for cls in (Start, Prepare, Load, Generate, Evaluate, Profile, Stop,
+                                          Prepared, Loaded, Generated, Evaluated, Profiled, Failed)}
+
+
+def encode(message) -> str:
+    return json.dumps({"kind": type(message).__name__, "body": asdict(message)}) + "\n"
+
+
+def decode(line: str):
+    data = json.loads(line)
+    cls = MESSAGES[data["kind"]]
+    return _build(cls, data["body"])
+
+
+def _build(cls, body: dict):
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = body.get(f.name)
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            value = _build(kind, value)
+        values[f.name] = value
+    return cls(**values)
