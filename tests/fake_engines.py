@@ -57,3 +57,4 @@ class Hog(_Fake):
         big = np.ones(25 << 20)  # 200 MB, every page touched
         self.kept = big[: 12 << 20].copy()  # ~100 MB stay resident
         del big
+

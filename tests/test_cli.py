@@ -86,6 +86,9 @@ def test_failing_and_hanging_engines_are_isolated(tiny_models, tmp_path, monkeyp
     (["--methods", "kv-cache,warp-drive"], "unknown method"),
     (["--new-tokens", "0"], "must be at least 1"),
     (["--prompt-file", "/no/such/prompt.txt", "--methods", "kv-cache"], "cannot read --prompt-file"),
+    (["--threads", "100000"], "--threads must be between 1 and"),
+    (["--min-top1", "1.5"], "must be between 0 and 1"),
+    (["--warmup", "-1"], "must be at least 0"),
 ])
 def test_bad_inputs_exit_2_with_one_line(args, message, tmp_path, capsys):
     assert run_cli("run", "--output", tmp_path / "r", "--quiet", *args) == 2
@@ -201,3 +204,55 @@ def test_unreadable_text_file_exits_2(tiny_models, tmp_path, capsys):
                    "--quiet") == 2
     assert "cannot read --text-file" in capsys.readouterr().err
     assert not os.listdir(tmp_path / "r")
+
+
+@pytest.mark.parametrize("where, message", [
+    ("/proc/inferlab-results", "cannot be written"),
+    ("{file}/results", "a parent is a file"),
+    ("{file}", "is a file, not a folder"),
+])
+def test_unwritable_output_fails_at_once(tiny_models, tmp_path, capsys, where, message):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    t0 = time.time()
+    assert run_cli("run", "--model", tiny_models["llama"], "--methods", "kv-cache", "--output",
+                   where.format(file=a_file), "--quiet", *FAST) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and len(err) == 1
+    assert time.time() - t0 < 20  # before any model is loaded
+
+
+def test_new_tokens_beyond_the_context_window_fail_at_once(tiny_models, tmp_path, capsys):
+    t0 = time.time()
+    assert run_cli("run", "--model", tiny_models["gpt2"], "--methods", "eager-nocache",
+                   "--output", tmp_path / "r", "--quiet", "--new-tokens", "100000") == 2
+    assert "exceed the model's context window of 256 tokens" in capsys.readouterr().err
+    assert time.time() - t0 < 20 and not os.listdir(tmp_path / "r")
+
+
+def test_a_quality_pass_that_crashes_keeps_the_speed_figures(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setitem(engines.REGISTRY, "quality-crash", "tests.fake_torch_engines:QualityCrash")
+    out = tmp_path / "results"
+    code = run_cli("run", "--model", tiny_models["llama"], "--methods", "kv-cache,quality-crash",
+                   "--output", out, "--quiet", *FAST)
+    assert code == 0
+    m = load(os.path.join(only_run_folder(out), "results.json")).method("quality-crash")
+    assert m.ok and len(m.runs) == 2 and m.first_divergence == 6
+    assert m.quality["verdict"] == "error" and "SIGSEGV" in m.quality["reasons"][0]
+
+
+def test_competing_load_is_measured_and_warned(tiny_models, tmp_path):
+    """A process that keeps a core busy during the timed runs shows up in the method's figures."""
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        out = tmp_path / "results"
+        assert run_cli("run", "--model", tiny_models["llama"], "--methods", "kv-cache",
+                       "--output", out, "--quiet", "--no-quality", "--new-tokens", "16",
+                       "--repeats", "3", "--min-time", "2", "--threads", "1") == 0
+    finally:
+        burner.kill()
+        burner.wait()
+    folder = only_run_folder(out)
+    m = load(os.path.join(folder, "results.json")).method("kv-cache")
+    assert m.other_cpu_s > 0.5 * m.timed_wall_s  # the burner had a core to itself
+    assert "competing load" in open(os.path.join(folder, "report.md")).read()

@@ -1,0 +1,102 @@
+"""Worker processes: their own memory counters, death with the runner, typed messages."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from inferlab import protocol as p
+from inferlab.results import RunSample
+from inferlab.workers import WorkerError, WorkerHandle
+
+
+def start(method, ref):
+    return p.Start(method=method, engine=f"tests.fake_engines:{method.title().replace('-', '')}",
+                   model=ref, threads=1)
+
+
+def test_messages_round_trip_with_their_types(tiny_refs):
+    for message in (start("hog", tiny_refs["llama"]), p.Generate([1, 2, 3], 4, timed=False),
+                    p.Generated(RunSample(0.1, 0.5, [0.1, 0.2]), [4, 5], 0.3, 1 << 20),
+                    p.Loaded(1.5, 123, p.EngineInfo(10, 20, 30, {"a": 1})), p.Failed("E: x")):
+        back = p.decode(p.encode(message))
+        assert back == message and type(back) is type(message)
+    assert isinstance(p.decode(p.encode(start("hog", tiny_refs["llama"]))).model, type(tiny_refs["llama"]))
+
+
+def memory_of_hog(ref, log) -> tuple[int, int]:
+    worker = WorkerHandle(start("hog", ref), str(log))
+    try:
+        loaded = worker.request(p.Load(), 60)
+        generated = worker.request(p.Generate([1, 2], 2), 60)
+    finally:
+        worker.close()
+    return loaded.rss_bytes, generated.peak_rss_bytes
+
+
+def test_peak_memory_is_the_workers_own(tiny_refs, tmp_path):
+    """A parent that holds 500 MB does not change the worker's figures (ru_maxrss would: Linux
+    keeps it across exec); the peak shows what the worker itself touched and freed."""
+    rss, peak = memory_of_hog(tiny_refs["llama"], tmp_path / "a.log")
+    ballast = np.ones(500 << 17)  # 500 MB, every page touched
+    rss2, peak2 = memory_of_hog(tiny_refs["llama"], tmp_path / "b.log")
+    del ballast
+    assert abs(peak2 - peak) < 50e6 and abs(rss2 - rss) < 50e6
+    assert peak < 450e6  # python + numpy + the hog's 200 MB, never the parent's 500 MB
+    assert peak - rss > 80e6  # the hog freed ~100 MB after its peak: steady state is below it
+
+
+def test_engine_errors_and_crashes_become_one_line_worker_errors(tiny_refs, tmp_path):
+    worker = WorkerHandle(start("raising", tiny_refs["llama"]), str(tmp_path / "r.log"))
+    with pytest.raises(WorkerError, match="always fails to load"):
+        worker.request(p.Load(), 60)
+    worker.close()
+    worker = WorkerHandle(start("crashing", tiny_refs["llama"]), str(tmp_path / "c.log"))
+    worker.request(p.Load(), 60)
+    with pytest.raises(WorkerError, match="SIGSEGV") as e:
+        worker.request(p.Generate([1], 3), 60)
+    assert e.value.status == "failed"
+    worker.close()
+    worker = WorkerHandle(start("hanging", tiny_refs["llama"]), str(tmp_path / "h.log"))
+    worker.request(p.Load(), 60)
+    with pytest.raises(WorkerError, match="timeout") as e:
+        worker.request(p.Generate([1], 3), 2)
+    assert e.value.status == "timeout" and worker.proc.poll() is not None  # killed
+
+
+def test_a_worker_dies_with_its_runner(tiny_refs, tmp_path):
+    """A runner killed from outside (SIGKILL, closed terminal) leaves no worker running on."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        from inferlab import protocol as p
+        from inferlab.models import ModelRef
+        from inferlab.workers import WorkerHandle
+        ref = ModelRef.from_dict({tiny_refs['llama'].to_dict()!r})
+        w = WorkerHandle(p.Start("hanging", "tests.fake_engines:Hanging", ref, 1), {str(tmp_path / 'w.log')!r})
+        w.request(p.Load(), 60)
+        w._send(p.Generate([1], 3))  # hangs inside decode
+        print(w.pid, flush=True)
+        time.sleep(600)
+    """)
+    runner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    worker_pid = int(runner.stdout.readline())
+    assert _alive(worker_pid)
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    deadline = time.time() + 10
+    while _alive(worker_pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
