@@ -100,3 +100,27 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
     except FileNotFoundError:
         return False
+
+
+def _maps_torch(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as f:
+        return "libtorch" in f.read()
+
+
+@pytest.mark.parametrize("method, torch_expected", [("onnx", False), ("kv-cache", True)])
+def test_each_engine_loads_only_its_own_framework(tiny_refs, tmp_path, method, torch_expected):
+    """An ONNX Runtime method's memory must not carry libtorch (read from the process's own
+    memory map, an outside witness); the PyTorch method is the control."""
+    from inferlab.engines import engine_path
+
+    s = p.Start(method=method, engine=engine_path(method), model=tiny_refs["llama"], threads=1)
+    preparing = WorkerHandle(s, str(tmp_path / "w.log"))  # its own process, as in a run
+    preparing.request(p.Prepare(), 300)
+    preparing.close()
+    worker = WorkerHandle(s, str(tmp_path / "w.log"))
+    try:
+        worker.request(p.Load(), 120)
+        worker.request(p.Generate([1, 2, 3], 3), 60)
+        assert _maps_torch(worker.pid) is torch_expected
+    finally:
+        worker.close()

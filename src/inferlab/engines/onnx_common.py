@@ -1,9 +1,15 @@
-"""ONNX Runtime pieces: a cached export (optimum-onnx, with KV cache) and a session that
-runs prefill/decode by feeding `present.*` outputs back as `past_key_values.*` inputs."""
+"""ONNX Runtime pieces: a cached export (optimum-onnx, with KV cache, the LM head limited to
+the positions asked for) and a session that runs prefill/decode by feeding `present.*` outputs
+back as `past_key_values.*` inputs.
+
+Loading imports onnxruntime and numpy only: the export's libraries (optimum, transformers,
+torch) stay out of the measuring process, whose memory is the method's figure."""
 
 from __future__ import annotations
 
+import json
 import os
+from importlib import metadata
 
 import numpy as np
 
@@ -12,33 +18,94 @@ from ..fsutil import build_folder, is_complete
 from ..models import ModelRef
 from .base import EngineError
 
+FP32_RECIPE = "r2"  # bump when the export's post-processing changes: it is part of the cache key
+LOGITS_TO_KEEP = "logits_to_keep"  # graph input: 0 = logits of every position, k = the last k
+STATS_FILE = "graph_stats.json"  # written when the graph is built, read when it is loaded
+
 
 def artifact_dir(ref: ModelRef, variant: str) -> str:
-    """Cache folder keyed by model content, variant and the exporting libraries' versions."""
-    import onnxruntime
-    import optimum.version
-    import transformers
-
-    tag = f"{variant}-ort{onnxruntime.__version__}-opt{optimum.version.__version__}-tf{transformers.__version__}"
+    """Cache folder keyed by model content, variant and the exporting libraries' versions
+    (read from package metadata: importing them would load torch)."""
+    tag = (f"{variant}-ort{metadata.version('onnxruntime')}-opt{metadata.version('optimum')}"
+           f"-tf{metadata.version('transformers')}")
     return os.path.join(defaults.cache_dir(), "onnx", f"{ref.name}-{ref.content_hash}", tag)
 
 
 def export_fp32(ref: ModelRef) -> tuple[str, bool]:
-    """Export with optimum-onnx (text-generation-with-past). Returns (folder, cache_hit)."""
-    dest = artifact_dir(ref, "fp32")
+    """Export with optimum-onnx (text-generation-with-past), then make the LM head run on the
+    last position only unless asked for more. Returns (folder, cache_hit)."""
+    dest = artifact_dir(ref, f"fp32-{FP32_RECIPE}")
     if is_complete(dest):
         return dest, True
 
     def build(tmp):
+        import onnx
         from optimum.exporters.onnx import main_export
 
         main_export(ref.path, output=tmp, task="text-generation-with-past",
                     do_validation=False, local_files_only=True)
-        if not os.path.isfile(os.path.join(tmp, "model.onnx")):
+        path = os.path.join(tmp, "model.onnx")
+        if not os.path.isfile(path):
             raise EngineError(f"ONNX export wrote no model.onnx in {tmp}")
+        model = onnx.load(path)
+        keep_last_logits(model)
+        for f in os.listdir(tmp):  # external data files of the export are rewritten inline
+            if f.endswith((".onnx_data", ".onnx.data")):
+                os.remove(os.path.join(tmp, f))
+        onnx.save_model(model, path, save_as_external_data=model.ByteSize() >= 2**31 - 2**20)
+        write_graph_stats(tmp)
 
     build_folder(dest, build)
     return dest, False
+
+
+def keep_last_logits(model) -> None:
+    """Add the input `logits_to_keep` and slice the LM head's input to the last k positions
+    (all when k = 0), as PyTorch's `logits_to_keep` does: a prefill then computes one row of
+    vocabulary-sized logits instead of one per prompt token, the same work as the PyTorch
+    engines; the quality pass asks for all of them."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    head = next((n for n in graph.node if "logits" in n.output), None)
+    if head is None or head.op_type not in ("MatMul", "Gemm"):
+        raise EngineError("ONNX export: no MatMul produces 'logits'; cannot limit the LM head")
+    graph.input.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, [1]))
+    sliced = head.input[0] + "_last_positions"
+    new = [
+        helper.make_node("Neg", [LOGITS_TO_KEEP], ["logits_slice_start"], "logits_slice_start"),
+        helper.make_node("Constant", [], ["logits_slice_end"], "logits_slice_end",
+                         value=helper.make_tensor("end", TensorProto.INT64, [1], [2**63 - 1])),
+        helper.make_node("Constant", [], ["logits_slice_axis"], "logits_slice_axis",
+                         value=helper.make_tensor("axis", TensorProto.INT64, [1], [1])),
+        helper.make_node("Slice", [head.input[0], "logits_slice_start", "logits_slice_end",
+                                   "logits_slice_axis"], [sliced], "logits_last_positions"),
+    ]
+    index = list(graph.node).index(head)
+    for offset, node in enumerate(new):
+        graph.node.insert(index + offset, node)
+    head.input[0] = sliced
+    for out in graph.output:  # its length is no longer the input's sequence length
+        if out.name == "logits" and len(out.type.tensor_type.shape.dim) > 1:
+            out.type.tensor_type.shape.dim[1].dim_param = "logits_length"
+
+
+def write_graph_stats(folder: str) -> dict:
+    """Parse the built graph once, when it is built, and keep what loading needs to know."""
+    total, ops, gathered = graph_bytes(os.path.join(folder, "model.onnx"))
+    stats = {"initializer_bytes": total, "ops": ops, "lookup_only_bytes": gathered}
+    with open(os.path.join(folder, STATS_FILE), "w") as f:
+        json.dump(stats, f)
+    return stats
+
+
+def read_graph_stats(folder: str) -> dict:
+    path = os.path.join(folder, STATS_FILE)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        raise EngineError(f"{path} is missing or unreadable: prepare the method again") from None
 
 
 def onnx_file_bytes(folder: str) -> int:
@@ -47,12 +114,6 @@ def onnx_file_bytes(folder: str) -> int:
         for f in os.listdir(folder)
         if f.endswith((".onnx", ".onnx_data", ".onnx.data"))
     )
-
-
-def initializer_bytes(model_path: str) -> tuple[int, dict]:
-    """Bytes of the graph's initializers (the weights as ORT holds them) and op counts."""
-    total, ops, _ = graph_bytes(model_path)
-    return total, ops
 
 
 def graph_bytes(model_path: str) -> tuple[int, dict, int]:
@@ -118,13 +179,15 @@ class OrtCausalLM:
             past[inp.name] = np.zeros(shape, dtype=np.float32)
         return past
 
-    def _run(self, ids: list[int], past: dict) -> np.ndarray:
+    def _run(self, ids: list[int], past: dict, keep_all: bool = False) -> np.ndarray:
         n = len(ids)
         feeds = {"input_ids": np.asarray([ids], dtype=np.int64)}
         if "attention_mask" in self.input_names:
             feeds["attention_mask"] = np.ones((1, self.length + n), dtype=np.int64)
         if "position_ids" in self.input_names:
             feeds["position_ids"] = np.arange(self.length, self.length + n, dtype=np.int64)[None]
+        if LOGITS_TO_KEEP in self.input_names:
+            feeds[LOGITS_TO_KEEP] = np.asarray([0 if keep_all else 1], dtype=np.int64)
         feeds.update(past)
         outputs = self.session.run(None, feeds)
         named = dict(zip(self.output_names, outputs))
@@ -138,7 +201,7 @@ class OrtCausalLM:
 
     def prefill(self, ids: list[int], all_logits: bool = False) -> np.ndarray:
         self.length = 0
-        logits = self._run(list(ids), self._empty_past())
+        logits = self._run(list(ids), self._empty_past(), keep_all=all_logits)
         return logits if all_logits else logits[-1]
 
     def decode(self, token_id: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import os
 from functools import cached_property
 
 from .base import Engine
-from .onnx_common import OrtCausalLM, export_fp32, graph_bytes, onnx_file_bytes
+from .onnx_common import LOGITS_TO_KEEP, OrtCausalLM, export_fp32, onnx_file_bytes, read_graph_stats
 
 
 class OnnxFp32(Engine):
@@ -32,20 +32,23 @@ class OnnxFp32(Engine):
         return self.ort.decode(token_id)
 
     @cached_property
-    def graph_stats(self) -> tuple[int, dict, int]:
-        """(initializer bytes, op counts, lookup-only bytes) of the loaded graph, parsed once."""
-        return graph_bytes(self.model_path)
+    def graph_stats(self) -> dict:
+        """Initializer bytes, op counts and lookup-only bytes of the graph, kept when it was
+        built: parsing a graph of hundreds of MB here would count in the method's memory."""
+        return read_graph_stats(self.folder)
 
     def details(self, ops: dict) -> dict:
         import onnxruntime
 
         return {"dtype": "float32", "providers": self.ort.providers(), "threads": self.threads,
                 "onnxruntime": onnxruntime.__version__, "artifact": self.folder,
-                "matmul_nodes": ops.get("MatMul", 0) + ops.get("Gemm", 0)}
+                "matmul_nodes": ops.get("MatMul", 0) + ops.get("Gemm", 0),
+                "lm_head_last_position_only": LOGITS_TO_KEEP in self.ort.input_names}
 
     def info(self) -> dict:
-        weight_bytes, ops, gathered = self.graph_stats
-        details = self.details(ops)
-        details["weight_bytes_read_per_step"] = weight_bytes - gathered
+        stats = self.graph_stats
+        weight_bytes = stats["initializer_bytes"]
+        details = self.details(stats["ops"])
+        details["weight_bytes_read_per_step"] = weight_bytes - stats["lookup_only_bytes"]
         return {"weight_bytes": weight_bytes, "file_bytes": onnx_file_bytes(self.folder),
                 "details": details}

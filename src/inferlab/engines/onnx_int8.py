@@ -13,12 +13,12 @@ import os
 
 from .base import EngineError
 from ..fsutil import build_folder, is_complete
-from .onnx_common import artifact_dir, export_fp32, initializer_bytes
+from .onnx_common import artifact_dir, export_fp32, read_graph_stats, write_graph_stats
 from .onnx_fp32 import OnnxFp32
 
 QUANTIZED_OPS = ("MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul")
 BITS, BLOCK_SIZE, ACCURACY_LEVEL = 8, 32, 4  # accuracy_level 4: int8 activations in the kernel
-RECIPE = "r3"  # bump when the conversion below changes: it is part of the cache key
+RECIPE = "r4"  # bump when the conversion below changes: it is part of the cache key
 
 
 def quantized_nodes(ops: dict) -> int:
@@ -128,17 +128,17 @@ class OnnxInt8(OnnxFp32):
             q.process()
             out = os.path.join(tmp, "model.onnx")
             q.model.save_model_to_file(out, use_external_data_format=False)
-            require_quantized(initializer_bytes(out)[1])  # never cache a no-op
+            require_quantized(write_graph_stats(tmp)["ops"])  # never cache a no-op
 
         build_folder(dest, build)
         return dest, False
 
     def load(self) -> None:
         super().load()
-        require_quantized(self.graph_stats[1])
+        require_quantized(self.graph_stats["ops"])
 
     def details(self, ops: dict) -> dict:
-        _, fp32_ops = initializer_bytes(os.path.join(export_fp32(self.model_ref)[0], "model.onnx"))
+        fp32_ops = read_graph_stats(export_fp32(self.model_ref)[0])["ops"]
         return {
             **super().details(ops),
             "dtype": f"int{BITS} weights (block {BLOCK_SIZE}, symmetric), int8 compute "
