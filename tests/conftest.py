@@ -28,3 +28,11 @@ def tiny_refs(tiny_models):
 def _run_from_repo(monkeypatch):
     # workers import test engines as `tests.fake_engines`: the repo root must be the cwd
     monkeypatch.chdir(REPO)
+
+
+@pytest.fixture(autouse=True)
+def _small_bandwidth_probe(monkeypatch):
+    # the in-run probe streams 256 MB at full size; 32 MB keeps the tests' runs quick
+    from inferlab import defaults
+
+    monkeypatch.setattr(defaults, "PROBE_BYTES", 32 << 20)

@@ -189,7 +189,8 @@ def test_profile_command_writes_report_and_traces(tiny_models, tmp_path):
                    "--output", out, "--quiet", "--threads", "1") == 0
     folder = only_run_folder(out)
     r = load(os.path.join(folder, "results.json"))
-    assert r.hardware["bandwidth_bytes_per_s"] > 0
+    assert [p["when"] for p in r.probes] == ["before the measurements", "after the measurements"]
+    assert all(p["bandwidth_bytes_per_s"] > 0 for p in r.probes)
     for m in r.methods:
         assert m.profile["phases"]["decode"]["calls"] == 3
         assert os.path.getsize(os.path.join(folder, "traces", m.profile["trace_file"])) > 0

@@ -6,11 +6,11 @@ import os
 import pytest
 
 from inferlab.engines import engine_class
-from inferlab.profiling import hardware
+from inferlab import probe
 from inferlab.profiling.breakdown import OpRecord, breakdown
 from inferlab.profiling.categories import CATEGORIES, categorize
 from inferlab.profiling.parts import part_of
-from inferlab.profiling.roofline import roofline, verdict
+from inferlab.profiling.roofline import ceiling_warnings, rooflines, verdict
 from inferlab.profiling.run import profile_engine
 from inferlab.protocol import Profile
 from inferlab.results import MethodResult, RunResults, RunSample
@@ -108,39 +108,55 @@ def test_context_sweep_reports_each_length(profiled):
         assert s["step_ms"] > 0 and 0 < s["attention_share"] < 1
 
 
-def test_bandwidth_and_gemm_peak_are_positive(monkeypatch, tmp_path):
-    monkeypatch.setattr(hardware, "BANDWIDTH_BYTES", 64 << 20)
-    monkeypatch.setattr(hardware, "GEMM_N", 256)
-    monkeypatch.setenv("INFERLAB_CACHE", str(tmp_path))
-    first = hardware.limits(threads=1)
+def test_bandwidth_and_gemm_peak_are_positive():
+    first = probe.measure(threads=1, nbytes=32 << 20)
     assert first["bandwidth_bytes_per_s"] > 1e8 and first["gemm_flops_per_s"] > 1e8
-    assert not first["cached"] and hardware.limits(threads=1)["cached"]
-    assert not hardware.limits(threads=1, remeasure=True)["cached"]
+    assert first["bandwidth_bytes_per_s"] == max(first["bandwidth_gemv_bytes_per_s"],
+                                                 first["bandwidth_reduction_bytes_per_s"])
+
+
+ARCH = {"layers": 2, "kv_heads": 1, "head_dim": 4, "hidden": 8, "block_parameters": 900_000,
+        "lm_head_parameters": 100_000}
 
 
 def known_run(method: str, weight_bytes: int):
-    """1 M parameters, 10 prompt tokens, 10 GB/s, 100 GFLOP/s; 5 runs of TTFT 1 ms, TPOT 40 ms."""
-    r = RunResults(config={}, machine={}, model={"name": "m", "parameters": 1_000_000},
-                   prompt_tokens=10)
-    r.hardware = {"bandwidth_bytes_per_s": 10e9, "gemm_flops_per_s": 100e9, "threads": 2}
+    """10 prompt tokens, 5 new; probes of 8 and 10 GB/s, 100 GFLOP/s; TTFT 1 ms, TPOT 40 ms."""
+    r = RunResults(config={"new_tokens": 5}, machine={}, prompt_tokens=10,
+                   model={"name": "m", "parameters": 1_000_000, "architecture": ARCH})
+    r.probes = [{"bandwidth_bytes_per_s": 8e9, "gemm_flops_per_s": 100e9},
+                {"bandwidth_bytes_per_s": 10e9, "gemm_flops_per_s": 90e9}]
     m = MethodResult(method=method, status="ok", weight_bytes=weight_bytes,
                      runs=[RunSample(ttft_s=0.001, e2e_s=0.001 + 0.04 * 4, itl_s=[0.04] * 4)] * 5)
+    r.methods = [m]
     return r, m
 
 
 def test_roofline_arithmetic_on_known_inputs():
     r, m = known_run("kv-cache", 200_000_000)
-    roof = roofline(m, r)
-    assert roof["decode_floor_ms"] == pytest.approx(20.0)  # 200 MB / 10 GB/s
+    roofs, ceiling = rooflines(r)
+    roof = roofs["kv-cache"]
+    # KV cache: 2 (K, V) x 2 layers x 1 head x 4 dims x 4 bytes x 12.5 mean positions = 800 B
+    assert roof["kv_mb_per_step"] == pytest.approx(800 / 1e6)
+    assert roof["decode_floor_ms"] == pytest.approx(200_000_800 / 10e9 * 1e3)  # at the best probe
+    assert roof["decode_floor_range_ms"] == pytest.approx([20.00008, 25.0001])
     assert roof["tpot_ms"] == pytest.approx(40.0)
-    assert roof["decode_efficiency"] == pytest.approx(0.5)
-    assert roof["achieved_gb_s"] == pytest.approx(5.0)
-    assert roof["prefill_floor_ms"] == pytest.approx(0.2)  # 2 * 1e6 * 10 / 100e9 s
-    assert roof["prefill_efficiency"] == pytest.approx(0.2)
+    assert roof["decode_efficiency"] == pytest.approx(0.5, rel=1e-4)
+    # LM head on one position only; causal attention 2 x layers x n^2 x hidden
+    assert roof["prefill_gflop"] == pytest.approx((2 * 900_000 * 10 + 2 * 100_000 + 2 * 2 * 100 * 8) / 1e9)
+    assert roof["prefill_floor_ms"] == pytest.approx(roof["prefill_gflop"] / 100 * 1e3)
+    assert ceiling["bandwidth_source"] == "probe" and ceiling_warnings(ceiling) == []
     m.profile = {"phases": {"decode": {"wall_ms": 40.0, "categories_share": {
         "matmul": 0.3, "overhead": 0.6, "attention": 0.1}, "categories_ms": {"overhead": 24.0}}}}
     sentence, step = verdict(m, roof, None)
     assert "60% framework overhead" in sentence and "compile" in step
+
+
+def test_a_method_faster_than_the_probe_sets_the_ceiling_and_is_named():
+    r, m = known_run("onnx", 600_000_000)  # 600 MB per 40 ms step: 15 GB/s > the probe's 10
+    roofs, ceiling = rooflines(r)
+    assert roofs["onnx"]["decode_efficiency"] == pytest.approx(1.0)  # never above 100 %
+    assert ceiling["bandwidth_source"] == "onnx"
+    assert "onnx streamed 15.0 GB/s, above the probe's best 10.0 GB/s" in ceiling_warnings(ceiling)[0]
 
 
 def test_verdict_removes_profiler_cost_and_names_memory_bound():
@@ -150,9 +166,9 @@ def test_verdict_removes_profiler_cost_and_names_memory_bound():
                  "phases": {"decode": {"wall_ms": 80.0,
                                        "categories_share": {"matmul": 0.4375, "overhead": 0.5625},
                                        "categories_ms": {"matmul": 35.0, "overhead": 45.0}}}}
-    sentence, step = verdict(m, roofline(m, r), None)
+    sentence, step = verdict(m, rooflines(r)[0]["onnx"], None)
     assert "memory-bound" in sentence and "90%" in sentence  # 36 ms floor / 40 ms TPOT
     assert "fewer bytes" in step
     m.weight_bytes = 100_000_000  # floor 10 ms: far from it; overhead 5 ms of 40 after correction
-    sentence, _ = verdict(m, roofline(m, r), None)
+    sentence, _ = verdict(m, rooflines(r)[0]["onnx"], None)
     assert "matmul-bound" in sentence and "framework overhead" not in sentence

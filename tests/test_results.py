@@ -4,6 +4,7 @@ import os
 import pytest
 
 from inferlab import defaults
+from inferlab.config import RunConfig
 from inferlab.analysis import first_divergence
 from inferlab.results import (MethodResult, ResultsError, RunResults, RunSample, load, save,
                               write_json_atomic)
@@ -15,7 +16,8 @@ def sample_results():
         return MethodResult(method=name, status="ok", runs=runs, tokens=list(range(10)),
                             weight_bytes=100, details={"quantized_layers": 3})
 
-    r = RunResults(config={"new_tokens": 10}, machine={"cpu": "x"}, model={"name": "m"},
+    r = RunResults(config=RunConfig(new_tokens=10, threads=1).to_dict(), machine={"cpu": "x"},
+                   model={"name": "m", "spec": "m", "source": "folder", "content_hash": "0"},
                    prompt_tokens=4, created="2026-11-27T00:00:00+00:00")
     r.methods = [method("eager-nocache", 0.04), method("kv-cache", 0.02),
                  MethodResult(method="onnx", status="failed", error="boom")]
@@ -32,10 +34,25 @@ def test_round_trip(tmp_path):
     assert back.method("kv-cache").runs[0] == r.method("kv-cache").runs[0]
     data = json.loads(path.read_text())
     assert data["schema_version"] == defaults.SCHEMA_VERSION
-    sp = data["comparisons"]["kv-cache"]["speedup_e2e_vs_eager-nocache"]
+    derived = data["derived"]["methods"]["kv-cache"]
+    sp = derived["speedups"]["speedup_e2e_vs_eager-nocache"]
     assert sp["value"] == pytest.approx(2.0, rel=0.01) and sp["significant"]
-    assert data["methods"][1]["figures"]["tpot_s"]["median"] == pytest.approx(
-        r.method("kv-cache").figure("tpot_s").median)
+    assert derived["figures"]["tpot_s"]["median"] == pytest.approx(0.02, rel=0.05)
+    assert derived["prefill_tokens_per_s"] == pytest.approx(4 / 0.02)  # 4 prompt tokens
+    assert data["derived"]["ranking"]["ranked"][0]["method"] == "kv-cache"  # not judged: speed
+    assert any("onnx: failed: boom" in w for w in data["derived"]["warnings"])
+
+
+def test_renderers_only_format_what_was_derived(tmp_path):
+    """The report reads results.derived: a figure changed there is what the report shows."""
+    from inferlab.report.markdown import render
+
+    r = sample_results()
+    save(r, str(tmp_path / "r.json"))
+    r.derived["methods"]["kv-cache"]["figures"]["ttft_s"]["median"] = 1.2345
+    r.derived["warnings"] = ["a warning only derive.py could have written"]
+    md = render(r)
+    assert "| kv-cache | ok | 1234.5 |" in md and "only derive.py" in md
 
 
 def test_corrupt_and_foreign_files_give_one_line_errors(tmp_path):

@@ -110,8 +110,6 @@ def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = 
                    help=f"decode steps profiled after the prefill (default {defaults.PROFILE_DECODE_STEPS})")
     g.add_argument("--profile-detail", action="store_true",
                    help="record shapes, stacks and memory in the traces (much larger files)")
-    g.add_argument("--remeasure-hardware", action="store_true",
-                   help="measure bandwidth and GEMM peak again instead of using the cached figures")
     p.add_argument("--output", default=defaults.RESULTS_DIR,
                    help="folder under which each run gets a new folder (default results/)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -154,7 +152,7 @@ def config_from_args(args):
         text_file=args.text_file,
         profile=args.command == "profile" or getattr(args, "profile", False),
         profile_steps=args.profile_steps, profile_detail=args.profile_detail,
-        remeasure_hardware=args.remeasure_hardware, protocol=args.protocol,
+        protocol=args.protocol,
         max_ppl_increase=args.max_ppl_increase, max_kl_mean=args.max_kl, min_top1=args.min_top1,
     )
 

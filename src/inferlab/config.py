@@ -29,7 +29,6 @@ class RunConfig:
     profile_steps: int = defaults.PROFILE_DECODE_STEPS
     profile_detail: bool = False  # shapes, stacks and memory in the trace (much larger files)
     sweep_lengths: list[int] = field(default_factory=lambda: list(defaults.SWEEP_CONTEXTS))
-    remeasure_hardware: bool = False
     protocol: str = defaults.DEFAULT_PROTOCOL  # interleaved | sequential (runner.py)
     max_ppl_increase: float = defaults.QUALITY_BUDGET["max_ppl_increase"]
     max_kl_mean: float = defaults.QUALITY_BUDGET["max_kl_mean"]

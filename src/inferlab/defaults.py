@@ -37,6 +37,9 @@ QUALITY_BUDGET = {
 }
 QUALITY_BLOCK = 32  # positions per bootstrap block for the quality intervals (neighbours correlate)
 
+# --- hardware limits (probe.py), measured in every run ---------------------------------------
+PROBE_BYTES = 256 << 20  # streamed per bandwidth probe: far beyond the caches, about a second
+
 # --- profiling ------------------------------------------------------------------------------
 PROFILE_DECODE_STEPS = 3  # profiled decode steps after one prefill: keeps traces small
 SWEEP_CONTEXTS = (32, 128, 512)  # context lengths for the with/without KV cache question

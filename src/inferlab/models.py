@@ -211,3 +211,50 @@ def parameter_count(folder: str) -> int | None:
                     n *= d
                 total += n
     return total
+
+
+EMBEDDING_NAMES = ("embed_tokens", "wte", "wpe", "embed_positions")
+
+
+def architecture(folder: str) -> dict | None:
+    """What the roofline needs from a model: layers, widths, and its parameters split into the
+    blocks' (every prompt token goes through them), the LM head's (prefill runs it on one
+    position) and lookup tables' (no FLOPs). None for a folder without safetensors."""
+    from safetensors import safe_open
+
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return None
+    files = [f for f in os.listdir(folder) if f.endswith(".safetensors")]
+    if not files:
+        return None
+    total = embedding = untied_head = 0
+    for name in files:
+        with safe_open(os.path.join(folder, name), framework="np") as f:
+            for key in f.keys():
+                n = 1
+                for d in f.get_slice(key).get_shape():
+                    n *= d
+                total += n
+                if any(e in key for e in EMBEDDING_NAMES):
+                    embedding += n
+                elif "lm_head" in key:
+                    untied_head += n
+    hidden = cfg.get("hidden_size") or cfg.get("n_embd")
+    heads = cfg.get("num_attention_heads") or cfg.get("n_head")
+    vocab = cfg.get("vocab_size")
+    if not (hidden and heads and vocab):
+        return None
+    return {
+        "layers": cfg.get("num_hidden_layers") or cfg.get("n_layer"),
+        "hidden": hidden,
+        "heads": heads,
+        "kv_heads": cfg.get("num_key_value_heads") or heads,
+        "head_dim": cfg.get("head_dim") or hidden // heads,
+        "vocab": vocab,
+        "parameters": total,
+        "lm_head_parameters": vocab * hidden,
+        "block_parameters": total - embedding - untied_head,
+    }

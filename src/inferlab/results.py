@@ -8,10 +8,6 @@ from typing import Any
 
 from . import defaults
 from .fsutil import write_json_atomic
-from .stats import Summary, summarize, too_few_runs
-
-# the figures summarized per method (seconds, except decode tokens per second)
-FIGURES = ("ttft_s", "tpot_s", "itl_s", "e2e_s", "decode_tps")
 
 
 class ResultsError(ValueError):
@@ -81,24 +77,6 @@ class MethodResult:
             return [x for r in self.runs for x in r.itl_s]
         return [getattr(r, figure) for r in self.runs]
 
-    def figure(self, figure: str) -> Summary | None:
-        return summarize(self.samples(figure), f"{self.method} {figure}")
-
-    def warnings(self) -> list[str]:
-        out = [w for w in [too_few_runs(len(self.runs), self.method)] if w]
-        for name in ("e2e_s", "ttft_s", "tpot_s"):
-            s = self.figure(name)
-            if s:
-                out.extend(s.warnings)
-        load = self.other_load()
-        if load is not None and load >= defaults.WARN_OTHER_CPU:
-            out.append(f"{self.method}: other processes took {self.other_cpu_s:.1f} CPU-s during its "
-                       f"{self.timed_wall_s:.1f} s of timed runs ({load:.0%} of the machine's CPU "
-                       "time): its figures are slowed by competing load; close other programs")
-        if self.deterministic is False:
-            out.append(f"{self.method}: repeated runs produced different tokens")
-        return out
-
     def other_load(self, cpus: int | None = None) -> float | None:
         """Other processes' CPU time as a share of the machine's CPU time during the timed runs."""
         import os
@@ -108,9 +86,7 @@ class MethodResult:
         return max(self.other_cpu_s, 0.0) / (self.timed_wall_s * (cpus or os.cpu_count() or 1))
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["figures"] = {name: (s.to_dict() if (s := self.figure(name)) else None) for name in FIGURES}
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "MethodResult":
@@ -129,7 +105,8 @@ class RunResults:
     methods: list[MethodResult] = field(default_factory=list)
     reference_tokens: list[int] | None = None
     quality_setup: dict[str, Any] | None = None  # text, windows, budget (quality.py)
-    hardware: dict[str, Any] | None = None  # measured bandwidth and GEMM peak (profiling)
+    probes: list[dict[str, Any]] = field(default_factory=list)  # bandwidth / GEMM peak (probe.py)
+    derived: dict[str, Any] = field(default_factory=dict)  # derive.py: refreshed at every save
     status: str = "running"  # running | complete | interrupted
     created: str = ""
     schema_version: int = defaults.SCHEMA_VERSION
@@ -139,11 +116,8 @@ class RunResults:
         return next((m for m in self.methods if m.method == name), None)
 
     def to_dict(self) -> dict:
-        from .analysis import comparisons
-
         d = asdict(self)
         d["methods"] = [m.to_dict() for m in self.methods]
-        d["comparisons"] = comparisons(self)  # derived; recomputed on load, kept for readers
         return d
 
     @classmethod
@@ -161,6 +135,10 @@ class RunResults:
 
 
 def save(results: RunResults, path: str) -> None:
+    """Derive every figure from the measurements so far, then write the file atomically."""
+    from .derive import derive
+
+    results.derived = derive(results)
     write_json_atomic(path, results.to_dict())
 
 

@@ -24,7 +24,7 @@ from .analysis import first_divergence
 from .checks import check_lengths, check_output_location
 from .config import RunConfig
 from .engines import engine_class, engine_path, has_prepare
-from .models import ModelRef, parameter_count, resolve
+from .models import ModelRef, architecture, parameter_count, resolve
 from .procstat import machine_cpu_seconds
 from .prompts import encode_prompt, load_tokenizer
 from .results import MethodResult, RunResults, save
@@ -295,6 +295,23 @@ class Session:
         finally:
             self._stop(worker)
 
+    def probe(self, when: str) -> None:
+        """Bandwidth and GEMM peak, measured now in a process of its own while every worker
+        waits: the machine's speed drifts, so the run probes before and after its measurements."""
+        import json
+        import subprocess
+
+        self.show(f"hardware limits: streaming bandwidth and GEMM peak ({when})")
+        cmd = [sys.executable, "-m", "inferlab.probe", str(self.config.threads),
+               str(defaults.PROBE_BYTES)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=self.config.timeout_s)
+            data = json.loads(done.stdout.strip().splitlines()[-1])
+        except (subprocess.TimeoutExpired, ValueError, IndexError) as e:
+            data = {"error": f"bandwidth probe failed: {type(e).__name__}"}
+        self.results.probes.append({**data, "when": when})
+        self.save()
+
     def _score_agreement(self) -> None:
         ref = self.results.reference_tokens
         for m in self.results.methods:
@@ -334,7 +351,7 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
         config=config.to_dict(),
         machine=machine.describe(),
         model={**model.to_dict(), "prompt_ids": prompt_ids, "chat_template_applied": templated,
-               "parameters": parameter_count(model.path)},
+               "parameters": parameter_count(model.path), "architecture": architecture(model.path)},
         prompt_tokens=len(prompt_ids),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         inferlab_version=__version__,
@@ -353,11 +370,6 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
                                      greedy_prompts=len(plan["greedy_prompts"]))
     if config.profile:
         os.makedirs(session.tracedir)
-        from .profiling import hardware
-
-        show("hardware limits: streaming bandwidth and GEMM peak"
-             + (" (re-measuring)" if config.remeasure_hardware else " (cached per machine)"))
-        results.hardware = hardware.limits(config.threads, config.remeasure_hardware)
     # the reference first: every other method is compared with its tokens and distributions
     order = sorted(config.methods, key=lambda m: m != defaults.REFERENCE_METHOD)
     runs = []
@@ -374,6 +386,8 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
         for run_ in reference + runs:
             session.prepare(run_)
         session.save()
+        if config.speed or config.profile:
+            session.probe("before the measurements")
         if config.speed or session.plan:
             if reference:
                 show(f"reference ({defaults.REFERENCE_METHOD}): tokens and distributions to compare with")
@@ -391,6 +405,8 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
                 show(f"{run_.method}: profiling")
                 session.profile(run_)
                 session.save()
+        if config.speed or config.profile:
+            session.probe("after the measurements")
         for run_ in runs:
             session.finish(run_)
         results.status = "complete"

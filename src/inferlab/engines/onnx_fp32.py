@@ -41,6 +41,7 @@ class OnnxFp32(Engine):
         import onnxruntime
 
         return {"dtype": "float32", "providers": self.ort.providers(), "threads": self.threads,
+                "kv_cache_bytes_per_value": 4,
                 "onnxruntime": onnxruntime.__version__, "artifact": self.folder,
                 "matmul_nodes": ops.get("MatMul", 0) + ops.get("Gemm", 0),
                 "lm_head_last_position_only": LOGITS_TO_KEEP in self.ort.input_names}

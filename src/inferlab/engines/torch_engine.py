@@ -26,6 +26,7 @@ class TorchEngine(Engine):
         import transformers
 
         return {"dtype": "float32", "threads": torch.get_num_threads(),
+                "kv_cache_bytes_per_value": 0 if self.steps_are_full_forwards else 4,
                 "attention": self.model.config._attn_implementation,
                 "torch": torch.__version__, "transformers": transformers.__version__}
 

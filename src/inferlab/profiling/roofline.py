@@ -1,57 +1,125 @@
 """Distance to the hardware limit, and the one-sentence bottleneck verdict per method.
 
-Decode at batch 1 reads every weight once per step: floor = weight bytes read / bandwidth
-(an embedding table read only through a one-row lookup does not count).
-Prefill is compute-bound: floor = 2 x parameters x prompt tokens / GEMM peak (attention's
-FLOPs left out: small at these prompt lengths). Efficiency = floor / measured time."""
+Decode at batch 1 reads every weight once per step, and the KV cache up to the current
+position: floor = (weight bytes read + KV-cache bytes read at the run's mean decode context) /
+bandwidth (an embedding table read only through a one-row lookup does not count).
+Prefill is compute-bound: FLOPs = 2 x block parameters x prompt tokens + 2 x LM-head
+parameters (one position) + causal attention 2 x layers x prompt tokens^2 x hidden; floor =
+FLOPs / GEMM peak. Efficiency = floor / measured time.
+
+The bandwidth is probed in the run (probe.py). The ceiling is the highest rate anything in the
+run reached: the probe's best, or a method's own rate when it streamed faster (the report then
+says the probe understated the machine). An efficiency above 100 % is impossible by
+construction."""
 
 from __future__ import annotations
 
 from .. import defaults
 
 
-def roofline(m, results) -> dict | None:
-    hw = results.hardware
-    if not hw or not m.ok or m.weight_bytes is None:
+def probed_limits(results) -> dict | None:
+    """The range of the run's probes: bandwidth low/high and the best GEMM peak."""
+    ok = [p for p in results.probes if p.get("bandwidth_bytes_per_s")]
+    if not ok:
         return None
-    bw, peak = hw["bandwidth_bytes_per_s"], hw["gemm_flops_per_s"]
-    phases = (m.profile or {}).get("phases", {})
+    bws = [p["bandwidth_bytes_per_s"] for p in ok]
+    return {"bandwidth_low": min(bws), "bandwidth_high": max(bws),
+            "gemm_peak": max(p["gemm_flops_per_s"] for p in ok), "probes": len(ok),
+            "method": ok[0].get("method", "")}
+
+
+def method_rates(m, results) -> dict | None:
+    """What one method moved and computed per step, and how fast (before any ceiling)."""
+    if m.status not in ("ok", "running") or m.weight_bytes is None:
+        return None
     if m.runs:
-        tpot, ttft, source = m.figure("tpot_s").median, m.figure("ttft_s").median, "benchmark"
+        from ..stats import summarize
+
+        tpot = summarize(m.samples("tpot_s")).median
+        ttft = summarize(m.samples("ttft_s")).median
+        source = "benchmark medians"
     elif (m.profile or {}).get("unprofiled"):
         u = m.profile["unprofiled"]
         tpot, ttft = u["decode_step_ms"] / 1e3, u["prefill_ms"] / 1e3
         source = "unprofiled steps of the profiling process (single samples)"
     else:
         return None
-    params = results.model.get("parameters") or m.parameters
-    # an embedding table read only through a one-row lookup is held but not streamed per step
-    read = (m.details or {}).get("weight_bytes_read_per_step") or m.weight_bytes
-    decode_floor = read / bw
-    out = {
-        "bandwidth_gb_s": bw / 1e9,
-        "gemm_gflop_s": peak / 1e9,
-        "weight_mb_per_step": read / 1e6,
-        "decode_floor_ms": decode_floor * 1e3,
-        "tpot_ms": tpot * 1e3,
-        "decode_efficiency": decode_floor / tpot if tpot else None,
-        "achieved_gb_s": read / tpot / 1e9 if tpot else None,
-        "time_source": source,
-    }
-    if params:
-        flops = 2 * params * results.prompt_tokens
-        out.update(prefill_gflop=flops / 1e9, prefill_floor_ms=flops / peak * 1e3,
-                   ttft_ms=ttft * 1e3, prefill_efficiency=(flops / peak) / ttft if ttft else None)
+    arch = results.model.get("architecture") or {}
+    details = m.details or {}
+    weights = details.get("weight_bytes_read_per_step") or m.weight_bytes
+    n, new = results.prompt_tokens, results.config.get("new_tokens", 2)
+    context = n + new / 2  # mean number of cached positions a decode step reads
+    kv_value_bytes = details.get("kv_cache_bytes_per_value", 4)
+    kv_per_position = (2 * arch["layers"] * arch["kv_heads"] * arch["head_dim"] * kv_value_bytes
+                       if arch.get("layers") else 0)
+    step_bytes = weights + kv_per_position * context
+    out = {"weight_mb_per_step": weights / 1e6, "kv_mb_per_step": kv_per_position * context / 1e6,
+           "decode_context": context, "bytes_per_step": step_bytes, "tpot_ms": tpot * 1e3,
+           "achieved_gb_s": step_bytes / tpot / 1e9 if tpot else None, "ttft_ms": ttft * 1e3,
+           "time_source": source}
+    if arch.get("block_parameters"):
+        flops = (2 * arch["block_parameters"] * n + 2 * arch["lm_head_parameters"]
+                 + 2 * arch["layers"] * n * n * arch["hidden"])
+        out.update(prefill_gflop=flops / 1e9,
+                   achieved_gflop_s=flops / ttft / 1e9 if ttft else None)
     return out
 
 
-def _inflation(m) -> float | None:
-    """Profiled decode step / unprofiled decode step: how much the profiler itself costs."""
-    u = (m.profile or {}).get("unprofiled")
-    decode = (m.profile or {}).get("phases", {}).get("decode")
-    if not u or not decode or not u["decode_step_ms"]:
+def rooflines(results) -> tuple[dict, dict | None]:
+    """({method: roofline}, ceilings): floors and efficiencies against the highest rates seen."""
+    limits = probed_limits(results)
+    rates = {m.method: r for m in results.methods if (r := method_rates(m, results))}
+    if not limits or not rates:
+        return {}, None
+    bw_rates = {k: r["achieved_gb_s"] * 1e9 for k, r in rates.items() if r.get("achieved_gb_s")}
+    fl_rates = {k: r["achieved_gflop_s"] * 1e9 for k, r in rates.items() if r.get("achieved_gflop_s")}
+    fastest_bw = max(bw_rates, key=bw_rates.get, default=None)
+    fastest_fl = max(fl_rates, key=fl_rates.get, default=None)
+    ceil = {**limits, "bandwidth": limits["bandwidth_high"], "bandwidth_source": "probe",
+            "gemm": limits["gemm_peak"], "gemm_source": "probe"}
+    if fastest_bw and bw_rates[fastest_bw] > ceil["bandwidth"]:
+        ceil["bandwidth"], ceil["bandwidth_source"] = bw_rates[fastest_bw], fastest_bw
+    if fastest_fl and fl_rates[fastest_fl] > ceil["gemm"]:
+        ceil["gemm"], ceil["gemm_source"] = fl_rates[fastest_fl], fastest_fl
+    out = {}
+    for name, r in rates.items():
+        floor = r["bytes_per_step"] / ceil["bandwidth"]
+        roof = {**r, "bandwidth_gb_s": ceil["bandwidth"] / 1e9,
+                "decode_floor_ms": floor * 1e3,
+                "decode_floor_range_ms": [r["bytes_per_step"] / limits["bandwidth_high"] * 1e3,
+                                          r["bytes_per_step"] / limits["bandwidth_low"] * 1e3],
+                "decode_efficiency": floor / (r["tpot_ms"] / 1e3) if r["tpot_ms"] else None}
+        if r.get("prefill_gflop"):
+            pf = r["prefill_gflop"] * 1e9 / ceil["gemm"]
+            roof.update(gemm_gflop_s=ceil["gemm"] / 1e9, prefill_floor_ms=pf * 1e3,
+                        prefill_efficiency=pf / (r["ttft_ms"] / 1e3) if r["ttft_ms"] else None)
+        out[name] = roof
+    return out, ceil
+
+
+def ceiling_warnings(ceil: dict | None) -> list[str]:
+    """Say which figure is wrong when a method outran the probe."""
+    out = []
+    if not ceil:
+        return out
+    if ceil["bandwidth_source"] != "probe":
+        out.append(f"{ceil['bandwidth_source']} streamed {ceil['bandwidth'] / 1e9:.1f} GB/s, above "
+                   f"the probe's best {ceil['bandwidth_high'] / 1e9:.1f} GB/s: the probe understates "
+                   "this machine's bandwidth (or part of the method's bytes stayed in cache); the "
+                   "decode floors use the method's rate")
+    if ceil["gemm_source"] != "probe":
+        out.append(f"{ceil['gemm_source']}'s prefill reached {ceil['gemm'] / 1e9:.0f} GFLOP/s, above "
+                   f"the fp32 GEMM probe's {ceil['gemm_peak'] / 1e9:.0f}: its kernels beat fp32 "
+                   "(int8 or fused); the prefill floors use its rate")
+    return out
+
+
+def sweep_growth(m) -> float | None:
+    """Decode step at the longest swept context over the step at the shortest."""
+    sweep = (m.profile or {}).get("sweep") or []
+    if len(sweep) < 2:
         return None
-    return decode["wall_ms"] / u["decode_step_ms"]
+    return sweep[-1]["step_ms"] / sweep[0]["step_ms"]
 
 
 def verdict(m, roof: dict | None, sweep_ratio: float | None) -> tuple[str, str]:

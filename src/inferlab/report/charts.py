@@ -10,7 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .. import defaults  # noqa: E402
 from ..results import RunResults  # noqa: E402
+from .tables import derived, figure  # noqa: E402
 
 
 def _ok(results: RunResults):
@@ -22,9 +24,10 @@ def e2e_chart(results: RunResults, path: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, m in enumerate(methods):
         x = np.array(m.samples("e2e_s")) * 1e3
-        ax.bar(i, np.median(x), color="#4c78a8", alpha=0.8)
-        ax.errorbar(i, np.median(x), yerr=[[np.median(x) - x.min()], [x.max() - np.median(x)]],
-                    color="black", capsize=6)
+        f = figure(results, m.method, "e2e_s")
+        med, lo, hi = f["median"] * 1e3, f["min"] * 1e3, f["max"] * 1e3
+        ax.bar(i, med, color="#4c78a8", alpha=0.8)
+        ax.errorbar(i, med, yerr=[[med - lo], [hi - med]], color="black", capsize=6)
         ax.scatter(np.full(x.size, i) + np.linspace(-0.2, 0.2, x.size), x, s=8, color="#e45756", zorder=3)
     ax.set_xticks(range(len(methods)), [m.method for m in methods], rotation=15)
     ax.set_ylabel(f"E2E latency, ms ({results.config['new_tokens']} new tokens)")
@@ -50,7 +53,7 @@ def size_chart(results: RunResults, path: str) -> None:
     for m in _ok(results):
         if m.weight_bytes is None:
             continue
-        tps = m.figure("decode_tps").median
+        tps = figure(results, m.method, "decode_tps")["median"]
         ax.scatter(m.weight_bytes / 1e6, tps, s=60)
         ax.annotate(m.method, (m.weight_bytes / 1e6, tps), textcoords="offset points", xytext=(5, 5))
     ax.set_xlabel("weight bytes held, MB")
@@ -63,14 +66,11 @@ def size_chart(results: RunResults, path: str) -> None:
 
 def quality_chart(results: RunResults, path: str) -> bool:
     """Speedup against the reference vs KL: one point per method, the KL budget as a line."""
-    from .. import defaults
-    from ..analysis import comparisons
-
-    comp = comparisons(results)
     points = []
     for m in _ok(results):
         q = m.quality or {}
-        sp = comp.get(m.method, {}).get(f"speedup_e2e_vs_{defaults.REFERENCE_METHOD}")
+        sp = derived(results, m.method).get("speedups", {}).get(
+            f"speedup_e2e_vs_{defaults.REFERENCE_METHOD}")
         value = 1.0 if m.method == defaults.REFERENCE_METHOD else (sp or {}).get("value")
         if q.get("kl_mean") is None or value is None:
             continue

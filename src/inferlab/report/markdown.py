@@ -38,28 +38,6 @@ def console_table(results: RunResults) -> str:
     return "\n".join([fmt(cols), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def warnings_of(results: RunResults) -> list[str]:
-    out = []
-    for m in results.methods:
-        if m.ok:
-            out.extend(m.warnings())
-            if m.first_divergence is not None and m.first_divergence < len(m.tokens):
-                out.append(
-                    f"{m.method}: greedy tokens differ from {defaults.REFERENCE_METHOD}'s from "
-                    f"token {m.first_divergence} of {len(m.tokens)}"
-                )
-            q = m.quality or {}
-            if q.get("verdict") in ("FAIL", "error"):
-                out.append(f"{m.method}: quality {q['verdict']}: {'; '.join(q.get('reasons', []))}")
-        else:
-            out.append(f"{m.method}: {m.status}: {m.error}")
-    if not results.model.get("quality_meaningful", True):
-        out.append("random-weight model: generated text is meaningless; only token equality is valid")
-    if results.status != "complete":
-        out.append(f"run status: {results.status}; the figures cover the methods that finished")
-    return out
-
-
 PROTOCOL_TEXT = {
     "interleaved": "interleaved (every method stayed loaded and the methods took turns, one "
                    "timed run each: drift spreads over all of them)",
@@ -93,7 +71,7 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
     ]
     ranked = ranking(results)
     if ranked:
-        judged = any((m.quality or {}).get("verdict") in ("PASS", "FAIL") for m in results.methods)
+        judged = (results.derived.get("ranking") or {}).get("judged")
         parts += ["## Ranking" + (" (fastest first, among methods that pass the quality budget)"
                                    if judged else " (fastest first; quality not judged)"), ""]
         parts += ranked + [""]
@@ -120,7 +98,7 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
             md_table(QUALITY_COLUMNS, qrows),
             "",
         ]
-    warns = warnings_of(results)
+    warns = results.derived.get("warnings") or []
     parts += ["## Warnings", ""] + ([f"- {w}" for w in warns] or ["- none"]) + [""]
     parts += ["## Cold start", "", md_table(COLD_COLUMNS, cold_start_rows(results)), ""]
     parts += ["## What each method built", ""]

@@ -8,9 +8,9 @@ import numpy as np
 
 from ..profiling.categories import CATEGORIES
 from ..profiling.parts import PARTS
-from ..profiling.roofline import roofline, verdict
 from ..results import RunResults
 from .markdown import md_table
+from .tables import derived
 
 
 def profiled(results: RunResults):
@@ -43,21 +43,18 @@ def sweep_table(results: RunResults) -> tuple[list[str], list[list[str]]] | None
     return cols, rows
 
 
-def sweep_ratio(m) -> float | None:
-    sweep = (m.profile or {}).get("sweep") or []
-    if len(sweep) < 2:
-        return None
-    return sweep[-1]["step_ms"] / sweep[0]["step_ms"]
-
-
 def render(results: RunResults, charts: list[str]) -> str:
-    hw = results.hardware or {}
+    ceil = results.derived.get("ceiling")
     parts = [f"# inferlab profiling report: {results.model['name']}", ""]
-    if hw:
+    if ceil:
         parts += [
-            f"Hardware limits at {hw['threads']} threads ({'cached' if hw.get('cached') else 'measured'} "
-            f"{hw.get('measured')}): streaming bandwidth **{hw['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s**, "
-            f"GEMM peak **{hw['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s** ({hw['method']}).",
+            f"Hardware limits at {results.config['threads']} threads, probed {ceil['probes']} times "
+            f"in this run: streaming bandwidth **{ceil['bandwidth_low'] / 1e9:.1f}-"
+            f"{ceil['bandwidth_high'] / 1e9:.1f} GB/s**, fp32 GEMM peak **{ceil['gemm_peak'] / 1e9:.0f} "
+            f"GFLOP/s** ({ceil['method']}). Floors use the highest rate seen in the run: "
+            f"{ceil['bandwidth'] / 1e9:.1f} GB/s (from {ceil['bandwidth_source']}) and "
+            f"{ceil['gemm'] / 1e9:.0f} GFLOP/s (from {ceil['gemm_source']}), so no efficiency can "
+            "exceed 100 %.",
             "",
         ]
     parts += ["Profiles cover one prefill and a few decode steps per method, in a process of their "
@@ -65,20 +62,17 @@ def render(results: RunResults, charts: list[str]) -> str:
               "benchmark. Category shares of a phase add up to 100 %: `overhead` is the phase's "
               "wall time that no operator covers (Python, dispatch, framework bookkeeping).", ""]
     parts += ["## Bottlenecks", ""]
-    over = [m.method for m in profiled(results)
-            if ((roofline(m, results) or {}).get("decode_efficiency") or 0) > 1.0]
-    if over:
-        parts += [f"- **warning**: {', '.join(over)} decoded faster than the bandwidth floor allows: "
-                  "the bandwidth figure is low or stale (the machine was slower when it was "
-                  "measured); rerun with `--remeasure-hardware`.", ""]
     roof_rows = []
     for m in profiled(results):
-        roof = roofline(m, results)
-        sentence, step = verdict(m, roof, sweep_ratio(m))
-        parts += [f"- **{m.method}**: {sentence}. Next: {step}."]
+        d = derived(results, m.method)
+        b = d.get("bottleneck") or {}
+        parts += [f"- **{m.method}**: {b.get('sentence')}. Next: {b.get('next_step')}."]
+        roof = d.get("roofline")
         if roof:
+            lo, hi = roof["decode_floor_range_ms"]
             roof_rows.append([
-                m.method, f"{roof['weight_mb_per_step']:.0f}", f"{roof['decode_floor_ms']:.1f}",
+                m.method, f"{roof['weight_mb_per_step']:.0f}", f"{roof['kv_mb_per_step']:.1f}",
+                f"{roof['decode_floor_ms']:.1f} ({lo:.1f}-{hi:.1f})",
                 f"{roof['tpot_ms']:.1f}", f"{roof['decode_efficiency']:.0%}",
                 f"{roof['achieved_gb_s']:.1f}",
                 f"{roof.get('prefill_floor_ms', float('nan')):.1f}",
@@ -88,13 +82,17 @@ def render(results: RunResults, charts: list[str]) -> str:
             ])
     parts.append("")
     if roof_rows:
+        arch = results.model.get("architecture") or {}
         parts += ["## Roofline", "",
-                  f"Decode floor = weight bytes read per step / bandwidth; prefill floor = 2 x "
-                  f"{results.model.get('parameters') or '?'} parameters x {results.prompt_tokens} "
-                  f"prompt tokens / GEMM peak. Efficiency = floor / measured time.", "",
-                  md_table(["method", "weights MB/step", "decode floor ms", "TPOT ms",
-                            "decode efficiency", "achieved GB/s", "prefill floor ms", "TTFT ms",
-                            "prefill efficiency", "times from"], roof_rows), ""]
+                  f"Decode floor = (weight bytes read per step + KV cache read at the mean decode "
+                  f"context) / bandwidth, with the range over the probes in brackets; prefill floor "
+                  f"= (2 x {arch.get('block_parameters', '?')} block parameters x "
+                  f"{results.prompt_tokens} prompt tokens + 2 x {arch.get('lm_head_parameters', '?')} "
+                  f"LM-head parameters for one position + causal attention) / GEMM peak. "
+                  f"Efficiency = floor / measured time.", "",
+                  md_table(["method", "weights MB/step", "KV cache MB/step", "decode floor ms",
+                            "TPOT ms", "decode efficiency", "achieved GB/s", "prefill floor ms",
+                            "TTFT ms", "prefill efficiency", "times from"], roof_rows), ""]
     sweep = sweep_table(results)
     if sweep:
         parts += ["## What the KV cache changes: decode step against context length", "",

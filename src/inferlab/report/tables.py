@@ -1,11 +1,11 @@
-"""The comparison table as rows of strings, shared by the console and Markdown renderers."""
+"""The comparison table as rows of strings, shared by the console and Markdown renderers.
+Every figure comes from results.derived (derive.py): this module only formats."""
 
 from __future__ import annotations
 
 import math
 
 from .. import defaults
-from ..analysis import comparisons
 from ..results import RunResults
 
 MB = 1e6
@@ -28,12 +28,19 @@ def speedup(entry: dict | None, itself: bool = False) -> str:
     return f"{entry['value']:.2f}x [{entry['low']:.2f}-{entry['high']:.2f}]{mark}"
 
 
-def tails(fig) -> str:
+def derived(results: RunResults, method: str) -> dict:
+    return (results.derived.get("methods") or {}).get(method) or {}
+
+
+def figure(results: RunResults, method: str, name: str) -> dict | None:
+    return (derived(results, method).get("figures") or {}).get(name)
+
+
+def tails(fig: dict) -> str:
     """median/p90/p99 in ms; a percentile that too few samples cannot give is shown as 'max'."""
-    cells = [ms(fig.median)]
-    for q in (90, 99):
-        label, value = fig.tail(q)
-        cells.append(ms(value) if label == f"p{q}" else f"max {ms(value)}")
+    cells = [ms(fig["median"])]
+    for q in ("p90", "p99"):
+        cells.append(ms(fig[q]) if fig[q] is not None else f"max {ms(fig['max'])}")
     return "/".join(cells)
 
 
@@ -49,7 +56,8 @@ def agreement(results: RunResults, m) -> str:
 
 
 COLUMNS = (
-    "method", "status", "TTFT ms", "TPOT ms", "ITL p50/p90/p99 ms", "decode tok/s", "E2E ms (median ± scaled MAD)",
+    "method", "status", "TTFT ms", "prefill tok/s", "TPOT ms", "ITL p50/p90/p99 ms",
+    "decode tok/s", "E2E ms (median ± scaled MAD)",
     f"E2E speedup vs {defaults.BASELINE_METHOD}", f"E2E speedup vs {defaults.REFERENCE_METHOD}",
     "weights MB", "file MB", "RSS after load MB", "peak RSS MB", "greedy tokens vs reference",
     "quality",
@@ -71,27 +79,29 @@ def with_interval(value, ci, fmt: str) -> str:
     return f"{text} [{fmt.format(ci[0])}, {fmt.format(ci[1])}]" if ci else text
 
 
-def _f(fig, attr="median", scale=1e3, fmt="{:.1f}"):
-    return "-" if fig is None else fmt.format(getattr(fig, attr) * scale)
+def _f(fig: dict | None, scale=1e3, fmt="{:.1f}"):
+    return "-" if fig is None else fmt.format(fig["median"] * scale)
 
 
 def comparison_rows(results: RunResults) -> list[list[str]]:
-    comp = comparisons(results)
     rows = []
     for m in results.methods:
         if not m.ok:
             rows.append([m.method, m.status.upper()] + ["-"] * (len(COLUMNS) - 3) + [m.error or ""])
             continue
-        itl, e2e = m.figure("itl_s"), m.figure("e2e_s")
-        c = comp.get(m.method, {})
+        d = derived(results, m.method)
+        figs, c = d.get("figures") or {}, d.get("speedups") or {}
+        itl, e2e = figs.get("itl_s"), figs.get("e2e_s")
+        rate = d.get("prefill_tokens_per_s")
         rows.append([
             m.method,
             "ok",
-            _f(m.figure("ttft_s")),
-            _f(m.figure("tpot_s")),
+            _f(figs.get("ttft_s")),
+            "-" if rate is None else f"{rate:.0f}",
+            _f(figs.get("tpot_s")),
             "-" if itl is None else tails(itl),
-            _f(m.figure("decode_tps"), scale=1),
-            "-" if e2e is None else f"{ms(e2e.median)} ± {ms(e2e.scaled_mad)}",
+            _f(figs.get("decode_tps"), scale=1),
+            "-" if e2e is None else f"{ms(e2e['median'])} ± {ms(e2e['scaled_mad'])}",
             speedup(c.get(f"speedup_e2e_vs_{defaults.BASELINE_METHOD}"),
                     m.method == defaults.BASELINE_METHOD and bool(m.runs)),
             speedup(c.get(f"speedup_e2e_vs_{defaults.REFERENCE_METHOD}"),
@@ -167,19 +177,11 @@ def regimes(q: dict) -> str:
 
 
 def ranking(results: RunResults) -> list[str]:
-    """Methods ranked by median E2E among those that pass the quality budget; a FAIL is
-    listed apart and never ranked best."""
-    timed = [m for m in results.methods if m.ok and m.runs]
-    if not timed:
-        return []
-    passing = [m for m in timed if (m.quality or {}).get("verdict") == "PASS"]
-    judged = any((m.quality or {}).get("verdict") in ("PASS", "FAIL") for m in timed)
-    pool = passing if judged else timed
-    lines = []
-    for i, m in enumerate(sorted(pool, key=lambda m: m.figure("e2e_s").median), 1):
-        lines.append(f"{i}. {m.method}: {m.figure('e2e_s').median * 1e3:.1f} ms E2E, "
-                     f"{m.figure('decode_tps').median:.1f} decode tok/s")
-    for m in timed:
-        if m not in pool:
-            lines.append(f"- not ranked: {m.method} ({verdict(m)})")
+    """The derived ranking as lines: fastest first among methods that pass the budget."""
+    r = results.derived.get("ranking") or {}
+    lines = [f"{i}. {x['method']}: {x['e2e_s'] * 1e3:.1f} ms E2E, {x['decode_tps']:.1f} decode tok/s"
+             + (" (quality verdict marginal)" if x["marginal"] else "")
+             for i, x in enumerate(r.get("ranked", []), 1)]
+    for name in r.get("not_ranked", []):
+        lines.append(f"- not ranked: {name} ({verdict(results.method(name))})")
     return lines

@@ -1,0 +1,103 @@
+"""Everything derived from the measurements, computed in one place after them and stored in
+results.json under "derived": summaries, speedups, prefill rate, competing load, roofline and
+bottleneck verdicts, ranking and warnings. Renderers (report/) only format it, and a CSV
+export or another reader needs no arithmetic."""
+
+from __future__ import annotations
+
+from . import defaults
+from .analysis import comparisons
+from .profiling.roofline import ceiling_warnings, rooflines, sweep_growth, verdict
+from .stats import summarize, too_few_runs
+
+# the figures summarized per method (seconds, except decode tokens per second)
+FIGURES = ("ttft_s", "tpot_s", "itl_s", "e2e_s", "decode_tps")
+
+
+def derive(results) -> dict:
+    cpus = (results.machine or {}).get("logical_cpus")
+    comps = comparisons(results)
+    roofs, ceiling = rooflines(results)
+    methods = {}
+    for m in results.methods:
+        figures = {name: summarize(m.samples(name), f"{m.method} {name}") for name in FIGURES}
+        ttft = figures["ttft_s"]
+        entry = {
+            "figures": {k: (v.to_dict() if v else None) for k, v in figures.items()},
+            "prefill_tokens_per_s": results.prompt_tokens / ttft.median if ttft and ttft.median else None,
+            "speedups": comps.get(m.method, {}),
+            "other_load": m.other_load(cpus),
+            "roofline": roofs.get(m.method),
+            "bottleneck": None,
+        }
+        if m.ok and m.profile:
+            sentence, step = verdict(m, roofs.get(m.method), sweep_growth(m))
+            entry["bottleneck"] = {"sentence": sentence, "next_step": step}
+        methods[m.method] = entry
+    return {
+        "methods": methods,
+        "ceiling": ceiling,
+        "ranking": ranking(results, methods),
+        "warnings": warnings(results, methods, ceiling),
+    }
+
+
+def verdict_of(m) -> str | None:
+    return (m.quality or {}).get("verdict")
+
+
+def ranking(results, methods: dict) -> dict:
+    """Methods by median E2E among those that pass the quality budget (all timed ones when
+    quality was not judged); a FAIL is listed apart and never ranked."""
+    timed = [m for m in results.methods if m.ok and m.runs]
+    judged = any(verdict_of(m) in ("PASS", "FAIL") for m in timed)
+    pool = [m for m in timed if verdict_of(m) == "PASS"] if judged else timed
+
+    def e2e(m):
+        return methods[m.method]["figures"]["e2e_s"]["median"]
+
+    ranked = [{"method": m.method, "e2e_s": e2e(m),
+               "decode_tps": methods[m.method]["figures"]["decode_tps"]["median"],
+               "marginal": bool((m.quality or {}).get("marginal"))}
+              for m in sorted(pool, key=e2e)]
+    left_out = [m.method for m in timed if m not in pool]
+    return {"judged": judged, "ranked": ranked, "not_ranked": left_out}
+
+
+def warnings(results, methods: dict, ceiling: dict | None) -> list[str]:
+    """Everything a reader should not trust or should know, each with what to do about it."""
+    out = []
+    for m in results.methods:
+        d = methods[m.method]
+        if not m.ok:
+            out.append(f"{m.method}: {m.status}: {m.error}")
+            continue
+        if m.runs:
+            if w := too_few_runs(len(m.runs), m.method):
+                out.append(w)
+            for name in ("e2e_s", "ttft_s", "tpot_s"):
+                out.extend((d["figures"][name] or {}).get("warnings", []))
+        if m.deterministic is False:
+            out.append(f"{m.method}: repeated runs produced different tokens")
+        load = d["other_load"]
+        if load is not None and load >= defaults.WARN_OTHER_CPU:
+            out.append(f"{m.method}: other processes took {m.other_cpu_s:.1f} CPU-s during its "
+                       f"{m.timed_wall_s:.1f} s of timed runs ({load:.0%} of the machine's CPU time): "
+                       "its figures are slowed by competing load; close other programs")
+        if m.first_divergence is not None and m.first_divergence < len(m.tokens):
+            out.append(f"{m.method}: greedy tokens differ from {defaults.REFERENCE_METHOD}'s from "
+                       f"token {m.first_divergence} of {len(m.tokens)}")
+        q = m.quality or {}
+        if q.get("verdict") in ("FAIL", "error"):
+            out.append(f"{m.method}: quality {q['verdict']}: {'; '.join(q.get('reasons', []))}")
+        for line in q.get("marginal", []):
+            out.append(f"{m.method}: quality verdict {q['verdict']} is marginal: {line}; "
+                       "score more text (--text-file) before relying on it")
+    out.extend(ceiling_warnings(ceiling))
+    failed_probes = [p["error"] for p in results.probes if p.get("error")]
+    out.extend(failed_probes)
+    if not results.model.get("quality_meaningful", True):
+        out.append("random-weight model: generated text is meaningless; only token equality is valid")
+    if results.status != "complete":
+        out.append(f"run status: {results.status}; the figures cover the methods that finished")
+    return out

@@ -1,0 +1,59 @@
+"""The machine's limits, measured in the run itself (a few seconds, in a process of its own,
+at the run's thread count): streaming read bandwidth and a GEMM peak. `python -m inferlab.probe
+THREADS BYTES` prints one JSON object.
+
+Bandwidth is the faster of a plain reduction (torch.sum: pure streaming reads) and an fp32 GEMV
+(torch.mv, a decode step's shape): on the project machines the GEMV kernel read at 10-16 GB/s
+where the reduction reached 19-34 GB/s, so the GEMV alone would understate the limit. The
+machine's speed drifts within a day, so the runner probes before and after the timed runs and
+reports the range; nothing is cached between runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from . import defaults
+
+GEMM_N = 1024
+REPEATS = 3
+
+
+def _best(fn, repeats: int) -> float:
+    fn()  # warm: page in, pick kernels
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure(threads: int, nbytes: int = defaults.PROBE_BYTES) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    cols = 4096
+    rows = max(nbytes // (4 * cols), 1)
+    w = torch.rand(rows, cols)
+    x = torch.rand(cols)
+    gemv = w.numel() * 4 / _best(lambda: torch.mv(w, x), REPEATS)
+    reduction = w.numel() * 4 / _best(lambda: w.sum(), REPEATS)
+    del w
+    a, b = torch.rand(GEMM_N, GEMM_N), torch.rand(GEMM_N, GEMM_N)
+    gemm = 2 * GEMM_N**3 / _best(lambda: torch.mm(a, b), REPEATS)
+    return {
+        "threads": threads,
+        "bandwidth_bytes_per_s": max(gemv, reduction),
+        "bandwidth_gemv_bytes_per_s": gemv,
+        "bandwidth_reduction_bytes_per_s": reduction,
+        "gemm_flops_per_s": gemm,
+        "method": f"best of {REPEATS}, {rows * cols * 4 >> 20} MiB fp32: the faster of torch.sum "
+                  f"and torch.mv, bytes read / time; torch.mm {GEMM_N}x{GEMM_N} fp32, 2 n^3 / time",
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(int(sys.argv[1]), int(sys.argv[2]))))
