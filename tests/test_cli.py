@@ -42,7 +42,7 @@ def test_run_end_to_end_and_report_redraw(tiny_models, tmp_path, capsys):
     for m in r.methods:
         assert m.ok and len(m.runs) == 2 and len(m.tokens) == 6
         assert all(len(run.itl_s) == 5 for run in m.runs)
-        assert m.peak_rss_bytes > 0 and m.weight_bytes > 0
+        assert m.peak_rss_bytes >= m.steady_rss_bytes > 0 and m.weight_bytes > 0
     assert r.method("eager-nocache").first_divergence == 6  # same tokens as the reference
     md = open(os.path.join(folder, "report.md")).read()
     assert "| eager-nocache | ok |" in md and "speedup" in md
@@ -257,3 +257,23 @@ def test_competing_load_is_measured_and_warned(tiny_models, tmp_path):
     m = load(os.path.join(folder, "results.json")).method("kv-cache")
     assert m.other_cpu_s > 0.5 * m.timed_wall_s  # the burner had a core to itself
     assert "competing load" in open(os.path.join(folder, "report.md")).read()
+
+
+@pytest.mark.parametrize("protocol", ["interleaved", "sequential"])
+def test_protocols_order_the_timed_runs(tiny_models, tmp_path, protocol):
+    """Interleaved: the methods take turns (A B A B ...); sequential: one after the other."""
+    from inferlab.config import RunConfig
+    from inferlab.runner import run
+
+    messages = []
+    config = RunConfig(model=tiny_models["llama"], methods=["kv-cache", "eager-nocache"],
+                       new_tokens=4, min_repeats=3, min_time_s=0, warmup=1, threads=1,
+                       quality=False, output_dir=str(tmp_path / "r"), protocol=protocol)
+    results, _ = run(config, show=messages.append)
+    order = [m.split(":")[0] for m in messages if ": timed run " in m]
+    if protocol == "interleaved":
+        assert order == ["kv-cache", "eager-nocache"] * 3
+    else:
+        assert order == ["kv-cache"] * 3 + ["eager-nocache"] * 3
+    assert all(len(m.runs) == 3 for m in results.methods)
+    assert results.config["protocol"] == protocol

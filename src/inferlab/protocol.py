@@ -89,7 +89,6 @@ class Prepared:
 @dataclass
 class Loaded:
     load_s: float
-    rss_bytes: int | None  # resident set right after loading: the steady-state footprint
     info: EngineInfo
 
 
@@ -98,6 +97,7 @@ class Generated:
     sample: RunSample
     tokens: list[int]
     cpu_s: float  # CPU time of the whole worker process (all threads) during the generation
+    rss_bytes: int | None  # resident now (VmRSS)
     peak_rss_bytes: int | None  # the process's own high-water mark so far (VmHWM)
 
 

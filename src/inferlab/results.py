@@ -54,7 +54,7 @@ class MethodResult:
     weight_bytes: int | None = None
     file_bytes: int | None = None
     parameters: int | None = None
-    rss_after_load_bytes: int | None = None  # resident right after loading (steady state)
+    steady_rss_bytes: int | None = None  # resident after loading and the warmup (VmRSS)
     peak_rss_bytes: int | None = None  # the worker's own high-water mark through its timed runs
     threads: int | None = None
     # what else the machine did while this method was timed (procstat.py)

@@ -160,7 +160,7 @@ class Session:
         except WorkerError as e:
             return self._fail(run, "load", e)
         r = run.result
-        r.load_s, r.rss_after_load_bytes = out.load_s, out.rss_bytes
+        r.load_s = out.load_s
         r.weight_bytes, r.file_bytes = out.info.weight_bytes, out.info.file_bytes
         r.parameters, r.details, r.threads = out.info.parameters, out.info.details, self.config.threads
 
@@ -198,9 +198,11 @@ class Session:
         r.text = decode_text(self.model, out.tokens)
         for i in range(1, self.config.warmup):  # the first call counts as the first warmup run
             self.show(f"{run.method}: warmup {i + 1}/{self.config.warmup}")
-            if self.generate(run, timed=False) is None:
+            out = self.generate(run, timed=False)
+            if out is None:
                 return
         r.warmup_runs = max(self.config.warmup, 1)
+        r.steady_rss_bytes = out.rss_bytes  # weights a framework maps lazily are in by now
         if not run.listed or run.method == defaults.REFERENCE_METHOD:
             self.results.reference_tokens = r.tokens
 

@@ -73,9 +73,7 @@ class Worker:
         progress("loading")
         t0 = time.perf_counter()
         self.engine.load()
-        load_s = time.perf_counter() - t0
-        rss, _ = process_memory()
-        return p.Loaded(load_s=load_s, rss_bytes=rss, info=self.info())
+        return p.Loaded(load_s=time.perf_counter() - t0, info=self.info())
 
     def info(self) -> p.EngineInfo:
         info = self.engine.info()
@@ -88,11 +86,11 @@ class Worker:
         cpu0 = time.process_time()  # the whole process, every thread
         g = generate_timed(self.engine, request.prompt_ids, request.new_tokens, request.timed)
         cpu_s = time.process_time() - cpu0
-        _, hwm = process_memory()
+        rss, hwm = process_memory()
         from .results import RunSample
 
         return p.Generated(sample=RunSample(ttft_s=g.ttft_s, e2e_s=g.e2e_s, itl_s=g.itl_s),
-                           tokens=g.tokens, cpu_s=cpu_s, peak_rss_bytes=hwm)
+                           tokens=g.tokens, cpu_s=cpu_s, rss_bytes=rss, peak_rss_bytes=hwm)
 
     def on_evaluate(self, request: p.Evaluate) -> p.Evaluated:
         from .quality import evaluate

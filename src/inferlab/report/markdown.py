@@ -62,7 +62,10 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
         f"{cfg['max_repeats']}), {PROTOCOL_TEXT.get(cfg.get('protocol'), 'protocol unknown')}. "
         "Figures are medians over runs; E2E shows ± the scaled MAD (1.4826 x MAD); speedups are ratios "
         f"of median E2E with a {int(100 * defaults.CONFIDENCE)} % bootstrap interval, '(n.s.)' when "
-        "the interval includes 1. Definitions: METRICS.md.",
+        "the interval includes 1. TTFT is engine-level (token ids in, first token id out: no "
+        "tokenization, HTTP or queueing, so below a serving benchmark's client-level TTFT); TPOT is "
+        "what GenAI-Perf calls inter-token latency, ITL is vLLM's per-gap ITL. Definitions: "
+        "METRICS.md.",
         "",
         "## Comparison",
         "",

@@ -59,7 +59,7 @@ COLUMNS = (
     "method", "status", "TTFT ms", "prefill tok/s", "TPOT ms", "ITL p50/p90/p99 ms",
     "decode tok/s", "E2E ms (median ± scaled MAD)",
     f"E2E speedup vs {defaults.BASELINE_METHOD}", f"E2E speedup vs {defaults.REFERENCE_METHOD}",
-    "weights MB", "file MB", "RSS after load MB", "peak RSS MB", "greedy tokens vs reference",
+    "weights MB", "file MB", "steady RSS MB", "peak RSS MB", "greedy tokens vs reference",
     "quality",
 )
 
@@ -108,7 +108,7 @@ def comparison_rows(results: RunResults) -> list[list[str]]:
                     m.method == defaults.REFERENCE_METHOD and bool(m.runs)),
             mbytes(m.weight_bytes),
             mbytes(m.file_bytes),
-            mbytes(m.rss_after_load_bytes),
+            mbytes(m.steady_rss_bytes),
             mbytes(m.peak_rss_bytes),
             agreement(results, m),
             verdict(m),
