@@ -16,7 +16,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import __version__, defaults, machine
 from . import protocol as p
@@ -83,7 +83,6 @@ class MethodRun:
     result: MethodResult
     listed: bool = True  # False: the reference, run only to compare with, not in the results
     worker: WorkerHandle | None = None
-    busy_start: tuple[float, float] | None = field(default=None, repr=False)
 
     @property
     def method(self) -> str:
@@ -92,6 +91,10 @@ class MethodRun:
     @property
     def live(self) -> bool:
         return self.worker is not None and self.result.status == "running"
+
+    @property
+    def is_reference(self) -> bool:
+        return not self.listed or self.method == defaults.REFERENCE_METHOD
 
 
 class Session:
@@ -138,6 +141,9 @@ class Session:
             self._stop(run.worker)
             run.worker = None
         self.show(f"  {run.method}: {e.status} ({phase}: {e.message})")
+        if run.is_reference and self.plan is not None:
+            self.show("  the reference failed: no quality comparisons in this run")
+            self.plan = None
 
     # --- steps ----------------------------------------------------------------------------
     def prepare(self, run: MethodRun) -> None:
@@ -203,7 +209,7 @@ class Session:
                 return
         r.warmup_runs = max(self.config.warmup, 1)
         r.steady_rss_bytes = out.rss_bytes  # weights a framework maps lazily are in by now
-        if not run.listed or run.method == defaults.REFERENCE_METHOD:
+        if run.is_reference:
             self.results.reference_tokens = r.tokens
 
     def timed_rounds(self, runs: list[MethodRun]) -> None:
@@ -219,23 +225,22 @@ class Session:
                 self.show(f"{run.method}: timed run {n + 1} (round {rnd}; min "
                           f"{self.config.min_repeats} runs, {self.config.min_time_s:g} s)")
                 self.generate(run, timed=True)
-            self._score_agreement()
+            self.score_agreement()
             self.save()
 
     def evaluate(self, run: MethodRun) -> None:
         """The quality pass. Its failure leaves the speed figures and says what failed."""
         if self.plan is None or not run.live:
             return
-        is_ref = not run.listed or run.method == defaults.REFERENCE_METHOD
         try:
-            out = run.worker.request(p.Evaluate(self.plan, is_ref), self.config.timeout_s)
+            out = run.worker.request(p.Evaluate(self.plan, run.is_reference), self.config.timeout_s)
             run.result.quality = out.quality
         except WorkerError as e:
             run.result.quality = {"verdict": "error", "reasons": [f"quality pass {e.status}: {e.message}"]}
             if run.worker.proc.poll() is not None:  # killed or crashed: nothing more to ask
                 self._stop(run.worker)
                 run.worker = None
-            if is_ref:
+            if run.is_reference:
                 self.show("  reference quality pass failed: no quality comparisons in this run")
                 self.plan = None
 
@@ -267,7 +272,7 @@ class Session:
             self.save()
         for run in runs:
             self.finish(run)
-        self._score_agreement()
+        self.score_agreement()
         self.save()
 
     def profile(self, run: MethodRun) -> None:
@@ -314,7 +319,7 @@ class Session:
         self.results.probes.append({**data, "when": when})
         self.save()
 
-    def _score_agreement(self) -> None:
+    def score_agreement(self) -> None:
         ref = self.results.reference_tokens
         for m in self.results.methods:
             if m.tokens and ref:
@@ -393,10 +398,7 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
         if config.speed or session.plan:
             if reference:
                 show(f"reference ({defaults.REFERENCE_METHOD}): tokens and distributions to compare with")
-                session.measure(reference)
-                if reference[0].result.status != "ok":
-                    show(f"  reference failed ({reference[0].result.error}): no comparisons in this run")
-                    session.plan = None
+                session.measure(reference)  # a failure turns the comparisons off (Session._fail)
             if config.protocol == "interleaved":
                 session.measure(runs)
             else:
@@ -420,6 +422,6 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
     finally:
         session.close_all()
         shutil.rmtree(session.workdir, ignore_errors=True)
-    session._score_agreement()
+    session.score_agreement()
     session.save()
     return results, folder

@@ -31,12 +31,6 @@ class Summary:
     def cv(self) -> float:
         return self.stdev / self.mean if self.mean else math.nan
 
-    def tail(self, percentile: int) -> tuple[str, float]:
-        """(label, value) of a high percentile, or ("max", max) when there are too few samples
-        for that percentile to be more than the maximum."""
-        value = {90: self.p90, 99: self.p99}[percentile]
-        return (f"p{percentile}", value) if value is not None else ("max", self.max)
-
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -72,6 +72,13 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
         md_table(COLUMNS, comparison_rows(results)),
         "",
     ]
+    ceil = results.derived.get("ceiling")
+    if ceil:
+        parts += [f"Bandwidth probed {ceil['probes']} times in this run (before and after the "
+                  f"measurements): {ceil['bandwidth_low'] / 1e9:.1f}-{ceil['bandwidth_high'] / 1e9:.1f} "
+                  f"GB/s. 'decode vs bandwidth floor' divides the floor (weight and KV-cache bytes "
+                  f"read per step / {ceil['bandwidth'] / 1e9:.1f} GB/s, the highest rate seen, from "
+                  f"{ceil['bandwidth_source']}) by the median TPOT.", ""]
     ranked = ranking(results)
     if ranked:
         judged = (results.derived.get("ranking") or {}).get("judged")

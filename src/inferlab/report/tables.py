@@ -57,7 +57,7 @@ def agreement(results: RunResults, m) -> str:
 
 COLUMNS = (
     "method", "status", "TTFT ms", "prefill tok/s", "TPOT ms", "ITL p50/p90/p99 ms",
-    "decode tok/s", "E2E ms (median ± scaled MAD)",
+    "decode tok/s", "decode vs bandwidth floor", "E2E ms (median ± scaled MAD)",
     f"E2E speedup vs {defaults.BASELINE_METHOD}", f"E2E speedup vs {defaults.REFERENCE_METHOD}",
     "weights MB", "file MB", "steady RSS MB", "peak RSS MB", "greedy tokens vs reference",
     "quality",
@@ -77,6 +77,13 @@ def verdict(m) -> str:
 def with_interval(value, ci, fmt: str) -> str:
     text = fmt.format(value)
     return f"{text} [{fmt.format(ci[0])}, {fmt.format(ci[1])}]" if ci else text
+
+
+def efficiency(roof: dict | None) -> str:
+    """Decode efficiency against the run's bandwidth ceiling, with the floor it divides."""
+    if not roof or roof.get("decode_efficiency") is None:
+        return "-"
+    return f"{roof['decode_efficiency']:.0%} of {roof['decode_floor_ms']:.1f} ms"
 
 
 def _f(fig: dict | None, scale=1e3, fmt="{:.1f}"):
@@ -101,6 +108,7 @@ def comparison_rows(results: RunResults) -> list[list[str]]:
             _f(figs.get("tpot_s")),
             "-" if itl is None else tails(itl),
             _f(figs.get("decode_tps"), scale=1),
+            efficiency(d.get("roofline")),
             "-" if e2e is None else f"{ms(e2e['median'])} ± {ms(e2e['scaled_mad'])}",
             speedup(c.get(f"speedup_e2e_vs_{defaults.BASELINE_METHOD}"),
                     m.method == defaults.BASELINE_METHOD and bool(m.runs)),
