@@ -195,22 +195,25 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def parameter_count(folder: str) -> int | None:
-    """Parameters stored in the folder's safetensors files (a tied weight is stored once)."""
+def tensor_sizes(folder: str) -> dict[str, int]:
+    """Element count of every tensor stored in the folder's safetensors files (a tied weight
+    is stored once), read from the headers only."""
     from safetensors import safe_open
 
-    files = [f for f in os.listdir(folder) if f.endswith(".safetensors")]
-    if not files:
-        return None
-    total = 0
-    for name in files:
+    sizes = {}
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
         with safe_open(os.path.join(folder, name), framework="np") as f:
             for key in f.keys():
                 n = 1
                 for d in f.get_slice(key).get_shape():
                     n *= d
-                total += n
-    return total
+                sizes[key] = n
+    return sizes
+
+
+def parameter_count(folder: str) -> int | None:
+    """Parameters stored in the folder's safetensors files; None without any."""
+    return sum(tensor_sizes(folder).values()) or None
 
 
 EMBEDDING_NAMES = ("embed_tokens", "wte", "wpe", "embed_positions")
@@ -220,28 +223,17 @@ def architecture(folder: str) -> dict | None:
     """What the roofline needs from a model: layers, widths, and its parameters split into the
     blocks' (every prompt token goes through them), the LM head's (prefill runs it on one
     position) and lookup tables' (no FLOPs). None for a folder without safetensors."""
-    from safetensors import safe_open
-
     try:
         with open(os.path.join(folder, "config.json")) as f:
             cfg = json.load(f)
     except (OSError, ValueError):
         return None
-    files = [f for f in os.listdir(folder) if f.endswith(".safetensors")]
-    if not files:
+    sizes = tensor_sizes(folder)
+    if not sizes:
         return None
-    total = embedding = untied_head = 0
-    for name in files:
-        with safe_open(os.path.join(folder, name), framework="np") as f:
-            for key in f.keys():
-                n = 1
-                for d in f.get_slice(key).get_shape():
-                    n *= d
-                total += n
-                if any(e in key for e in EMBEDDING_NAMES):
-                    embedding += n
-                elif "lm_head" in key:
-                    untied_head += n
+    total = sum(sizes.values())
+    embedding = sum(n for k, n in sizes.items() if any(e in k for e in EMBEDDING_NAMES))
+    untied_head = sum(n for k, n in sizes.items() if "lm_head" in k)
     hidden = cfg.get("hidden_size") or cfg.get("n_embd")
     heads = cfg.get("num_attention_heads") or cfg.get("n_head")
     vocab = cfg.get("vocab_size")
