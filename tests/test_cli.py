@@ -46,6 +46,7 @@ def test_run_end_to_end_and_report_redraw(tiny_models, tmp_path, capsys):
     assert r.method("eager-nocache").first_divergence == 6  # same tokens as the reference
     md = open(os.path.join(folder, "report.md")).read()
     assert "| eager-nocache | ok |" in md and "speedup" in md
+    assert "TTFT is engine-level" in md and "GenAI-Perf" in md  # names beside other tools
     assert "eager-nocache" in capsys.readouterr().out  # the console table
     # redraw without rerunning: remove the report, draw it again from results.json
     os.remove(os.path.join(folder, "report.md"))
@@ -126,12 +127,18 @@ def test_report_of_corrupt_file_exits_2(tmp_path, capsys):
     assert "corrupt" in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("protocol", ["sequential", "interleaved"])
-def test_interrupt_saves_what_was_measured(tiny_models, tmp_path, protocol):
-    """Ctrl-C during a hanging method: exit 130, what was measured is kept, no temp files."""
+@pytest.mark.parametrize("protocol, stop", [("sequential", signal.SIGINT),
+                                            ("interleaved", signal.SIGINT),
+                                            ("interleaved", signal.SIGTERM)])
+def test_interrupt_saves_what_was_measured(tiny_models, tmp_path, protocol, stop, request):
+    """Ctrl-C (or a SIGTERM) during a hanging method: exit 130, what was measured is kept, no
+    temp files."""
     out = tmp_path / "results"
     code = (
-        "import sys; from inferlab import cli, engines; "
+        # Ctrl-C raises KeyboardInterrupt even where the test runs as a background job, whose
+        # children start with SIGINT ignored (Python then installs no handler)
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from inferlab import cli, engines; "
         "engines.REGISTRY['hanging'] = 'tests.fake_engines:Hanging'; "
         "sys.exit(cli.main(sys.argv[1:]))"
     )
@@ -139,6 +146,7 @@ def test_interrupt_saves_what_was_measured(tiny_models, tmp_path, protocol):
         [sys.executable, "-c", code, "run", "--model", tiny_models["llama"], "--methods",
          "kv-cache,hanging", "--output", str(out), "--quiet", "--protocol", protocol, *FAST],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    request.addfinalizer(proc.kill)
 
     def kv_cache_measured(m):  # sequential: finished; interleaved: its first call is in
         return m["status"] == "ok" if protocol == "sequential" else m["first_call_s"] is not None
@@ -152,7 +160,7 @@ def test_interrupt_saves_what_was_measured(tiny_models, tmp_path, protocol):
             if any(m["method"] == "kv-cache" and kv_cache_measured(m) for m in data["methods"]):
                 break
     time.sleep(3)  # the hanging method's worker is now inside decode
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     folder = only_run_folder(out)
@@ -170,7 +178,8 @@ def test_interrupt_saves_what_was_measured(tiny_models, tmp_path, protocol):
 def test_quality_command_judges_without_timing(tiny_models, tmp_path):
     out = tmp_path / "results"
     assert run_cli("quality", "--model", tiny_models["llama"], "--methods",
-                   "torch-int8,onnx", "--output", out, "--quiet", "--threads", "1") == 0
+                   "torch-int8,onnx", "--output", out, "--quiet", "--threads", "1",
+                   "--max-kl", "0.5") == 0
     folder = only_run_folder(out)
     r = load(os.path.join(folder, "results.json"))
     assert [m.method for m in r.methods] == ["torch-int8", "onnx"]
@@ -178,7 +187,8 @@ def test_quality_command_judges_without_timing(tiny_models, tmp_path):
         assert m.ok and not m.runs  # no timing
         assert m.quality["verdict"] in ("PASS", "FAIL") and m.quality["scored_tokens"] > 0
     assert r.method("onnx").quality["verdict"] == "PASS"  # fp32 export: same distributions
-    assert r.quality_setup["budget"]["max_kl_mean"] > 0
+    assert r.quality_setup["budget"]["max_kl_mean"] == 0.5  # the budget set on the CLI
+    assert all(m.quality["budget"]["max_kl_mean"] == 0.5 for m in r.methods)
     md = open(os.path.join(folder, "report.md")).read()
     assert "## Quality against the fp32 reference" in md
 
@@ -277,3 +287,13 @@ def test_protocols_order_the_timed_runs(tiny_models, tmp_path, protocol):
         assert order == ["kv-cache"] * 3 + ["eager-nocache"] * 3
     assert all(len(m.runs) == 3 for m in results.methods)
     assert results.config["protocol"] == protocol
+
+
+def test_a_method_that_does_not_apply_is_skipped_not_failed(tiny_models, tmp_path):
+    out = tmp_path / "results"
+    assert run_cli("run", "--model", tiny_models["llama"], "--methods", "kv-cache,llama-cpp-q8_0",
+                   "--output", out, "--quiet", "--no-quality", *FAST) == 0
+    folder = only_run_folder(out)
+    m = load(os.path.join(folder, "results.json")).method("llama-cpp-q8_0")
+    assert m.status == "skipped" and "not supported for this model" in m.error
+    assert "| llama-cpp-q8_0 | SKIPPED |" in open(os.path.join(folder, "report.md")).read()

@@ -30,3 +30,31 @@ def test_bundled_model_answers_coherently(smollm2):
     assert engine.info()["parameters"] == 134_515_008
     text = decode_text(smollm2, generate(engine, ids, 8).tokens)
     assert "Paris" in text
+
+
+@pytest.mark.parametrize("method", ["llama-cpp-q4_1", "llama-cpp-q8_0"])
+def test_llama_cpp_runs_the_bundled_gguf(smollm2, method):
+    """llama.cpp on the model's own GGUF (Q4_1: the reference weights, with 8-bit activations
+    in its matmuls) and a Q8_0 re-quantized from it: close distributions, its own counters.
+    (Greedy text may differ: on this prompt Q4_1 answers "L'Etoile..." where fp32 says Paris.)"""
+    import numpy as np
+
+    from inferlab.quality import kl_per_position, log_softmax
+
+    ids, _ = tokenize_prompt(smollm2, "What is the capital of France?", chat_template=True)
+    engine = engine_class(method)(smollm2, threads=2)
+    engine.prepare()
+    engine.load()
+    engine.reset_counters()
+    g = generate(engine, ids, 8)
+    assert len(g.tokens) == 8
+    c = engine.counters()
+    assert c["decode_tokens"] == 7 and c["prefill_tokens"] == len(ids)
+    # its clock runs inside ours: a little less, never more, and of the same order
+    assert 0.5 * g.tpot_s * 1e3 < c["decode_ms"] / 7 <= g.tpot_s * 1e3 * 1.05
+    ref = engine_class("kv-cache")(smollm2, threads=2)
+    ref.load()
+    kl = kl_per_position(log_softmax(np.asarray(ref.prefill(ids, all_logits=True))),
+                         log_softmax(np.asarray(engine.prefill(ids, all_logits=True))))
+    assert kl.shape == (len(ids),) and kl.mean() < 0.05
+    assert engine.info()["details"]["dtype"] == "GGUF " + method.split("-")[-1].upper()

@@ -168,6 +168,7 @@ def cmd_run(args) -> int:
         config.validate()
     except ValueError as e:
         return _fail(str(e))
+    interrupt_on_termination()
     try:
         results, folder = run(config, Display(quiet=args.quiet))
     except (ModelError, ValueError) as e:
@@ -180,7 +181,19 @@ def cmd_run(args) -> int:
     if results.status == "interrupted":
         print("inferlab: interrupted; the results measured so far are saved", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return EXIT_OK if all(m.ok for m in results.methods) else EXIT_METHOD_FAILED
+    return EXIT_OK if all(m.status in ("ok", "skipped") for m in results.methods) else EXIT_METHOD_FAILED
+
+
+def interrupt_on_termination() -> None:
+    """SIGTERM (a `timeout`, a service manager) and SIGHUP (a closed terminal) stop a run the
+    way Ctrl-C does: the methods measured so far are saved and reported."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
 
 
 def cmd_report(args) -> int:

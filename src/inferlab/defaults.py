@@ -56,6 +56,7 @@ WARN_EXTREME = 0.50  # min or max more than this fraction away from the mean
 WARN_MIN_SAMPLES = 5  # fewer samples than this: too few
 OUTLIER_MADS = 3.0  # a sample further than this many scaled MADs from the median is an outlier
 OUTLIER_MIN_REL = 0.01  # ... and more than this fraction of the median away from it
+WARN_WITNESS = 0.10  # harness TPOT vs the engine's own counters: allowed relative difference
 WARN_OTHER_CPU = 0.10  # other processes' CPU time above this share of the machine's CPU time
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95

@@ -29,6 +29,7 @@ def derive(results) -> dict:
             "other_load": m.other_load(cpus),
             "roofline": roofs.get(m.method),
             "bottleneck": None,
+            "witness": witness(m, figures["tpot_s"], ttft),
         }
         if m.ok and m.profile:
             sentence, step = verdict(m, roofs.get(m.method), sweep_growth(m))
@@ -40,6 +41,20 @@ def derive(results) -> dict:
         "ranking": ranking(results, methods),
         "warnings": warnings(results, methods, ceiling),
     }
+
+
+def witness(m, tpot, ttft) -> dict | None:
+    """The engine's own clocks beside the harness's (medians over the timed runs)."""
+    runs = [c for c in m.engine_counters if c.get("decode_tokens") and c.get("decode_ms")]
+    if not runs or tpot is None or ttft is None:
+        return None
+    import numpy as np
+
+    decode = float(np.median([c["decode_ms"] / c["decode_tokens"] for c in runs]))
+    prefill = float(np.median([c["prefill_ms"] for c in runs]))
+    return {"decode_ms_per_token": decode, "prefill_ms": prefill,
+            "tpot_over_engine": tpot.median * 1e3 / decode if decode else None,
+            "ttft_over_engine": ttft.median * 1e3 / prefill if prefill else None}
 
 
 def verdict_of(m) -> str | None:
@@ -77,6 +92,11 @@ def warnings(results, methods: dict, ceiling: dict | None) -> list[str]:
                 out.append(w)
             for name in ("e2e_s", "ttft_s", "tpot_s"):
                 out.extend((d["figures"][name] or {}).get("warnings", []))
+        w = d.get("witness")
+        if w and w["tpot_over_engine"] and abs(w["tpot_over_engine"] - 1) > defaults.WARN_WITNESS:
+            out.append(f"{m.method}: TPOT {d['figures']['tpot_s']['median'] * 1e3:.2f} ms differs from "
+                       f"the engine's own {w['decode_ms_per_token']:.2f} ms per token by more than "
+                       f"{defaults.WARN_WITNESS:.0%}: time is spent outside the engine's decode")
         if m.deterministic is False:
             out.append(f"{m.method}: repeated runs produced different tokens")
         load = d["other_load"]

@@ -99,6 +99,7 @@ class Generated:
     cpu_s: float  # CPU time of the whole worker process (all threads) during the generation
     rss_bytes: int | None  # resident now (VmRSS)
     peak_rss_bytes: int | None  # the process's own high-water mark so far (VmHWM)
+    counters: dict[str, Any] | None = None  # the engine's own clocks of this generation
 
 
 @dataclass
@@ -115,6 +116,7 @@ class Profiled:
 @dataclass
 class Failed:
     error: str  # one line: "ExceptionType: message"
+    unsupported: bool = False  # the method does not apply to this model: skipped, not failed
 
 
 MESSAGES = {cls.__name__: cls for cls in (Start, Prepare, Load, Generate, Evaluate, Profile, Stop,

@@ -36,7 +36,7 @@ class RunSample:
 @dataclass
 class MethodResult:
     method: str
-    status: str  # ok | failed | timeout | interrupted (| running while being measured)
+    status: str  # ok | skipped | failed | timeout | interrupted (| running while being measured)
     error: str | None = None
     summary: str = ""
     # cold start
@@ -61,6 +61,7 @@ class MethodResult:
     timed_wall_s: float | None = None  # sum of the timed runs' E2E
     other_cpu_s: float | None = None  # machine CPU time minus this run's own processes'
     steal_s: float | None = None  # CPU time the hypervisor gave to other machines
+    engine_counters: list[dict[str, Any]] = field(default_factory=list)  # per timed run, if kept
     details: dict[str, Any] = field(default_factory=dict)
     # against the reference
     first_divergence: int | None = None  # index of the first token differing (N if none)

@@ -136,7 +136,8 @@ class Session:
         save(self.results, self.path)
 
     def _fail(self, run: MethodRun, phase: str, e: WorkerError) -> None:
-        run.result.status, run.result.error = e.status, f"{phase}: {e.message}"
+        run.result.status = e.status
+        run.result.error = e.message if e.status == "skipped" else f"{phase}: {e.message}"
         if run.worker is not None:
             self._stop(run.worker)
             run.worker = None
@@ -184,6 +185,8 @@ class Session:
         r.peak_rss_bytes = out.peak_rss_bytes
         if timed:
             r.runs.append(out.sample)
+            if out.counters:
+                r.engine_counters.append(out.counters)
             if machine0 and machine1:
                 busy = machine1[0] - machine0[0]
                 own = out.cpu_s + (time.process_time() - own0)

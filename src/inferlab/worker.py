@@ -83,14 +83,17 @@ class Worker:
     def on_generate(self, request: p.Generate) -> p.Generated:
         from .harness import generate_timed
 
+        self.engine.reset_counters()
         cpu0 = time.process_time()  # the whole process, every thread
         g = generate_timed(self.engine, request.prompt_ids, request.new_tokens, request.timed)
         cpu_s = time.process_time() - cpu0
+        counters = self.engine.counters()
         rss, hwm = process_memory()
         from .results import RunSample
 
         return p.Generated(sample=RunSample(ttft_s=g.ttft_s, e2e_s=g.e2e_s, itl_s=g.itl_s),
-                           tokens=g.tokens, cpu_s=cpu_s, rss_bytes=rss, peak_rss_bytes=hwm)
+                           tokens=g.tokens, cpu_s=cpu_s, rss_bytes=rss, peak_rss_bytes=hwm,
+                           counters=counters)
 
     def on_evaluate(self, request: p.Evaluate) -> p.Evaluated:
         from .quality import evaluate
@@ -138,7 +141,12 @@ def main() -> int:
             if isinstance(request, p.Start):
                 start_error = _one_line(e)
             else:
-                send(p.Failed(error=_one_line(e)))
+                from .engines.base import EngineUnsupported
+
+                if isinstance(e, EngineUnsupported):
+                    send(p.Failed(error=str(e), unsupported=True))
+                else:
+                    send(p.Failed(error=_one_line(e)))
     return 0
 
 

@@ -19,7 +19,7 @@ from .worker import PARENT_PID_ENV, PROGRESS, REPLY_FD_ENV
 class WorkerError(Exception):
     def __init__(self, status: str, message: str):
         super().__init__(message)
-        self.status = status  # failed | timeout
+        self.status = status  # failed | timeout | skipped (the method does not apply)
         self.message = message
 
 
@@ -84,7 +84,7 @@ class WorkerHandle:
         line, self.buffer = self.buffer.split(b"\n", 1)
         reply = p.decode(line.decode())
         if isinstance(reply, p.Failed):
-            raise WorkerError("failed", reply.error)
+            raise WorkerError("skipped" if reply.unsupported else "failed", reply.error)
         return reply
 
     def _death(self) -> str:

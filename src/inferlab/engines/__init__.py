@@ -3,7 +3,7 @@ all read it, so adding a method is one file and one line here."""
 
 from __future__ import annotations
 
-from .base import Engine, EngineError
+from .base import Engine, EngineError, EngineUnsupported
 
 # name -> "module:Class" (a module of this package, or a dotted path); imported on use
 REGISTRY: dict[str, str] = {
@@ -12,6 +12,8 @@ REGISTRY: dict[str, str] = {
     "torch-int8": "torch_int8:TorchInt8",
     "onnx": "onnx_fp32:OnnxFp32",
     "onnx-int8": "onnx_int8:OnnxInt8",
+    "llama-cpp-q4_1": "llama_cpp:LlamaCppQ4_1",
+    "llama-cpp-q8_0": "llama_cpp:LlamaCppQ8_0",
 }
 
 
@@ -44,5 +46,5 @@ def has_prepare(name: str) -> bool:
     return engine_class(name).prepare is not Engine.prepare
 
 
-__all__ = ["Engine", "EngineError", "REGISTRY", "method_names", "engine_class", "engine_path",
+__all__ = ["Engine", "EngineError", "EngineUnsupported", "REGISTRY", "method_names", "engine_class", "engine_path",
            "has_prepare", "import_engine"]

@@ -13,6 +13,11 @@ class EngineError(RuntimeError):
     """A method that cannot run (or built nothing): recorded as failed with this message."""
 
 
+class EngineUnsupported(EngineError):
+    """The method does not apply to this model (llama.cpp needs a GGUF file, a builder that
+    lacks the architecture): recorded as skipped, not failed, with this message."""
+
+
 class Engine(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]  # one line for --help and the report
@@ -43,6 +48,14 @@ class Engine(ABC):
     @abstractmethod
     def decode(self, token_id: int) -> Any:
         """Append one token to the sequence; return the next-token logits (1-D)."""
+
+    def reset_counters(self) -> None:
+        """Zero the engine's own performance counters, if it keeps any (before a generation)."""
+
+    def counters(self) -> dict | None:
+        """The engine's own clocks of the last generation (prefill_ms, prefill_tokens,
+        decode_ms, decode_tokens), a witness for the harness's; None when it keeps none."""
+        return None
 
     @abstractmethod
     def info(self) -> dict:

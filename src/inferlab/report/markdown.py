@@ -8,11 +8,13 @@ from .tables import (
     COLD_COLUMNS,
     COLUMNS,
     QUALITY_COLUMNS,
+    WITNESS_COLUMNS,
     cold_start_rows,
     comparison_rows,
     detail_lines,
     quality_rows,
     ranking,
+    witness_rows,
 )
 
 
@@ -79,6 +81,12 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
                   f"GB/s. 'decode vs bandwidth floor' divides the floor (weight and KV-cache bytes "
                   f"read per step / {ceil['bandwidth'] / 1e9:.1f} GB/s, the highest rate seen, from "
                   f"{ceil['bandwidth_source']}) by the median TPOT.", ""]
+    witness = witness_rows(results)
+    if witness:
+        parts += ["Witness: the engine's own performance counters over the same timed runs "
+                  "(medians). Our clocks also cover the Python loop, the logits copy and the argmax, "
+                  "so a ratio slightly above 1 is expected.", "",
+                  md_table(WITNESS_COLUMNS, witness), ""]
     ranked = ranking(results)
     if ranked:
         judged = (results.derived.get("ranking") or {}).get("judged")

@@ -184,6 +184,21 @@ def regimes(q: dict) -> str:
     return f"{pre['kl_mean']:.5f} / {dec['kl_mean']:.5f}"
 
 
+WITNESS_COLUMNS = ("method", "engine decode ms/token", "our TPOT / engine's", "engine prefill ms",
+                   "our TTFT / engine's")
+
+
+def witness_rows(results: RunResults) -> list[list[str]]:
+    """The engine's own clocks beside ours, for the engines that keep them (llama.cpp)."""
+    rows = []
+    for m in results.methods:
+        w = derived(results, m.method).get("witness")
+        if w and w.get("tpot_over_engine"):
+            rows.append([m.method, f"{w['decode_ms_per_token']:.2f}", f"{w['tpot_over_engine']:.3f}",
+                         f"{w['prefill_ms']:.1f}", f"{w['ttft_over_engine']:.3f}"])
+    return rows
+
+
 def ranking(results: RunResults) -> list[str]:
     """The derived ranking as lines: fastest first among methods that pass the budget."""
     r = results.derived.get("ranking") or {}

@@ -1,0 +1,176 @@
+"""llama.cpp through llama-cpp-python (built from source by the set-up, for this CPU): the GGUF
+types users run. A GGUF model (the bundled SmolLM2 file, or a .gguf given with --model) runs
+its own file as it is; other types are re-quantized from that file by llama.cpp's own quantizer
+(`llama_model_quantize`, under a second for SmolLM2) and cached.
+
+The low-level API is used so that a prefill computes the LM head on the last position only
+(the quality pass asks for every position), the same work as the other engines, and so that
+llama.cpp's own performance counters can witness the harness's clocks."""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+import numpy as np
+
+from .. import defaults
+from ..fsutil import build_folder, is_complete
+from .base import Engine, EngineError, EngineUnsupported
+
+CONTEXT = 2048  # KV slots allocated up front: prompt + new tokens and the quality windows fit
+# llama_ftype values of llama.h for the types offered here
+FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q4_K_M": 15}
+
+
+def source_gguf(ref) -> str:
+    """The model's own GGUF file; a Hugging Face folder has none."""
+    if ref.source == "bundled-gguf":
+        from ..models import bundled_gguf_path
+
+        return bundled_gguf_path()
+    if ref.source == "gguf":
+        return os.path.abspath(ref.spec)
+    raise EngineUnsupported("not supported for this model: llama.cpp runs GGUF files, and this "
+                            "model is a Hugging Face folder (convert it with llama.cpp's "
+                            "convert_hf_to_gguf.py and pass the .gguf to --model)")
+
+
+def gguf_file_type(path: str) -> str | None:
+    """The file's quantization type name (general.file_type), read with the gguf package."""
+    from gguf import GGUFReader, LlamaFileType
+
+    field = GGUFReader(path).fields.get("general.file_type")
+    if field is None:
+        return None
+    value = int(field.parts[field.data[0]][0])
+    name = LlamaFileType(value).name  # e.g. MOSTLY_Q4_1
+    return name.removeprefix("MOSTLY_")
+
+
+class LlamaCpp(Engine):
+    gguf_type: ClassVar[str]  # the llama.cpp type this method runs
+
+    def _library(self):
+        from ..native_build import build_problem
+
+        problem = build_problem()
+        if problem:
+            raise EngineError(problem)
+        import llama_cpp
+
+        return llama_cpp
+
+    def artifact(self) -> tuple[str, bool]:
+        """The GGUF file of this method's type: the source file when it already has that type,
+        else a re-quantized copy in the cache. Returns (path, cache_hit)."""
+        src = source_gguf(self.model_ref)
+        if gguf_file_type(src) == self.gguf_type:
+            return src, True
+        lib = self._library()
+        version = getattr(lib, "__version__", "unknown")
+        dest = os.path.join(defaults.cache_dir(), "llama_cpp",
+                            f"{self.model_ref.name}-{self.model_ref.content_hash}",
+                            f"{self.gguf_type}-llama-cpp-python{version}")
+        path = os.path.join(dest, "model.gguf")
+        if is_complete(dest):
+            return path, True
+
+        def build(tmp):
+            params = lib.llama_model_quantize_default_params()
+            params.ftype = FTYPES[self.gguf_type]
+            params.allow_requantize = True  # the source is itself quantized (Q4_1 for SmolLM2)
+            params.nthread = self.threads
+            out = os.path.join(tmp, "model.gguf")
+            rc = lib.llama_model_quantize(src.encode(), out.encode(), params)
+            if rc != 0 or not os.path.isfile(out):
+                raise EngineError(f"llama_model_quantize to {self.gguf_type} failed (code {rc})")
+
+        build_folder(dest, build)
+        return path, False
+
+    def prepare(self) -> bool:
+        return self.artifact()[1]
+
+    def load(self) -> None:
+        lib = self.lib = self._library()
+        self.path, _ = self.artifact()
+        lib.llama_backend_init()
+        mparams = lib.llama_model_default_params()
+        self.model = lib.llama_model_load_from_file(self.path.encode(), mparams)
+        if not self.model:
+            raise EngineError(f"llama.cpp could not load {self.path}")
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = cparams.n_batch = CONTEXT
+        cparams.n_threads = cparams.n_threads_batch = self.threads
+        cparams.no_perf = False  # keep llama.cpp's own clocks: the witness of ours
+        self.ctx = lib.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            raise EngineError("llama.cpp could not create a context")
+        self.n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self.model))
+        self.batch = lib.llama_batch_init(CONTEXT, 0, 1)
+        self.length = 0
+
+    def _run(self, tokens: list[int], all_logits: bool) -> np.ndarray:
+        lib, b, n = self.lib, self.batch, len(tokens)
+        if self.length + n > CONTEXT:
+            raise EngineError(f"sequence longer than llama.cpp's context of {CONTEXT} tokens")
+        for i, t in enumerate(tokens):
+            b.token[i] = int(t)
+            b.pos[i] = self.length + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = all_logits or i == n - 1
+        b.n_tokens = n
+        rc = lib.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise EngineError(f"llama_decode returned {rc}")
+        self.length += n
+        rows = range(n) if all_logits else [n - 1]
+        out = np.stack([np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, i),
+                                              shape=(self.n_vocab,)) for i in rows])
+        return out if all_logits else out[0].copy()
+
+    def prefill(self, token_ids, all_logits=False):
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
+        self.length = 0
+        return self._run(list(token_ids), all_logits)
+
+    def decode(self, token_id):
+        return self._run([int(token_id)], False)
+
+    def reset_counters(self) -> None:
+        self.lib.llama_perf_context_reset(self.ctx)
+
+    def counters(self) -> dict:
+        """llama.cpp's own clocks of the last generation: a witness for the harness's."""
+        perf = self.lib.llama_perf_context(self.ctx)
+        return {"prefill_ms": perf.t_p_eval_ms, "prefill_tokens": perf.n_p_eval,
+                "decode_ms": perf.t_eval_ms, "decode_tokens": perf.n_eval}
+
+    def info(self) -> dict:
+        size = os.path.getsize(self.path)
+        return {
+            "weight_bytes": size,
+            "file_bytes": size,
+            "details": {
+                "dtype": f"GGUF {self.gguf_type}", "file": self.path, "threads": self.threads,
+                "llama_cpp_python": getattr(self.lib, "__version__", None),
+                "context_slots": CONTEXT,
+                # the tied LM head reads the whole token table every step: the file is read
+                "weight_bytes_read_per_step": size,
+                "kv_cache_bytes_per_value": 2,  # llama.cpp's default f16 cache
+            },
+        }
+
+
+class LlamaCppQ4_1(LlamaCpp):
+    name = "llama-cpp-q4_1"
+    summary = "llama.cpp, GGUF Q4_1 (the bundled model's own file: its reference weights exactly)"
+    gguf_type = "Q4_1"
+
+
+class LlamaCppQ8_0(LlamaCpp):
+    name = "llama-cpp-q8_0"
+    summary = "llama.cpp, GGUF Q8_0 re-quantized from the model's GGUF by llama.cpp's quantizer"
+    gguf_type = "Q8_0"
