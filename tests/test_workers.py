@@ -11,7 +11,7 @@ import pytest
 
 from inferlab import protocol as p
 from inferlab.results import RunSample
-from inferlab.workers import WorkerError, WorkerHandle
+from inferlab.worker_handle import WorkerError, WorkerHandle
 
 
 def start(method, ref):
@@ -74,7 +74,7 @@ def test_a_worker_dies_with_its_runner(tiny_refs, tmp_path):
         import sys, time
         from inferlab import protocol as p
         from inferlab.models import ModelRef
-        from inferlab.workers import WorkerHandle
+        from inferlab.worker_handle import WorkerHandle
         ref = ModelRef.from_dict({tiny_refs['llama'].to_dict()!r})
         w = WorkerHandle(p.Start("hanging", "tests.fake_engines:Hanging", ref, 1), {str(tmp_path / 'w.log')!r})
         w.request(p.Load(), 60)

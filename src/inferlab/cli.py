@@ -60,8 +60,9 @@ def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = 
                    help="bundled 'smollm2-135m' (default), 'gpt2-random', a local Hugging Face "
                         "folder, a .gguf file, or a Hugging Face model id")
     g.add_argument("--methods", type=_methods_arg, default=list(defaults.DEFAULT_METHODS),
-                   help="comma-separated subset of the methods, or 'all' (default: all; "
-                        "see `inferlab methods`)")
+                   help="comma-separated methods, or 'all' (default: "
+                        f"{','.join(defaults.DEFAULT_METHODS)}: the reference, the original "
+                        "baseline and the best of each engine family; see `inferlab methods`)")
     g = p.add_argument_group("workload")
     src = g.add_mutually_exclusive_group()
     src.add_argument("--prompt", default=defaults.DEFAULT_PROMPT, help="prompt text")

@@ -28,7 +28,7 @@ from .models import ModelRef, architecture, parameter_count, resolve
 from .procstat import machine_cpu_seconds
 from .prompts import encode_prompt, load_tokenizer
 from .results import MethodResult, RunResults, save
-from .workers import WorkerError, WorkerHandle
+from .worker_handle import WorkerError, WorkerHandle
 
 
 class Display:
