@@ -58,3 +58,10 @@ def test_llama_cpp_runs_the_bundled_gguf(smollm2, method):
                          log_softmax(np.asarray(engine.prefill(ids, all_logits=True))))
     assert kl.shape == (len(ids),) and kl.mean() < 0.05
     assert engine.info()["details"]["dtype"] == "GGUF " + method.split("-")[-1].upper()
+
+
+def test_the_bundled_gguf_type_is_read_from_the_file(smollm2):
+    from inferlab.models import gguf_file_type, gguf_source_path
+
+    assert gguf_file_type(gguf_source_path(smollm2)) == "Q4_1"
+    assert gguf_source_path(resolve("gpt2-random")) is None

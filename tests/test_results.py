@@ -85,3 +85,10 @@ def test_first_divergence():
     assert first_divergence([1, 2, 3], [1, 2, 3]) == 3
     assert first_divergence([1, 9, 3], [1, 2, 3]) == 1
     assert first_divergence([5], [1]) == 0
+
+
+def test_a_reference_from_a_quantized_gguf_is_said_to_be_rounded_already():
+    from inferlab.report.markdown import reference_note
+
+    assert "GGUF Q4_1 weights, dequantized" in " ".join(reference_note("Q4_1"))
+    assert reference_note(None) == [] and reference_note("F16") == []

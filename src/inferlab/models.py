@@ -250,3 +250,23 @@ def architecture(folder: str) -> dict | None:
         "lm_head_parameters": vocab * hidden,
         "block_parameters": total - embedding - untied_head,
     }
+
+
+def gguf_source_path(ref: ModelRef) -> str | None:
+    """The GGUF file a model was converted from (the bundled one, or a .gguf given to --model)."""
+    if ref.source == "bundled-gguf":
+        return bundled_gguf_path()
+    if ref.source == "gguf":
+        return os.path.abspath(ref.spec)
+    return None
+
+
+def gguf_file_type(path: str) -> str | None:
+    """A GGUF file's quantization type name (general.file_type), e.g. "Q4_1"."""
+    from gguf import GGUFReader, LlamaFileType
+
+    field = GGUFReader(path).fields.get("general.file_type")
+    if field is None:
+        return None
+    value = int(field.parts[field.data[0]][0])
+    return LlamaFileType(value).name.removeprefix("MOSTLY_")

@@ -24,7 +24,8 @@ from .analysis import first_divergence
 from .checks import check_lengths, check_output_location
 from .config import RunConfig
 from .engines import engine_class, engine_path, has_prepare
-from .models import ModelRef, architecture, parameter_count, resolve
+from .models import (ModelRef, architecture, gguf_file_type, gguf_source_path, parameter_count,
+                     resolve)
 from .procstat import machine_cpu_seconds
 from .prompts import encode_prompt, load_tokenizer
 from .results import MethodResult, RunResults, save
@@ -361,7 +362,8 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
         config=config.to_dict(),
         machine=machine.describe(),
         model={**model.to_dict(), "prompt_ids": prompt_ids, "chat_template_applied": templated,
-               "parameters": parameter_count(model.path), "architecture": architecture(model.path)},
+               "parameters": parameter_count(model.path), "architecture": architecture(model.path),
+               "gguf_type": gguf_file_type(src) if (src := gguf_source_path(model)) else None},
         prompt_tokens=len(prompt_ids),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         inferlab_version=__version__,

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import defaults
 from ..fsutil import build_folder, is_complete
+from ..models import gguf_file_type, gguf_source_path
 from .base import Engine, EngineError, EngineUnsupported
 
 CONTEXT = 2048  # KV slots allocated up front: prompt + new tokens and the quality windows fit
@@ -25,27 +26,12 @@ FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q4_K_M": 15}
 
 def source_gguf(ref) -> str:
     """The model's own GGUF file; a Hugging Face folder has none."""
-    if ref.source == "bundled-gguf":
-        from ..models import bundled_gguf_path
-
-        return bundled_gguf_path()
-    if ref.source == "gguf":
-        return os.path.abspath(ref.spec)
+    path = gguf_source_path(ref)
+    if path:
+        return path
     raise EngineUnsupported("not supported for this model: llama.cpp runs GGUF files, and this "
                             "model is a Hugging Face folder (convert it with llama.cpp's "
                             "convert_hf_to_gguf.py and pass the .gguf to --model)")
-
-
-def gguf_file_type(path: str) -> str | None:
-    """The file's quantization type name (general.file_type), read with the gguf package."""
-    from gguf import GGUFReader, LlamaFileType
-
-    field = GGUFReader(path).fields.get("general.file_type")
-    if field is None:
-        return None
-    value = int(field.parts[field.data[0]][0])
-    name = LlamaFileType(value).name  # e.g. MOSTLY_Q4_1
-    return name.removeprefix("MOSTLY_")
 
 
 class LlamaCpp(Engine):
