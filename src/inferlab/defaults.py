@@ -40,7 +40,7 @@ QUALITY_BUDGET = {
 QUALITY_BLOCK = 32  # positions per bootstrap block for the quality intervals (neighbours correlate)
 
 # --- hardware limits (probe.py), measured in every run ---------------------------------------
-PROBE_BYTES = 256 << 20  # streamed per bandwidth probe: far beyond the caches, about a second
+PROBE_BYTES = 256 << 20  # streamed per bandwidth probe: far beyond the caches (4.7 s a probe)
 
 # --- profiling ------------------------------------------------------------------------------
 PROFILE_DECODE_STEPS = 3  # profiled decode steps after one prefill: keeps traces small

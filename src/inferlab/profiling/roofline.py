@@ -33,10 +33,9 @@ def method_rates(m, results) -> dict | None:
     if m.status not in ("ok", "running") or m.weight_bytes is None:
         return None
     if m.runs:
-        from ..stats import summarize
+        from statistics import median  # the same medians derive.py reports, without the summary
 
-        tpot = summarize(m.samples("tpot_s")).median
-        ttft = summarize(m.samples("ttft_s")).median
+        tpot, ttft = median(m.samples("tpot_s")), median(m.samples("ttft_s"))
         source = "benchmark medians"
     elif (m.profile or {}).get("unprofiled"):
         u = m.profile["unprofiled"]
