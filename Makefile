@@ -21,8 +21,8 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-# llama-cpp-python compiles llama.cpp (about 4 minutes on two cores) with the instruction sets
-# this CPU has (src/inferlab/native_build.py says why not -march=native). pip's wheel cache is
+# llama-cpp-python compiles llama.cpp (the library alone: about 4 minutes on two cores) with the
+# instruction sets this CPU has (src/inferlab/native_build.py says why not -march=native). pip's wheel cache is
 # keyed by version alone, whatever CPU built the wheel, so it is never used for this package.
 llama-cpp: $(STAMP)
 	CMAKE_ARGS="$$($(BIN)/python -m inferlab.native_build cmake-args)" \

@@ -141,7 +141,7 @@ def test_onnx_int8_quantizes_the_tied_lm_head(loaded):
 def test_methods_with_a_conversion_step_are_known_from_the_engine():
     from inferlab.engines import has_prepare
 
-    assert {m for m in method_names() if has_prepare(m)} == {"onnx", "onnx-int8", "llama-cpp-q4_1",
+    assert {m for m in method_names() if has_prepare(m)} == {"onnx", "onnx-int8", "onnx-int4", "llama-cpp-q4_1",
                                                              "llama-cpp-q8_0"}
 
 

@@ -90,5 +90,6 @@ def test_first_divergence():
 def test_a_reference_from_a_quantized_gguf_is_said_to_be_rounded_already():
     from inferlab.report.markdown import reference_note
 
-    assert "GGUF Q4_1 weights, dequantized" in " ".join(reference_note("Q4_1"))
-    assert reference_note(None) == [] and reference_note("F16") == []
+    assert "GGUF Q4_1 weights, dequantized" in " ".join(reference_note("Q4_1", []))
+    assert "So does onnx-int4: its quantizer" in " ".join(reference_note("Q4_1", ["onnx-int4"]))
+    assert reference_note(None, []) == [] and reference_note("F16", ["onnx-int4"]) == []

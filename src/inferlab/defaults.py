@@ -17,6 +17,9 @@ DEFAULT_WARMUP = 1  # untimed generations before measuring
 DEFAULT_MIN_REPEATS = 5  # at least this many timed generations ...
 DEFAULT_MIN_TIME_S = 5.0  # ... and at least this much timed wall time ...
 DEFAULT_MAX_REPEATS = 30  # ... but never more than this many
+# KV slots that engines with a preallocated cache (llama.cpp, the fused ONNX graph) reserve:
+# prompt + new tokens and the quality windows fit; a longer sequence is refused with a message
+KV_SLOTS = 2048
 DEFAULT_METHOD_TIMEOUT_S = 600.0  # a method's process is killed after this (hang guard)
 DEFAULT_SEED = 0
 PROTOCOLS = ("interleaved", "sequential")  # runner.py: how timed runs of several methods alternate

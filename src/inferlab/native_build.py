@@ -33,6 +33,8 @@ FIXED = (
     "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_SERVER=OFF", "-DLLAVA_BUILD=OFF", "-DLLAMA_CURL=OFF",
 )
+# leaves out llama.cpp's `common` library, which llama-cpp-python forces on (see the file)
+LEAN_INCLUDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "llama_cpp_lean.cmake")
 RECORD = os.path.join(sys.prefix, "inferlab-llama-cpp-build.txt")
 
 
@@ -53,7 +55,8 @@ def enabled(flags: set[str]) -> list[str]:
 
 def cmake_args(flags: set[str]) -> str:
     on = set(enabled(flags))
-    return " ".join([*FIXED, *(f"-D{option}={'ON' if option in on else 'OFF'}" for option, _ in OPTIONS)])
+    return " ".join([*FIXED, f"-DCMAKE_PROJECT_llama.cpp_INCLUDE={LEAN_INCLUDE}",
+                     *(f"-D{option}={'ON' if option in on else 'OFF'}" for option, _ in OPTIONS)])
 
 
 def signature(flags: set[str]) -> str:

@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "torch-int8": "torch_int8:TorchInt8",
     "onnx": "onnx_fp32:OnnxFp32",
     "onnx-int8": "onnx_int8:OnnxInt8",
+    "onnx-int4": "onnx_fused:OnnxInt4",
     "llama-cpp-q4_1": "llama_cpp:LlamaCppQ4_1",
     "llama-cpp-q8_0": "llama_cpp:LlamaCppQ8_0",
 }

@@ -19,7 +19,7 @@ from ..fsutil import build_folder, is_complete
 from ..models import gguf_file_type, gguf_source_path
 from .base import Engine, EngineError, EngineUnsupported
 
-CONTEXT = 2048  # KV slots allocated up front: prompt + new tokens and the quality windows fit
+CONTEXT = defaults.KV_SLOTS  # KV slots allocated up front
 # llama_ftype values of llama.h for the types offered here
 FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q4_K_M": 15}
 

@@ -90,10 +90,12 @@ def keep_last_logits(model) -> None:
             out.type.tensor_type.shape.dim[1].dim_param = "logits_length"
 
 
-def write_graph_stats(folder: str) -> dict:
-    """Parse the built graph once, when it is built, and keep what loading needs to know."""
+def write_graph_stats(folder: str, build_report: dict | None = None) -> dict:
+    """Parse the built graph once, when it is built, and keep what loading needs to know
+    (with what the builder reports of its own work, if anything)."""
     total, ops, gathered = graph_bytes(os.path.join(folder, "model.onnx"))
-    stats = {"initializer_bytes": total, "ops": ops, "lookup_only_bytes": gathered}
+    stats = {"initializer_bytes": total, "ops": ops, "lookup_only_bytes": gathered,
+             "build": build_report or {}}
     with open(os.path.join(folder, STATS_FILE), "w") as f:
         json.dump(stats, f)
     return stats

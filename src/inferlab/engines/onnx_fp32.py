@@ -23,7 +23,11 @@ class OnnxFp32(Engine):
         folder, _ = self.artifact()
         self.folder = folder
         self.model_path = os.path.join(folder, "model.onnx")
-        self.ort = OrtCausalLM(self.model_path, self.threads)
+        self.ort = self.ort_driver()
+
+    def ort_driver(self, profile_prefix: str | None = None) -> OrtCausalLM:
+        """A session over this method's graph (the profiler asks for a second, profiled one)."""
+        return OrtCausalLM(self.model_path, self.threads, profile_prefix)
 
     def prefill(self, token_ids, all_logits=False):
         return self.ort.prefill(token_ids, all_logits)

@@ -13,15 +13,14 @@ from .breakdown import OpRecord, breakdown
 from .parts import part_of
 
 
-def profile(model_path: str, threads: int, prompt_ids, steps: int, trace_path: str) -> dict:
-    """A second session of the same graph with ORT's profiler on, driven by the harness's loop."""
+def profile(ort_driver, prompt_ids, steps: int, trace_path: str) -> dict:
+    """A second session of the engine's graph with ORT's profiler on (`ort_driver(prefix)`
+    makes it), driven by the harness's loop."""
     import onnxruntime
-
-    from ..engines.onnx_common import OrtCausalLM
 
     tmp = tempfile.mkdtemp(prefix="inferlab-ortprof-")
     try:
-        ort = OrtCausalLM(model_path, threads, profile_prefix=os.path.join(tmp, "ort"))
+        ort = ort_driver(os.path.join(tmp, "ort"))
         generate(ort, prompt_ids, 2)  # warm-up pair; the last steps + 1 session runs are kept
         generate(ort, prompt_ids, steps + 1)
         raw = ort.session.end_profiling()

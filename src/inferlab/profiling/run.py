@@ -26,11 +26,11 @@ def profile_engine(engine, method: str, request, progress) -> dict:
 
         data = torch_profile.profile(engine, engine.model, request.prompt_ids, request.steps,
                                      request.trace_path, request.detail, sweep)
-    elif hasattr(engine, "model_path") and str(engine.model_path).endswith(".onnx"):
+    elif hasattr(engine, "ort_driver"):  # an ONNX Runtime engine
         from . import ort_profile
 
-        data = ort_profile.profile(engine.model_path, engine.threads, request.prompt_ids,
-                                   request.steps, request.trace_path)
+        data = ort_profile.profile(engine.ort_driver, request.prompt_ids, request.steps,
+                                   request.trace_path)
     else:
         raise EngineError(f"{method} cannot be profiled: no profiler for its framework")
     data["unprofiled"] = unprofiled

@@ -40,12 +40,16 @@ def console_table(results: RunResults) -> str:
     return "\n".join([fmt(cols), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def reference_note(gguf_type: str | None) -> list[str]:
+def reference_note(gguf_type: str | None, exact_methods: list[str]) -> list[str]:
     """A reference converted from a quantized GGUF already carries that format's rounding."""
     if not gguf_type or gguf_type in ("ALL_F32", "F16", "BF16"):
         return []
+    one = len(exact_methods) == 1
+    exact = (f" So {'does' if one else 'do'} {', '.join(exact_methods)}: {'its' if one else 'their'} "
+             "quantizer found the weights on its grid and stores them exactly (what differs is "
+             "the arithmetic, e.g. int8 activations)." if exact_methods else "")
     return [f"The fp32 reference is the model's GGUF {gguf_type} weights, dequantized: a method "
-            f"running the {gguf_type} file itself reads exactly these weights, while every other "
+            f"running the {gguf_type} file itself reads exactly these weights.{exact} Every other "
             "quantized format re-quantizes already rounded weights and pays an error that a native "
             "fp16 checkpoint would not.", ""]
 
@@ -110,7 +114,8 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
         parts += [
             "## Quality against the fp32 reference",
             "",
-            *reference_note(model.get("gguf_type")),
+            *reference_note(model.get("gguf_type"),
+                            [m.method for m in results.methods if m.details.get("weights_exact")]),
             f"Text: {qs.get('text_source')}; {qs.get('windows')} non-overlapping windows of "
             f"{qs.get('context')} tokens (stride {qs.get('context')}), each scored as the method "
             f"generates: its first {qs.get('prefix')} tokens in one call, the rest one token at a "

@@ -1,0 +1,155 @@
+"""ONNX Runtime on inferlab's fused graph (onnx_llama_graph.py) with 4-bit weights.
+
+The KV cache is one preallocated buffer per layer and tensor, bound with ONNX Runtime's
+IOBinding as both GroupQueryAttention's `past` input and its `present` output: a step writes
+its new keys and values in place and nothing of the cache is copied or returned to Python."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+
+import numpy as np
+
+from .. import defaults
+from ..fsutil import build_folder, is_complete
+from .base import Engine, EngineError
+from .onnx_common import artifact_dir, onnx_file_bytes, read_graph_stats, write_graph_stats
+from . import onnx_llama_graph as graph
+
+RECIPE = "r1"  # bump when the builder's output changes: it is part of the cache key
+
+
+class FusedOrtDecoder:
+    """Prefill and decode over a fused graph, the KV buffers shared between steps in place."""
+
+    def __init__(self, model_path: str, threads: int, profile_prefix: str | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if profile_prefix:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = profile_prefix
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+        self.binding = self.session.io_binding()
+        self.binding.bind_output("logits", "cpu")  # first: get_outputs()[0] is the logits
+        self.buffers = []  # the numpy arrays behind the bound cache: kept alive with the session
+        for inp in self.session.get_inputs():
+            if not inp.name.startswith("past_key_values."):
+                continue
+            # [1, kv heads, slots, head dim], all fixed when the graph was built; zeros come from
+            # calloc, so slots never written never become resident memory
+            buf = np.zeros(inp.shape, np.float32)
+            value = ort.OrtValue.ortvalue_from_numpy(buf)
+            self.binding.bind_ortvalue_input(inp.name, value)
+            self.binding.bind_ortvalue_output(inp.name.replace("past_key_values.", "present.", 1), value)
+            self.buffers.append((buf, value))
+        if not self.buffers:
+            raise EngineError(f"{model_path}: graph has no past_key_values inputs")
+        self.slots = self.buffers[0][0].shape[2]
+        self.length = 0
+
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def _run(self, ids: list[int], keep_all: bool) -> np.ndarray:
+        n, total = len(ids), self.length + len(ids)
+        if total > self.slots:
+            raise EngineError(f"sequence of {total} tokens is longer than the {self.slots} KV slots")
+        b = self.binding
+        b.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+        b.bind_cpu_input("seqlens_k", np.asarray([total - 1], dtype=np.int32))
+        b.bind_cpu_input("total_sequence_length", np.asarray(total, dtype=np.int32))
+        b.bind_cpu_input("logits_to_keep", np.asarray([0 if keep_all else 1], dtype=np.int64))
+        b.bind_output("logits", "cpu")  # bound anew each run: its shape follows logits_to_keep
+        self.session.run_with_iobinding(b)
+        self.length = total
+        return b.get_outputs()[0].numpy()[0]
+
+    def prefill(self, ids: list[int], all_logits: bool = False) -> np.ndarray:
+        self.length = 0  # the buffers are overwritten from slot 0; older slots are never read
+        logits = self._run(list(ids), all_logits)
+        return logits if all_logits else logits[-1]
+
+    def decode(self, token_id: int) -> np.ndarray:
+        return self._run([int(token_id)], False)[-1]
+
+
+class OnnxInt4(Engine):
+    name = "onnx-int4"
+    summary = ("ONNX Runtime, inferlab's fused graph (GroupQueryAttention, KV cache in place): "
+               "4-bit weights by the Q4_1 rule (exact when the model came from Q4_1), 8-bit LM "
+               "head, int8 compute; Llama-architecture models")
+    layer_bits = 4
+
+    def artifact(self) -> tuple[str, bool]:
+        dest = artifact_dir(self.model_ref, f"fused-int{self.layer_bits}-b{graph.BLOCK}"
+                                            f"-acc{graph.ACCURACY_LEVEL}-kv{defaults.KV_SLOTS}-{RECIPE}")
+        if is_complete(dest):
+            return dest, True
+        config = graph.read_config(self.model_ref.path)
+        graph.check_supported(config)  # before reading any weight
+
+        def build(tmp):
+            import onnx
+
+            model, report = graph.build(graph.load_weights(self.model_ref.path), config,
+                                        self.layer_bits, defaults.KV_SLOTS)
+            onnx.save_model(model, os.path.join(tmp, "model.onnx"))
+            write_graph_stats(tmp, report)
+
+        build_folder(dest, build)
+        return dest, False
+
+    def prepare(self) -> bool:
+        return self.artifact()[1]
+
+    def load(self) -> None:
+        self.folder, _ = self.artifact()
+        self.model_path = os.path.join(self.folder, "model.onnx")
+        self.ort = self.ort_driver()
+
+    def ort_driver(self, profile_prefix: str | None = None) -> FusedOrtDecoder:
+        """A session over this method's graph (the profiler asks for a second, profiled one)."""
+        return FusedOrtDecoder(self.model_path, self.threads, profile_prefix)
+
+    def prefill(self, token_ids, all_logits=False):
+        return self.ort.prefill(token_ids, all_logits)
+
+    def decode(self, token_id):
+        return self.ort.decode(token_id)
+
+    @cached_property
+    def graph_stats(self) -> dict:
+        return read_graph_stats(self.folder)
+
+    def info(self) -> dict:
+        import onnxruntime
+
+        stats = self.graph_stats
+        build = stats.get("build", {})
+        exact = build.get("exact", 0) == build.get("matrices", -1)
+        return {
+            "weight_bytes": stats["initializer_bytes"],
+            "file_bytes": onnx_file_bytes(self.folder),
+            "details": {
+                "dtype": (f"int{self.layer_bits} weights by the Q4_1 rule (block {graph.BLOCK}, "
+                          f"float scale and offset), 8-bit LM head, int8 compute "
+                          f"(accuracy_level {graph.ACCURACY_LEVEL})"),
+                "graph": "inferlab fused builder (GroupQueryAttention, SkipSimplifiedLayerNormalization)",
+                "weights_exact": exact,
+                "weight_matrices": build.get("matrices"),
+                "max_weight_error_relative": build.get("max_relative_error"),
+                "providers": self.ort.providers(), "threads": self.threads,
+                "onnxruntime": onnxruntime.__version__, "artifact": self.folder,
+                "kv_cache": f"in place, {self.ort.slots} slots per layer",
+                "kv_cache_bytes_per_value": 4,
+                "quantized_nodes": stats["ops"].get("MatMulNBits", 0),
+                "lm_head_last_position_only": True,
+                "weight_bytes_read_per_step": stats["initializer_bytes"] - stats["lookup_only_bytes"],
+            },
+        }
