@@ -106,9 +106,10 @@ def _maps_torch(pid: int) -> bool:
         return "libtorch" in f.read()
 
 
-@pytest.mark.parametrize("method, torch_expected", [("onnx", False), ("kv-cache", True)])
+@pytest.mark.parametrize("method, torch_expected", [("onnx", False), ("onnx-int4", False),
+                                                    ("openvino-int8", False), ("kv-cache", True)])
 def test_each_engine_loads_only_its_own_framework(tiny_refs, tmp_path, method, torch_expected):
-    """An ONNX Runtime method's memory must not carry libtorch (read from the process's own
+    """An ONNX Runtime or OpenVINO method's memory must not carry libtorch (read from the process's own
     memory map, an outside witness); the PyTorch method is the control."""
     from inferlab.engines import engine_path
 

@@ -15,6 +15,8 @@ REGISTRY: dict[str, str] = {
     "onnx-int4": "onnx_fused:OnnxInt4",
     "llama-cpp-q4_1": "llama_cpp:LlamaCppQ4_1",
     "llama-cpp-q8_0": "llama_cpp:LlamaCppQ8_0",
+    "openvino-int8": "openvino_engine:OpenVinoInt8",
+    "openvino-int4": "openvino_engine:OpenVinoInt4",
 }
 
 

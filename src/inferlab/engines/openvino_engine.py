@@ -131,14 +131,12 @@ class OpenVino(Engine):
         import openvino as ov
 
         size = os.path.getsize(os.path.join(self.folder, BIN))
-        kv = str(self.compiled.get_property("KV_CACHE_PRECISION"))
+        kv = self.compiled.get_property("KV_CACHE_PRECISION").to_string()  # e.g. "u8"
         try:
             with open(os.path.join(self.folder, "export.json")) as f:
                 export = json.load(f)
         except (OSError, ValueError):
             export = {}
-        kv_name = {"uint8_t": "u8", "int8_t": "i8", "float16": "f16", "bfloat16": "bf16", "float": "f32",
-                   "float32": "f32"}.get(kv.split("'")[1] if "'" in kv else kv, kv)
         return {
             "weight_bytes": size,
             "file_bytes": size + os.path.getsize(os.path.join(self.folder, XML)),
@@ -149,8 +147,8 @@ class OpenVino(Engine):
                 "compression": export.get("compression"),
                 "export_command": " ".join(export.get("command", [])),
                 "openvino": ov.__version__, "threads": self.threads, "artifact": self.folder,
-                "kv_cache_precision": kv_name,
-                "kv_cache_bytes_per_value": BYTES_PER_VALUE.get(kv_name, 4),
+                "kv_cache_precision": kv,
+                "kv_cache_bytes_per_value": BYTES_PER_VALUE.get(kv, 4),
                 "lm_head_last_position_only": LOGITS_TO_KEEP in self.inputs,
                 # the tied token table is the LM head's weight: the whole file is read per step
                 "weight_bytes_read_per_step": size,
