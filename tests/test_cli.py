@@ -68,7 +68,7 @@ def test_failing_and_hanging_engines_are_isolated(tiny_models, tmp_path, monkeyp
     monkeypatch.setitem(engines.REGISTRY, "hanging", "tests.fake_engines:Hanging")
     out = tmp_path / "results"
     code = run_cli("run", "--model", tiny_models["llama"], "--methods",
-                   "raising,crashing,hanging,kv-cache", "--timeout", "20", "--output", out,
+                   "raising,crashing,hanging,kv-cache", "--timeout", "10", "--output", out,
                    "--quiet", *FAST)
     assert code == 1  # finished, but some methods failed
     r = load(os.path.join(only_run_folder(out), "results.json"))

@@ -146,7 +146,8 @@ def test_methods_with_a_conversion_step_are_known_from_the_engine():
     from inferlab.engines import has_prepare
 
     assert {m for m in method_names() if has_prepare(m)} == {
-        "onnx", "onnx-int8", "onnx-int4", "llama-cpp-q4_1", "llama-cpp-q8_0", "openvino-int8", "openvino-int4"}
+        "onnx", "onnx-int8", "onnx-int4", "llama-cpp-q4_1", "llama-cpp-q8_0", "openvino-int8", "openvino-int4",
+        "ort-genai-int8", "ort-genai-int4"}
 
 
 @pytest.mark.parametrize("method", ["onnx", "onnx-int8"])
@@ -190,3 +191,13 @@ def test_onnx_load_and_info_parse_no_graph(loaded, monkeypatch):
     engine.load()
     info = engine.info()
     assert info["weight_bytes"] > 0 and info["details"]["quantized_nodes"] > 0
+
+
+def test_default_methods_take_the_next_of_a_family_where_one_does_not_apply(tiny_refs):
+    from inferlab import defaults
+    from inferlab.engines import default_methods
+
+    llama, gpt2 = default_methods(tiny_refs["llama"]), default_methods(tiny_refs["gpt2"])
+    assert llama == list(defaults.DEFAULT_METHODS) and "onnx-int4" in llama
+    # the fused graph covers Llama only: GPT-2 gets the ONNX family's next method
+    assert gpt2 == [m if m != "onnx-int4" else "onnx-int8" for m in llama]

@@ -93,3 +93,28 @@ def test_a_reference_from_a_quantized_gguf_is_said_to_be_rounded_already():
     assert "GGUF Q4_1 weights, dequantized" in " ".join(reference_note("Q4_1", []))
     assert "So does onnx-int4: its quantizer" in " ".join(reference_note("Q4_1", ["onnx-int4"]))
     assert reference_note(None, []) == [] and reference_note("F16", ["onnx-int4"]) == []
+
+
+def test_the_fastest_passing_method_is_compared_with_the_fastest_passing_llama_cpp():
+    from inferlab.derive import derive
+    from inferlab.report.markdown import render
+
+    r = sample_results()
+
+    def method(name, tpot, verdict):
+        runs = [RunSample(ttft_s=0.01, e2e_s=0.01 + 9 * tpot, itl_s=[tpot] * 9) for _ in range(6)]
+        return MethodResult(method=name, status="ok", runs=runs, tokens=list(range(10)),
+                            weight_bytes=100, quality={"verdict": verdict})
+
+    r.methods = [method("kv-cache", 0.060, "PASS"), method("fast-but-wrong", 0.003, "FAIL"),
+                 method("onnx-int4", 0.008, "PASS"), method("llama-cpp-q4_1", 0.012, "PASS"),
+                 method("llama-cpp-q8_0", 0.010, "PASS"), method("llama-cpp-q2_k", 0.005, "FAIL")]
+    v = derive(r)["versus_llama_cpp"]
+    # a FAIL never wins and never sets the bar
+    assert (v["method"], v["llama_cpp"]) == ("onnx-int4", "llama-cpp-q8_0")
+    assert v["speedup"] == pytest.approx(0.010 / 0.008, rel=1e-6)
+    assert v["met"] is False and v["over_floor"] is None  # no roofline in this sample: not met
+    r.derived = derive(r)
+    assert "decodes **1.25x** as fast" in render(r)
+    r.methods = [m for m in r.methods if not m.method.startswith("llama-cpp")]
+    assert derive(r)["versus_llama_cpp"] is None

@@ -39,6 +39,7 @@ def derive(results) -> dict:
         "methods": methods,
         "ceiling": ceiling,
         "ranking": ranking(results, methods),
+        "versus_llama_cpp": versus_llama_cpp(results, methods),
         "warnings": warnings(results, methods, ceiling),
     }
 
@@ -77,6 +78,30 @@ def ranking(results, methods: dict) -> dict:
               for m in sorted(pool, key=e2e)]
     left_out = [m.method for m in timed if m not in pool]
     return {"judged": judged, "ranked": ranked, "not_ranked": left_out}
+
+
+def versus_llama_cpp(results, methods: dict) -> dict | None:
+    """The fastest quality-passing method against the fastest quality-passing llama.cpp type,
+    by median TPOT, and how far the winner decodes from its own bandwidth floor, beside the
+    targets in defaults.py. None unless both sides ran and passed."""
+    passing = [m for m in results.methods if m.ok and m.runs and verdict_of(m) == "PASS"]
+    llama = [m for m in passing if m.method.startswith(defaults.LLAMA_CPP_PREFIX)]
+    others = [m for m in passing if not m.method.startswith(defaults.LLAMA_CPP_PREFIX)]
+    if not llama or not others:
+        return None
+
+    def tpot(m):
+        return methods[m.method]["figures"]["tpot_s"]["median"]
+
+    best, ref = min(others, key=tpot), min(llama, key=tpot)
+    floor_ms = (methods[best.method]["roofline"] or {}).get("decode_floor_ms")
+    over_floor = tpot(best) * 1e3 / floor_ms if floor_ms else None
+    return {"method": best.method, "tpot_s": tpot(best),
+            "llama_cpp": ref.method, "llama_cpp_tpot_s": tpot(ref),
+            "speedup": tpot(ref) / tpot(best), "target_speedup": defaults.TARGET_VS_LLAMA_CPP,
+            "floor_ms": floor_ms, "over_floor": over_floor, "target_over_floor": defaults.TARGET_OVER_FLOOR,
+            "met": tpot(ref) / tpot(best) >= defaults.TARGET_VS_LLAMA_CPP
+            and over_floor is not None and over_floor <= defaults.TARGET_OVER_FLOOR}
 
 
 def warnings(results, methods: dict, ceiling: dict | None) -> list[str]:

@@ -23,7 +23,7 @@ from . import protocol as p
 from .analysis import first_divergence
 from .checks import check_lengths, check_output_location
 from .config import RunConfig
-from .engines import engine_class, engine_path, has_prepare
+from .engines import default_methods, engine_class, engine_path, has_prepare
 from .models import (ModelRef, architecture, gguf_file_type, gguf_source_path, parameter_count,
                      resolve)
 from .procstat import machine_cpu_seconds
@@ -355,6 +355,8 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
     check_output_location(config.output_dir)
     show(f"resolving model {config.model}")
     model = resolve(config.model)
+    if config.methods == list(defaults.DEFAULT_METHODS):  # the default list, fitted to the model
+        config.methods = default_methods(model)
     prompt_ids, templated = tokenize_prompt(model, config.prompt, config.chat_template)
     check_lengths(model, len(prompt_ids), config)
     folder = new_results_folder(config.output_dir, model.name)

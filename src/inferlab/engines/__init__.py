@@ -17,6 +17,8 @@ REGISTRY: dict[str, str] = {
     "llama-cpp-q8_0": "llama_cpp:LlamaCppQ8_0",
     "openvino-int8": "openvino_engine:OpenVinoInt8",
     "openvino-int4": "openvino_engine:OpenVinoInt4",
+    "ort-genai-int8": "ort_genai:OrtGenAIInt8",
+    "ort-genai-int4": "ort_genai:OrtGenAIInt4",
 }
 
 
@@ -44,10 +46,19 @@ def engine_class(name: str) -> type[Engine]:
     return import_engine(engine_path(name))
 
 
+def default_methods(model) -> list[str]:
+    """defaults.DEFAULT_FAMILIES resolved for a model: per family the first method that applies
+    (the last one when none does: it then reports why it was skipped)."""
+    from .. import defaults
+
+    return [next((m for m in family if engine_class(m).applies_to(model)), family[-1])
+            for family in defaults.DEFAULT_FAMILIES]
+
+
 def has_prepare(name: str) -> bool:
     """Whether the method has a one-time conversion step (it overrides Engine.prepare)."""
     return engine_class(name).prepare is not Engine.prepare
 
 
 __all__ = ["Engine", "EngineError", "EngineUnsupported", "REGISTRY", "method_names", "engine_class", "engine_path",
-           "has_prepare", "import_engine"]
+           "default_methods", "has_prepare", "import_engine"]

@@ -29,6 +29,13 @@ class Engine(ABC):
         self.model_ref = model
         self.threads = threads
 
+    @classmethod
+    def applies_to(cls, model: ModelRef) -> bool:
+        """A cheap check, without building anything, of whether the method can run this model
+        (the default method list takes the next of a family when not); prepare() still raises
+        EngineUnsupported for what only the build finds out."""
+        return True
+
     def prepare(self) -> bool:
         """Build and cache what `load` needs (export, conversion). Returns True on a cache hit.
 

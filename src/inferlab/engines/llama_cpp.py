@@ -37,6 +37,10 @@ def source_gguf(ref) -> str:
 class LlamaCpp(Engine):
     gguf_type: ClassVar[str]  # the llama.cpp type this method runs
 
+    @classmethod
+    def applies_to(cls, model) -> bool:
+        return gguf_source_path(model) is not None
+
     def _library(self):
         from ..native_build import build_problem
 

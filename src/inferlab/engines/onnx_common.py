@@ -140,9 +140,12 @@ def graph_bytes(model_path: str) -> tuple[int, dict, int]:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
         for pos, i in enumerate(node.input):
             users.setdefault(i, set()).add((node.op_type, pos))
-    # a 2-D table that is only ever the data input of Gather: an embedding lookup
+    # a table only ever read through a gather (its rows, scales and zero points): an embedding
+    # lookup, of which a decode step reads one row
+    lookups = {("Gather", 0), ("GatherBlockQuantized", 0), ("GatherBlockQuantized", 2),
+               ("GatherBlockQuantized", 3)}
     gathered = sum(sizes[n] for n, u in users.items()
-                   if n in sizes and dims[n] == 2 and u == {("Gather", 0)})
+                   if n in sizes and dims[n] >= 2 and u <= lookups)
     return sum(sizes.values()), ops, gathered
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import defaults
 from ..fsutil import build_folder, is_complete
-from .base import Engine, EngineError
+from .base import Engine, EngineError, EngineUnsupported
 from .onnx_common import artifact_dir, onnx_file_bytes, read_graph_stats, write_graph_stats
 from . import onnx_llama_graph as graph
 
@@ -85,6 +85,14 @@ class OnnxInt4(Engine):
                "4-bit weights by the Q4_1 rule (exact when the model came from Q4_1), 8-bit LM "
                "head, int8 compute; Llama-architecture models")
     layer_bits = 4
+
+    @classmethod
+    def applies_to(cls, model) -> bool:
+        try:
+            graph.check_supported(graph.read_config(model.path))
+        except (EngineUnsupported, OSError, ValueError, KeyError):
+            return False
+        return True
 
     def artifact(self) -> tuple[str, bool]:
         dest = artifact_dir(self.model_ref, f"fused-int{self.layer_bits}-b{graph.BLOCK}"

@@ -4,7 +4,7 @@ for ONNX engines), plus the same steps unprofiled to show what the profiler cost
 
 from __future__ import annotations
 
-from ..engines.base import EngineError
+from ..engines.base import EngineUnsupported
 from ..harness import generate
 
 
@@ -32,7 +32,7 @@ def profile_engine(engine, method: str, request, progress) -> dict:
         data = ort_profile.profile(engine.ort_driver, request.prompt_ids, request.steps,
                                    request.trace_path)
     else:
-        raise EngineError(f"{method} cannot be profiled: no profiler for its framework")
+        raise EngineUnsupported(f"{method} cannot be profiled: inferlab has no profiler for its framework")
     data["unprofiled"] = unprofiled
     progress(f"profiling: trace {request.trace_path} ({data['trace_bytes'] / 1e6:.1f} MB)")
     return data

@@ -14,6 +14,7 @@ from .tables import (
     detail_lines,
     quality_rows,
     ranking,
+    versus_llama_cpp,
     witness_rows,
 )
 
@@ -107,6 +108,7 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
         parts += ["## Ranking" + (" (fastest first, among methods that pass the quality budget)"
                                    if judged else " (fastest first; quality not judged)"), ""]
         parts += ranked + [""]
+    parts += versus_llama_cpp(results)
     qrows = quality_rows(results)
     if qrows:
         qs = results.quality_setup or {}

@@ -10,7 +10,7 @@ from ..profiling.categories import CATEGORIES
 from ..profiling.parts import PARTS
 from ..results import RunResults
 from .markdown import md_table
-from .tables import derived
+from .tables import derived, versus_llama_cpp
 
 
 def profiled(results: RunResults):
@@ -81,6 +81,7 @@ def render(results: RunResults, charts: list[str]) -> str:
                 roof["time_source"],
             ])
     parts.append("")
+    parts += versus_llama_cpp(results)
     if roof_rows:
         arch = results.model.get("architecture") or {}
         parts += ["## Roofline", "",

@@ -208,3 +208,28 @@ def ranking(results: RunResults) -> list[str]:
     for name in r.get("not_ranked", []):
         lines.append(f"- not ranked: {name} ({verdict(results.method(name))})")
     return lines
+
+
+def versus_llama_cpp(results: RunResults) -> list[str]:
+    """The derived comparison with llama.cpp as sentences, with the targets and, where the
+    winner was profiled and a target is missed, its bottleneck verdict: why, and what next."""
+    v = results.derived.get("versus_llama_cpp")
+    if not v:
+        return []
+    speed_ok = v["speedup"] >= v["target_speedup"]
+    lines = [f"The fastest method that passes the quality gate, **{v['method']}** "
+             f"(TPOT {v['tpot_s'] * 1e3:.2f} ms), decodes **{v['speedup']:.2f}x** as fast as the fastest "
+             f"passing llama.cpp type, {v['llama_cpp']} ({v['llama_cpp_tpot_s'] * 1e3:.2f} ms): target "
+             f">= {v['target_speedup']:g}x {'met' if speed_ok else '**missed**'}."]
+    if v["over_floor"] is not None:
+        floor_ok = v["over_floor"] <= v["target_over_floor"]
+        lines.append(f"It decodes at {v['over_floor']:.2f}x its own bandwidth floor "
+                     f"({v['floor_ms']:.2f} ms): target <= {v['target_over_floor']:g}x "
+                     f"{'met' if floor_ok else '**missed**'}.")
+    if not v["met"]:
+        b = (results.derived.get("methods", {}).get(v["method"]) or {}).get("bottleneck")
+        lines.append(f"Why, from {v['method']}'s profile: {b['sentence']}. What would close it: "
+                     f"{b['next_step']}." if b else
+                     f"Run with --profile (or `inferlab profile --methods {v['method']}`) for "
+                     "where its step goes.")
+    return [" ".join(lines), ""]

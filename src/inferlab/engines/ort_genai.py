@@ -1,0 +1,137 @@
+"""ONNX Runtime GenAI: the graph its own model builder makes (fused attention, KV buffers
+shared in place, MatMulNBits weights), run by its own runtime (`og.Generator`), one
+`append_tokens` call per prefill or decode step so the harness keeps every clock.
+
+The builder (onnxruntime-genai 0.18.0) imports names that exist only in transformers 5.x, and
+the rest of inferlab stays on 4.57 (optimum-onnx and optimum-intel need <4.58): `make venv`
+installs transformers 5.5.4 and what it adds into a folder of its own, put first on the path
+of the conversion process only (requirements-genai-builder.txt says which)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib import metadata
+from typing import ClassVar
+
+import numpy as np
+
+from .. import defaults
+from ..fsutil import build_folder, is_complete
+from .base import Engine, EngineError, EngineUnsupported
+from .onnx_common import onnx_file_bytes, read_graph_stats, write_graph_stats
+
+RECIPE = "r1"  # bump when the conversion below changes: it is part of the cache key
+BUILDER_PATH = os.path.join(sys.prefix, "genai-builder")  # transformers 5.x, builder only
+BUILD_TIMEOUT_S = 900
+
+
+def builder_transformers_version() -> str:
+    for entry in os.listdir(BUILDER_PATH) if os.path.isdir(BUILDER_PATH) else []:
+        if entry.startswith("transformers-") and entry.endswith(".dist-info"):
+            return entry[len("transformers-"):-len(".dist-info")]
+    raise EngineError(f"ONNX Runtime GenAI's model builder needs transformers 5.x in {BUILDER_PATH}: "
+                      "run `make venv`")
+
+
+class OrtGenAI(Engine):
+    precision: ClassVar[str]  # the builder's --precision
+
+    def artifact(self) -> tuple[str, bool]:
+        tag = (f"{self.precision}-genai{metadata.version('onnxruntime-genai')}"
+               f"-tf{builder_transformers_version()}-{RECIPE}")
+        dest = os.path.join(defaults.cache_dir(), "ort_genai",
+                            f"{self.model_ref.name}-{self.model_ref.content_hash}", tag)
+        if is_complete(dest):
+            return dest, True
+
+        def build(tmp):
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                p for p in (BUILDER_PATH, os.environ.get("PYTHONPATH")) if p))
+            cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", self.model_ref.path,
+                   "-o", tmp, "-p", self.precision, "-e", "cpu", "-c", os.path.join(tmp, "builder-cache")]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise EngineError(f"the GenAI model builder took over {BUILD_TIMEOUT_S} s") from None
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            if "is not currently supported" in last:
+                raise EngineUnsupported("not supported for this model: ONNX Runtime GenAI's model "
+                                        f"builder has no converter for its architecture ({last})")
+            if done.returncode != 0 or not os.path.isfile(os.path.join(tmp, "model.onnx")):
+                raise EngineError(f"the GenAI model builder failed: {last}")
+            import shutil
+
+            shutil.rmtree(os.path.join(tmp, "builder-cache"), ignore_errors=True)
+            write_graph_stats(tmp, {"command": f"python -m onnxruntime_genai.models.builder "
+                                               f"-p {self.precision} -e cpu"})
+
+        build_folder(dest, build)
+        return dest, False
+
+    def prepare(self) -> bool:
+        return self.artifact()[1]
+
+    def load(self) -> None:
+        import onnxruntime_genai as og
+
+        self.og = og
+        self.folder, _ = self.artifact()
+        config = og.Config(self.folder)
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+            "intra_op_num_threads": self.threads, "inter_op_num_threads": 1}}}}))
+        self.model = og.Model(config)
+        with open(os.path.join(self.folder, "genai_config.json")) as f:
+            context = json.load(f)["model"].get("context_length") or defaults.KV_SLOTS
+        self.slots = min(defaults.KV_SLOTS, context)  # GenAI refuses a longer max_length
+        self.generator = None
+
+    def prefill(self, token_ids, all_logits=False):
+        # a generator per sequence, as a served request gets: its KV buffers (self.slots long,
+        # shared between past and present) are allocated here, inside TTFT
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=self.slots, do_sample=False)
+        self.generator = self.og.Generator(self.model, params)
+        self.generator.append_tokens([list(token_ids)])
+        if all_logits:  # the builder's graph computes the LM head on every prompt position
+            return np.asarray(self.generator.get_output("logits"))[0].copy()
+        return np.asarray(self.generator.get_logits()).reshape(-1).copy()
+
+    def decode(self, token_id):
+        self.generator.append_tokens([[int(token_id)]])
+        return np.asarray(self.generator.get_logits()).reshape(-1).copy()
+
+    def info(self) -> dict:
+        stats = read_graph_stats(self.folder)
+        with open(os.path.join(self.folder, "genai_config.json")) as f:
+            search = json.load(f).get("search", {})
+        return {
+            "weight_bytes": stats["initializer_bytes"],
+            "file_bytes": onnx_file_bytes(self.folder),
+            "details": {
+                "dtype": f"{self.precision} weights by ONNX Runtime GenAI's model builder "
+                         "(MatMulNBits, symmetric, blocks of 32; int8 compute)",
+                "onnxruntime_genai": self.og.__version__, "threads": self.threads,
+                "artifact": self.folder, "builder": stats.get("build", {}).get("command"),
+                "kv_cache": f"shared buffer ({search.get('past_present_share_buffer')}), "
+                            f"{self.slots} slots, allocated per sequence",
+                "kv_cache_bytes_per_value": 4,
+                "lm_head_last_position_only": False,
+                "quantized_nodes": stats["ops"].get("MatMulNBits", 0),
+                "weight_bytes_read_per_step": stats["initializer_bytes"] - stats["lookup_only_bytes"],
+            },
+        }
+
+
+class OrtGenAIInt4(OrtGenAI):
+    name = "ort-genai-int4"
+    summary = "ONNX Runtime GenAI, its model builder's int4 graph, its runtime's generator"
+    precision = "int4"
+
+
+class OrtGenAIInt8(OrtGenAI):
+    name = "ort-genai-int8"
+    summary = "ONNX Runtime GenAI, its model builder's int8 graph, its runtime's generator"
+    precision = "int8"
