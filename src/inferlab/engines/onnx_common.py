@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+from abc import abstractmethod
+from functools import cached_property
 from importlib import metadata
+from typing import ClassVar
 
 import numpy as np
 
 from .. import defaults
 from ..fsutil import build_folder, is_complete
 from ..models import ModelRef
-from .base import EngineError
+from .base import Engine, EngineError
 
 FP32_RECIPE = "r2"  # bump when the export's post-processing changes: it is part of the cache key
 LOGITS_TO_KEEP = "logits_to_keep"  # graph input: 0 = logits of every position, k = the last k
@@ -149,21 +152,62 @@ def graph_bytes(model_path: str) -> tuple[int, dict, int]:
     return sum(sizes.values()), ops, gathered
 
 
+def cpu_session(model_path: str, threads: int, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session as every inferlab ONNX method runs it: `threads` intra-op
+    threads, sequential execution, all graph optimizations; ORT's profiler on when asked."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+
+
+class OrtEngine(Engine):
+    """An ONNX Runtime method: a cached graph (`artifact`) run by a driver class that takes
+    (model path, threads, profile prefix) and offers prefill/decode."""
+
+    driver: ClassVar[type]
+
+    @abstractmethod
+    def artifact(self) -> tuple[str, bool]:
+        """(folder holding model.onnx, cache hit), building it when missing."""
+
+    def prepare(self) -> bool:
+        return self.artifact()[1]
+
+    def load(self) -> None:
+        self.folder, _ = self.artifact()
+        self.model_path = os.path.join(self.folder, "model.onnx")
+        self.ort = self.ort_driver()
+
+    def ort_driver(self, profile_prefix: str | None = None):
+        """A session over this method's graph (the profiler asks for a second, profiled one)."""
+        return self.driver(self.model_path, self.threads, profile_prefix)
+
+    def prefill(self, token_ids, all_logits=False):
+        return self.ort.prefill(token_ids, all_logits)
+
+    def decode(self, token_id):
+        return self.ort.decode(token_id)
+
+    @cached_property
+    def graph_stats(self) -> dict:
+        """Initializer bytes, op counts and lookup-only bytes of the graph, kept when it was
+        built: parsing a graph of hundreds of MB here would count in the method's memory."""
+        return read_graph_stats(self.folder)
+
+
 class OrtCausalLM:
     """Greedy-decoding driver over one exported decoder-with-past graph."""
 
     def __init__(self, model_path: str, threads: int, profile_prefix: str | None = None):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if profile_prefix:
-            opts.enable_profiling = True
-            opts.profile_file_prefix = profile_prefix
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(model_path, threads, profile_prefix)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.past_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values")]
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -7,14 +7,12 @@ its new keys and values in place and nothing of the cache is copied or returned 
 from __future__ import annotations
 
 import os
-from functools import cached_property
-
 import numpy as np
 
 from .. import defaults
 from ..fsutil import build_folder, is_complete
-from .base import Engine, EngineError, EngineUnsupported
-from .onnx_common import artifact_dir, onnx_file_bytes, read_graph_stats, write_graph_stats
+from .base import EngineError, EngineUnsupported
+from .onnx_common import OrtEngine, artifact_dir, cpu_session, onnx_file_bytes, write_graph_stats
 from . import onnx_llama_graph as graph
 
 RECIPE = "r1"  # bump when the builder's output changes: it is part of the cache key
@@ -26,15 +24,7 @@ class FusedOrtDecoder:
     def __init__(self, model_path: str, threads: int, profile_prefix: str | None = None):
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        if profile_prefix:
-            opts.enable_profiling = True
-            opts.profile_file_prefix = profile_prefix
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(model_path, threads, profile_prefix)
         self.binding = self.session.io_binding()
         self.binding.bind_output("logits", "cpu")  # first: get_outputs()[0] is the logits
         self.buffers = []  # the numpy arrays behind the bound cache: kept alive with the session
@@ -57,7 +47,7 @@ class FusedOrtDecoder:
         return self.session.get_providers()
 
     def _run(self, ids: list[int], keep_all: bool) -> np.ndarray:
-        n, total = len(ids), self.length + len(ids)
+        total = self.length + len(ids)
         if total > self.slots:
             raise EngineError(f"sequence of {total} tokens is longer than the {self.slots} KV slots")
         b = self.binding
@@ -79,12 +69,13 @@ class FusedOrtDecoder:
         return self._run([int(token_id)], False)[-1]
 
 
-class OnnxInt4(Engine):
+class OnnxInt4(OrtEngine):
     name = "onnx-int4"
     summary = ("ONNX Runtime, inferlab's fused graph (GroupQueryAttention, KV cache in place): "
                "4-bit weights by the Q4_1 rule (exact when the model came from Q4_1), 8-bit LM "
                "head, int8 compute; Llama-architecture models")
     layer_bits = 4
+    driver = FusedOrtDecoder
 
     @classmethod
     def applies_to(cls, model) -> bool:
@@ -112,28 +103,6 @@ class OnnxInt4(Engine):
 
         build_folder(dest, build)
         return dest, False
-
-    def prepare(self) -> bool:
-        return self.artifact()[1]
-
-    def load(self) -> None:
-        self.folder, _ = self.artifact()
-        self.model_path = os.path.join(self.folder, "model.onnx")
-        self.ort = self.ort_driver()
-
-    def ort_driver(self, profile_prefix: str | None = None) -> FusedOrtDecoder:
-        """A session over this method's graph (the profiler asks for a second, profiled one)."""
-        return FusedOrtDecoder(self.model_path, self.threads, profile_prefix)
-
-    def prefill(self, token_ids, all_logits=False):
-        return self.ort.prefill(token_ids, all_logits)
-
-    def decode(self, token_id):
-        return self.ort.decode(token_id)
-
-    @cached_property
-    def graph_stats(self) -> dict:
-        return read_graph_stats(self.folder)
 
     def info(self) -> dict:
         import onnxruntime

@@ -3,11 +3,10 @@ compressed by NNCF, data-free), run with the OpenVINO runtime alone. The export 
 cache as the model's internal state (a stateful model); the harness drives it one call per
 step like every other engine.
 
-Two changes after the export, both recorded in the artifact: the LM head gets a
-`logits_to_keep` input (a prefill computes the last position's logits only, the same work as
-the other engines; the quality pass asks for all), and nothing else. The CPU plugin's own
-choices are read back and reported: its KV cache precision (u8 by default on x86) and the group
-size of its dynamic int8 quantization of activations."""
+One change after the export: the LM head gets a `logits_to_keep` input (a prefill computes
+the last position's logits only, the same work as the other engines; the quality pass asks for
+all). The CPU plugin's own choices are read back and reported: its KV cache precision (u8 by
+default on x86) and the group size of its dynamic int8 quantization of activations."""
 
 from __future__ import annotations
 

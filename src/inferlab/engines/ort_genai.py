@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -62,8 +63,6 @@ class OrtGenAI(Engine):
                                         f"builder has no converter for its architecture ({last})")
             if done.returncode != 0 or not os.path.isfile(os.path.join(tmp, "model.onnx")):
                 raise EngineError(f"the GenAI model builder failed: {last}")
-            import shutil
-
             shutil.rmtree(os.path.join(tmp, "builder-cache"), ignore_errors=True)
             write_graph_stats(tmp, {"command": f"python -m onnxruntime_genai.models.builder "
                                                f"-p {self.precision} -e cpu"})
