@@ -172,3 +172,14 @@ def test_verdict_removes_profiler_cost_and_names_memory_bound():
     m.weight_bytes = 100_000_000  # floor 10 ms: far from it; overhead 5 ms of 40 after correction
     sentence, _ = verdict(m, rooflines(r)[0]["onnx"], None)
     assert "matmul-bound" in sentence and "framework overhead" not in sentence
+
+
+def test_matmul_bound_advice_depends_on_the_weights_bit_width():
+    r, m = known_run("onnx", 100_000_000)  # floor 10 ms of a 40 ms step: below the bandwidth
+    m.profile = {"phases": {"decode": {"wall_ms": 40.0, "categories_share": {"matmul": 0.9, "overhead": 0.1},
+                                       "categories_ms": {"matmul": 36.0, "overhead": 4.0}}}}
+    _, step = verdict(m, rooflines(r)[0]["onnx"], None)
+    assert "faster GEMV kernel" in step and "int8" in step  # fp32 weights: fewer bytes helps too
+    m.details = {"dtype": "int4 weights by the Q4_1 rule"}
+    _, step = verdict(m, rooflines(r)[0]["onnx"], None)
+    assert "faster GEMV kernel" in step and "fewer weight bytes" not in step

@@ -121,6 +121,12 @@ def sweep_growth(m) -> float | None:
     return sweep[-1]["step_ms"] / sweep[0]["step_ms"]
 
 
+def low_bit(m) -> bool:
+    """Whether the method already reads 8-bit or smaller weights (its details' dtype says)."""
+    dtype = str((m.details or {}).get("dtype", "")).lower()
+    return any(t in dtype for t in ("int8", "int4", "q8", "q4", "8-bit", "4-bit"))
+
+
 def verdict(m, roof: dict | None, sweep_ratio: float | None) -> tuple[str, str]:
     """(bottleneck sentence with its evidence, suggested next step that follows from it)."""
     decode = (m.profile or {}).get("phases", {}).get("decode")
@@ -158,7 +164,8 @@ def verdict(m, roof: dict | None, sweep_ratio: float | None) -> tuple[str, str]:
     if top_cat == "matmul":
         return (f"decode is matmul-bound ({shares['matmul']:.0%} of a {wall:.1f} ms step) but the "
                 f"kernels stream weights below the machine's bandwidth{eff_text}",
-                "a faster GEMV kernel (ONNX Runtime/MLAS, oneDNN) or fewer weight bytes (int8)")
+                "a faster GEMV kernel (ONNX Runtime/MLAS, oneDNN)"
+                + ("" if low_bit(m) else " or fewer weight bytes (int8)"))
     return (f"decode time is led by {top_cat} ({shares[top_cat]:.0%} of the profiled step, "
             f"{wall:.1f} ms unprofiled){eff_text}",
             NEXT_STEP.get(top_cat, f"look at the top {top_cat} operators in the table below"))
