@@ -54,12 +54,16 @@ def test_run_end_to_end_and_report_redraw(tiny_models, tmp_path, capsys):
     assert open(os.path.join(folder, "report.md")).read() == md
 
 
-def test_runs_never_overwrite_each_other(tiny_models, tmp_path):
-    out = tmp_path / "results"
-    for _ in range(2):
-        assert run_cli("run", "--model", tiny_models["llama"], "--methods", "kv-cache",
-                       "--output", out, "--quiet", *FAST) == 0
-    assert len(os.listdir(out)) == 2
+def test_runs_never_overwrite_each_other(tmp_path):
+    """Two runs in the same second (the folder name's resolution) get two folders; an existing
+    folder is never reused. (Run end to end, a run takes seconds: this is the case that can
+    collide.)"""
+    from inferlab.runner import new_results_folder
+
+    out = str(tmp_path / "results")
+    folders = [new_results_folder(out, "tiny/model name") for _ in range(3)]
+    assert len(set(folders)) == 3 and sorted(os.listdir(out)) == sorted(map(os.path.basename, folders))
+    assert all(os.path.basename(f).count("tiny-model-name") == 1 for f in folders)
 
 
 def test_failing_and_hanging_engines_are_isolated(tiny_models, tmp_path, monkeypatch):
