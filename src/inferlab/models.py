@@ -45,6 +45,12 @@ def models_cache() -> str:
     return os.path.join(defaults.cache_dir(), "models")
 
 
+def artifact_folder(ref: "ModelRef", kind: str, tag: str) -> str:
+    """Where a method's built files live: per engine kind, keyed by the model's content and a
+    tag naming the recipe and the versions of what built it."""
+    return os.path.join(defaults.cache_dir(), kind, f"{ref.name}-{ref.content_hash}", tag)
+
+
 def resolve(spec: str) -> ModelRef:
     """Resolve --model. Raises ModelError with a one-line reason."""
     spec = spec.strip()

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import defaults
 from ..fsutil import build_folder, is_complete
-from ..models import gguf_file_type, gguf_source_path
+from ..models import artifact_folder, gguf_file_type, gguf_source_path
 from .base import Engine, EngineError, EngineUnsupported
 
 CONTEXT = defaults.KV_SLOTS  # KV slots allocated up front
@@ -59,9 +59,7 @@ class LlamaCpp(Engine):
             return src, True
         lib = self._library()
         version = getattr(lib, "__version__", "unknown")
-        dest = os.path.join(defaults.cache_dir(), "llama_cpp",
-                            f"{self.model_ref.name}-{self.model_ref.content_hash}",
-                            f"{self.gguf_type}-llama-cpp-python{version}")
+        dest = artifact_folder(self.model_ref, "llama_cpp", f"{self.gguf_type}-llama-cpp-python{version}")
         path = os.path.join(dest, "model.gguf")
         if is_complete(dest):
             return path, True

@@ -16,9 +16,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from .. import defaults
 from ..fsutil import build_folder, is_complete
-from ..models import ModelRef
+from ..models import ModelRef, artifact_folder
 from .base import Engine, EngineError
 
 FP32_RECIPE = "r2"  # bump when the export's post-processing changes: it is part of the cache key
@@ -31,7 +30,7 @@ def artifact_dir(ref: ModelRef, variant: str) -> str:
     (read from package metadata: importing them would load torch)."""
     tag = (f"{variant}-ort{metadata.version('onnxruntime')}-opt{metadata.version('optimum')}"
            f"-tf{metadata.version('transformers')}")
-    return os.path.join(defaults.cache_dir(), "onnx", f"{ref.name}-{ref.content_hash}", tag)
+    return artifact_folder(ref, "onnx", tag)
 
 
 def export_fp32(ref: ModelRef) -> tuple[str, bool]:

@@ -12,22 +12,21 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from importlib import metadata
 from typing import ClassVar
 
 import numpy as np
 
-from .. import defaults
 from ..fsutil import build_folder, is_complete
+from ..models import artifact_folder
 from .base import Engine, EngineError
+from .tools import run_tool
 
 RECIPE = "r1"  # bump when the export or the patch below changes: it is part of the cache key
 XML = "openvino_model.xml"
 BIN = "openvino_model.bin"
 LOGITS_TO_KEEP = "logits_to_keep"
-EXPORT_TIMEOUT_S = 900
 BYTES_PER_VALUE = {"u8": 1, "i8": 1, "f16": 2, "bf16": 2, "f32": 4}
 
 
@@ -62,8 +61,7 @@ class OpenVino(Engine):
     def artifact(self) -> tuple[str, bool]:
         tag = (f"{self.variant}-ov{metadata.version('openvino')}"
                f"-oi{metadata.version('optimum-intel')}-nncf{metadata.version('nncf')}-{RECIPE}")
-        dest = os.path.join(defaults.cache_dir(), "openvino",
-                            f"{self.model_ref.name}-{self.model_ref.content_hash}", tag)
+        dest = artifact_folder(self.model_ref, "openvino", tag)
         if is_complete(dest):
             return dest, True
 
@@ -75,12 +73,8 @@ class OpenVino(Engine):
             cmd = [cli, "export", "openvino", "--model", self.model_ref.path,
                    "--task", "text-generation-with-past", "--weight-format", self.weight_format,
                    *self.export_args, raw]
-            try:
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                raise EngineError(f"optimum-cli export openvino took over {EXPORT_TIMEOUT_S} s") from None
+            done, last = run_tool(cmd, "optimum-cli export openvino")
             if done.returncode != 0 or not os.path.isfile(os.path.join(raw, XML)):
-                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
                 raise EngineError(f"optimum-cli export openvino failed: {last}")
             core = ov.Core()
             model = core.read_model(os.path.join(raw, XML))

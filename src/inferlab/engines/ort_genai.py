@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from importlib import metadata
 from typing import ClassVar
@@ -21,12 +20,13 @@ import numpy as np
 
 from .. import defaults
 from ..fsutil import build_folder, is_complete
+from ..models import artifact_folder
 from .base import Engine, EngineError, EngineUnsupported
 from .onnx_common import onnx_file_bytes, read_graph_stats, write_graph_stats
+from .tools import run_tool
 
 RECIPE = "r1"  # bump when the conversion below changes: it is part of the cache key
 BUILDER_PATH = os.path.join(sys.prefix, "genai-builder")  # transformers 5.x, builder only
-BUILD_TIMEOUT_S = 900
 
 
 def builder_transformers_version() -> str:
@@ -43,8 +43,7 @@ class OrtGenAI(Engine):
     def artifact(self) -> tuple[str, bool]:
         tag = (f"{self.precision}-genai{metadata.version('onnxruntime-genai')}"
                f"-tf{builder_transformers_version()}-{RECIPE}")
-        dest = os.path.join(defaults.cache_dir(), "ort_genai",
-                            f"{self.model_ref.name}-{self.model_ref.content_hash}", tag)
+        dest = artifact_folder(self.model_ref, "ort_genai", tag)
         if is_complete(dest):
             return dest, True
 
@@ -53,11 +52,7 @@ class OrtGenAI(Engine):
                 p for p in (BUILDER_PATH, os.environ.get("PYTHONPATH")) if p))
             cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", self.model_ref.path,
                    "-o", tmp, "-p", self.precision, "-e", "cpu", "-c", os.path.join(tmp, "builder-cache")]
-            try:
-                done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                raise EngineError(f"the GenAI model builder took over {BUILD_TIMEOUT_S} s") from None
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            done, last = run_tool(cmd, "the GenAI model builder", env)
             if "is not currently supported" in last:
                 raise EngineUnsupported("not supported for this model: ONNX Runtime GenAI's model "
                                         f"builder has no converter for its architecture ({last})")
@@ -83,7 +78,8 @@ class OrtGenAI(Engine):
             "intra_op_num_threads": self.threads, "inter_op_num_threads": 1}}}}))
         self.model = og.Model(config)
         with open(os.path.join(self.folder, "genai_config.json")) as f:
-            context = json.load(f)["model"].get("context_length") or defaults.KV_SLOTS
+            self.genai_config = json.load(f)
+        context = self.genai_config["model"].get("context_length") or defaults.KV_SLOTS
         self.slots = min(defaults.KV_SLOTS, context)  # GenAI refuses a longer max_length
         self.generator = None
 
@@ -104,8 +100,7 @@ class OrtGenAI(Engine):
 
     def info(self) -> dict:
         stats = read_graph_stats(self.folder)
-        with open(os.path.join(self.folder, "genai_config.json")) as f:
-            search = json.load(f).get("search", {})
+        search = self.genai_config.get("search", {})
         return {
             "weight_bytes": stats["initializer_bytes"],
             "file_bytes": onnx_file_bytes(self.folder),
