@@ -23,7 +23,7 @@ $(STAMP): requirements.txt constraints.txt requirements-genai-builder.txt pyproj
 	$(BIN)/python -m pip install -q --no-deps --target $(VENV)/genai-builder -r requirements-genai-builder.txt
 	touch $(STAMP)
 
-# llama-cpp-python compiles llama.cpp (the library alone: about 4 minutes on two cores) with the
+# llama-cpp-python compiles llama.cpp (the library alone: 3.0 minutes measured on two cores) with the
 # instruction sets this CPU has (src/inferlab/native_build.py says why not -march=native). pip's wheel cache is
 # keyed by version alone, whatever CPU built the wheel, so it is never used for this package.
 llama-cpp: $(STAMP)
