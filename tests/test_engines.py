@@ -7,7 +7,7 @@ import torch
 from inferlab.engines import REGISTRY, EngineError, EngineUnsupported, engine_class, method_names
 from inferlab.harness import argmax, generate
 
-FP32_METHODS = {"eager-nocache", "kv-cache", "onnx"}  # must match the reference exactly
+FP32_METHODS = {"eager-nocache", "kv-cache", "onnx", "torch-compile"}  # must match the reference exactly
 ARCHS = ("gpt2", "llama")
 PROMPT = [5, 17, 42, 99, 3, 250, 7]
 
@@ -18,10 +18,10 @@ def loaded(tiny_refs):
 
     def get(method, arch):
         if (method, arch) not in cache:
-            if method.startswith("openvino") and arch == "gpt2":
-                # each export takes ~15 s even for a tiny model; our code is the same for both
-                # architectures, and the gpt2-random run of the closing checks covers GPT-2's
-                pytest.skip("OpenVINO exports are tested on the tiny Llama only")
+            if (method.startswith("openvino") or method == "torch-compile") and arch == "gpt2":
+                # each export or compile takes ~15 s even for a tiny model; our code is the same
+                # for both architectures, and the gpt2-random run of the closing checks covers GPT-2
+                pytest.skip(f"{method} is tested on the tiny Llama only")
             engine = engine_class(method)(tiny_refs[arch], threads=1)
             try:
                 engine.prepare()
@@ -88,6 +88,50 @@ def test_torch_int8_quantizes_every_linear_layer(loaded, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_int8_weight_only_quantizes_every_linear_layer_and_only_the_weights(loaded, arch):
+    from inferlab.engines.torch_int8_weight_only import Int8WeightOnlyLinear
+
+    engine = loaded("torch-int8-weight-only", arch)
+    d = engine.info()["details"]
+    layers = [m for m in engine.model.modules() if isinstance(m, Int8WeightOnlyLinear)]
+    assert d["quantized_layers"] == len(layers) == 2 * (4 if arch == "gpt2" else 7) + 1
+    assert not any(isinstance(m, torch.nn.Linear) for m in engine.model.modules())
+    assert engine.info()["weight_bytes"] < d["weight_bytes_before"]
+    x = torch.randn(3, layers[0].in_features)
+    w = layers[0].dequantized_weight()
+    # the kernel's product is the dequantized weight's, up to rounding the input to bf16
+    assert torch.allclose(layers[0](x), torch.nn.functional.linear(x.bfloat16().float(), w)
+                          + (0 if layers[0].bias is None else layers[0].bias), rtol=1e-2, atol=1e-2)
+
+
+def test_int8_weight_only_rounds_each_weight_to_its_channels_grid():
+    from inferlab.engines.torch_int8_weight_only import Int8WeightOnlyLinear
+
+    linear = torch.nn.Linear(64, 8)
+    with torch.no_grad():
+        linear.weight[3] *= 100  # one channel far larger: its scale must not spill to the others
+    layer = Int8WeightOnlyLinear(linear)
+    step = linear.weight.abs().amax(dim=1, keepdim=True) / 127
+    error = (layer.dequantized_weight() - linear.weight).abs()
+    assert (error <= step / 2 + 1e-7).all()
+    assert layer.qweight.dtype == torch.int8 and layer.qweight.abs().max() == 127
+
+
+def test_torch_compile_moves_to_a_bigger_static_cache_and_keeps_the_tokens(tiny_refs, monkeypatch):
+    """A sequence longer than the static cache: a cache twice the size, refilled, compiled again."""
+    import inferlab.engines.torch_compile as tc
+
+    assert [tc.cache_slots(n) for n in (1, 256, 257, 600)] == [256, 256, 512, 1024]
+    monkeypatch.setattr(tc, "MIN_CACHE_SLOTS", 8)
+    engine = tc.TorchCompile(tiny_refs["llama"], threads=1)
+    engine.load()
+    ref = engine_class("kv-cache")(tiny_refs["llama"], threads=1)
+    ref.load()
+    assert generate(engine, PROMPT, 8).tokens == generate(ref, PROMPT, 8).tokens
+    assert engine.info()["details"]["compiled_cache_sizes"] == [8, 16]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_onnx_int8_quantizes_matmuls_and_shrinks(loaded, arch):
     e = loaded("onnx-int8", arch)
     d = e.info()["details"]
@@ -98,7 +142,7 @@ def test_onnx_int8_quantizes_matmuls_and_shrinks(loaded, arch):
 def test_conv1d_to_linear_is_exact(tiny_refs):
     from transformers import AutoModelForCausalLM
 
-    from inferlab.engines.torch_int8 import conv1d_to_linear
+    from inferlab.engines.torch_common import conv1d_to_linear
 
     model = AutoModelForCausalLM.from_pretrained(tiny_refs["gpt2"].path).eval()
     ids = torch.tensor([PROMPT])

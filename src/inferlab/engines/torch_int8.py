@@ -8,44 +8,7 @@ from torch import nn
 
 from .base import EngineError
 from .kv_cache import KVCache
-from .torch_common import load_hf_model, module_weight_bytes
-
-
-def conv1d_to_linear(model: nn.Module) -> int:
-    """Replace transformers' Conv1D (GPT-2: y = x @ W + b, W [in, out]) by an equivalent
-    nn.Linear (W^T), so that quantize_dynamic sees it. Returns how many were replaced."""
-    from transformers.pytorch_utils import Conv1D
-
-    replaced = 0
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, Conv1D):
-                n_in, n_out = child.weight.shape
-                linear = nn.Linear(n_in, n_out, bias=child.bias is not None)
-                with torch.no_grad():
-                    linear.weight.copy_(child.weight.t())
-                    if child.bias is not None:
-                        linear.bias.copy_(child.bias)
-                setattr(parent, child_name, linear)
-                replaced += 1
-    return replaced
-
-
-def release_file_mapping(model: nn.Module) -> None:
-    """Copy the tensors left in fp32 (embedding, norms) out of the weight file's memory map.
-
-    transformers maps the safetensors file and the parameters view it; quantizing reads every
-    fp32 weight, so the whole file stays resident (538 MB for SmolLM2) as long as one tensor
-    still views the mapping. Measured on SmolLM2: steady RSS 1148 MB before, 723 MB after."""
-    import gc
-
-    with torch.no_grad():
-        for module in model.modules():
-            for p in module.parameters(recurse=False):
-                p.data = p.data.clone()
-            for name, b in list(module.named_buffers(recurse=False)):
-                module._buffers[name] = b.clone()
-    gc.collect()
+from .torch_common import conv1d_to_linear, load_hf_model, module_weight_bytes, release_file_mapping
 
 
 class TorchInt8(KVCache):
