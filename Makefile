@@ -34,8 +34,9 @@ llama-cpp: $(STAMP)
 run: venv
 	$(BIN)/inferlab run $(ARGS)
 
+# one test process per core (pytest-xdist): most tests wait on a single-threaded worker process
 test: venv
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n auto $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

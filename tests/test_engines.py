@@ -62,7 +62,8 @@ def test_contract(loaded, method, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("method", sorted(FP32_METHODS - {"kv-cache"}))
+# torch-compile: its growth test compares its tokens with the reference's (one compile less)
+@pytest.mark.parametrize("method", sorted(FP32_METHODS - {"kv-cache", "torch-compile"}))
 def test_fp32_methods_reproduce_the_reference_tokens(loaded, method, arch):
     ref = generate(loaded("kv-cache", arch), PROMPT, 20).tokens
     assert generate(loaded(method, arch), PROMPT, 20).tokens == ref

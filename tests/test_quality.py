@@ -134,6 +134,9 @@ def test_reference_against_itself_and_a_damaged_engine(ref_engine, tiny_models, 
     assert own["ppl"] == pytest.approx(own["ref_ppl"]) and own["top1"] == 1.0
     assert own["verdict"] == "PASS"
     assert own["greedy_identical_share"] == 1.0
+    # the reference is scored from its saved distributions: a second pass gives the same ones
+    again = quality.evaluate(ref_engine, plan, is_reference=False)
+    assert again["kl_mean"] == pytest.approx(0.0, abs=1e-9) and again["top1"] == 1.0
     # same model through another engine: the no-cache path gives the same distributions
     nocache = engine_class("eager-nocache")(ref_engine.model_ref, threads=1)
     nocache.load()

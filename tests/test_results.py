@@ -1,5 +1,6 @@
 import json
 import os
+import time
 
 import pytest
 
@@ -118,3 +119,32 @@ def test_the_fastest_passing_method_is_compared_with_the_fastest_passing_llama_c
     assert "decodes **1.25x** as fast" in render(r)
     r.methods = [m for m in r.methods if not m.method.startswith("llama-cpp")]
     assert derive(r)["versus_llama_cpp"] is None
+
+
+def _slow_build(dest, log):
+    from inferlab.fsutil import build_folder
+
+    def build(tmp):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)
+        open(os.path.join(tmp, "model.bin"), "w").write("x")
+
+    build_folder(dest, build)
+    assert open(os.path.join(dest, "model.bin")).read() == "x"
+
+
+def test_two_processes_building_one_folder_build_it_once(tmp_path):
+    """The second waits for the first and then finds the folder complete: it never replaces
+    files the first may already be reading."""
+    import multiprocessing
+
+    dest, log = str(tmp_path / "artifact"), str(tmp_path / "builds.log")
+    procs = [multiprocessing.get_context("fork").Process(target=_slow_build, args=(dest, log))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(open(log).read().split()) == 1

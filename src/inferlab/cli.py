@@ -11,6 +11,7 @@ import os
 import sys
 
 from . import defaults
+from .lean_imports import skip_unused_imports
 
 EXIT_OK, EXIT_METHOD_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -229,6 +230,7 @@ def _fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    skip_unused_imports()
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "quality": cmd_run, "profile": cmd_run, "report": cmd_report,
                "methods": cmd_methods}[args.command]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -16,19 +17,28 @@ def is_complete(folder: str) -> bool:
 
 
 def build_folder(dest: str, build) -> float:
-    """Run build(tmp) in a sibling temporary folder, then rename it to dest. Returns seconds."""
-    tmp = f"{dest}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    t0 = time.perf_counter()
-    try:
-        build(tmp)
-        open(os.path.join(tmp, COMPLETE_MARK), "w").close()
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
-    finally:
+    """Run build(tmp) in a sibling temporary folder, then rename it to dest. Returns seconds.
+
+    Builds of one folder are serialized by a lock file beside it: a second process (a second
+    inferlab run, a parallel test) waits, then finds the folder complete and builds nothing,
+    instead of replacing files the first one may already be reading."""
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    with open(f"{dest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_complete(dest):
+            return 0.0
+        tmp = f"{dest}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-    return time.perf_counter() - t0
+        os.makedirs(tmp)
+        t0 = time.perf_counter()
+        try:
+            build(tmp)
+            open(os.path.join(tmp, COMPLETE_MARK), "w").close()
+            shutil.rmtree(dest, ignore_errors=True)  # an incomplete leftover of a killed build
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return time.perf_counter() - t0
 
 
 def write_json_atomic(path: str, data: dict) -> None:

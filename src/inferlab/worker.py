@@ -16,6 +16,7 @@ import traceback
 import warnings
 
 from . import protocol as p
+from .lean_imports import skip_unused_imports
 from .procstat import process_memory
 
 PROGRESS = "@@"  # stderr lines starting with this are progress for the parent's display
@@ -117,6 +118,7 @@ def _one_line(e: BaseException) -> str:
 
 def main() -> int:
     die_with_parent()
+    skip_unused_imports()
     _quiet_libraries()
     reply = os.fdopen(int(os.environ[REPLY_FD_ENV]), "w")
 
