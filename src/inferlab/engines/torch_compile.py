@@ -49,19 +49,21 @@ class TorchCompile(KVCache):
         super().load()
         private_inductor_cache()
         self.cache = None
-        self.compiled_sizes: list[int] = []
+        self.cache_sizes: set[int] = set()
         self.step = torch.compile(self._step, fullgraph=True, dynamic=False)
 
-    def _new_cache(self, needed: int) -> None:
+    def _use_cache(self, needed: int) -> None:
+        """An empty static cache that holds `needed` positions. The step compiles once per cache
+        size: dynamo keys its graphs by the tensors' shapes, so a size seen before (a new cache
+        object included) runs the graph it already has."""
         from transformers import StaticCache
 
         slots = cache_slots(needed)
-        if self.cache is None or self.cache.max_cache_len != slots:
-            self.cache = StaticCache(config=self.model.config, max_cache_len=slots)
-            if slots not in self.compiled_sizes:
-                self.compiled_sizes.append(slots)
-        else:
+        if self.cache is not None and self.cache.max_cache_len == slots:
             self.cache.reset()
+        else:
+            self.cache = StaticCache(config=self.model.config, max_cache_len=slots)
+            self.cache_sizes.add(slots)
 
     def _forward(self, ids: list[int], start: int, logits_to_keep: int):
         return self.model(input_ids=torch.tensor([ids]), past_key_values=self.cache,
@@ -75,7 +77,7 @@ class TorchCompile(KVCache):
     @torch.inference_mode()
     def prefill(self, token_ids, all_logits=False):
         self.ids = list(token_ids)
-        self._new_cache(len(self.ids) + 1)
+        self._use_cache(len(self.ids) + 1)
         logits = self._forward(self.ids, 0, 0 if all_logits else 1)
         return logits if all_logits else logits[-1]
 
@@ -84,11 +86,11 @@ class TorchCompile(KVCache):
         position = len(self.ids)
         self.ids.append(int(token_id))
         if position >= self.cache.max_cache_len:  # full: a bigger cache, refilled eagerly
-            self._new_cache(position + 1)
+            self._use_cache(position + 1)
             self._forward(self.ids[:-1], 0, 1)
         return self.step(torch.tensor([[int(token_id)]]), torch.tensor([position]))
 
-    def details(self) -> dict:
+    def details(self) -> dict:  # read after load, before any sequence: the set-up, not its state
         return {**super().details(), "compiled": "decode step (torch.compile, inductor)",
-                "static_cache_slots": self.cache.max_cache_len if self.cache is not None else None,
-                "compiled_cache_sizes": list(self.compiled_sizes)}
+                "static_cache": f"{MIN_CACHE_SLOTS} positions, doubled when a sequence outgrows "
+                                "it (the step compiles once per size)"}
