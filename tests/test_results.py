@@ -128,10 +128,12 @@ def _slow_build(dest, log):
         with open(log, "a") as f:
             f.write(f"{os.getpid()}\n")
         time.sleep(0.5)
-        open(os.path.join(tmp, "model.bin"), "w").write("x")
+        with open(os.path.join(tmp, "model.bin"), "w") as f:
+            f.write("x")
 
     build_folder(dest, build)
-    assert open(os.path.join(dest, "model.bin")).read() == "x"
+    with open(os.path.join(dest, "model.bin")) as f:
+        assert f.read() == "x"
 
 
 def test_two_processes_building_one_folder_build_it_once(tmp_path):
@@ -147,4 +149,5 @@ def test_two_processes_building_one_folder_build_it_once(tmp_path):
     for p in procs:
         p.join(30)
     assert [p.exitcode for p in procs] == [0, 0]
-    assert len(open(log).read().split()) == 1
+    with open(log) as f:
+        assert len(f.read().split()) == 1
