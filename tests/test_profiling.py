@@ -181,5 +181,8 @@ def test_matmul_bound_advice_depends_on_the_weights_bit_width():
     _, step = verdict(m, rooflines(r)[0]["onnx"], None)
     assert "faster GEMV kernel" in step and "int8" in step  # fp32 weights: fewer bytes helps too
     m.details = {"dtype": "int4 weights by the Q4_1 rule"}
-    _, step = verdict(m, rooflines(r)[0]["onnx"], None)
+    _, step = verdict(m, rooflines(r)[0]["onnx"], None, ["avx", "avx2", "fma"])
     assert "faster GEMV kernel" in step and "fewer weight bytes" not in step
+    assert "no int8 dot-product instructions" in step  # what the CPU lacks, from its flags
+    _, step = verdict(m, rooflines(r)[0]["onnx"], None, ["avx2", "avx512f", "avx512_vnni"])
+    assert "this CPU has avx512_vnni" in step

@@ -32,7 +32,8 @@ def derive(results) -> dict:
             "witness": witness(m, figures["tpot_s"], ttft),
         }
         if m.ok and m.profile:
-            sentence, step = verdict(m, roofs.get(m.method), sweep_growth(m))
+            sentence, step = verdict(m, roofs.get(m.method), sweep_growth(m),
+                                     (results.machine or {}).get("cpu_flags", []))
             entry["bottleneck"] = {"sentence": sentence, "next_step": step}
         methods[m.method] = entry
     return {

@@ -127,8 +127,13 @@ def low_bit(m) -> bool:
     return any(t in dtype for t in ("int8", "int4", "q8", "q4", "8-bit", "4-bit"))
 
 
-def verdict(m, roof: dict | None, sweep_ratio: float | None) -> tuple[str, str]:
-    """(bottleneck sentence with its evidence, suggested next step that follows from it)."""
+INT8_DOT_FLAGS = ("avx_vnni", "avx512_vnni", "amx_int8")  # int8 dot products in one instruction
+
+
+def verdict(m, roof: dict | None, sweep_ratio: float | None,
+            cpu_flags: list[str] | tuple = ()) -> tuple[str, str]:
+    """(bottleneck sentence with its evidence, suggested next step that follows from it).
+    cpu_flags: the run's machine flags, for the advice to a low-bit method."""
     decode = (m.profile or {}).get("phases", {}).get("decode")
     if not decode:
         return "no decode profile", "run `inferlab profile` for this method"
@@ -162,10 +167,17 @@ def verdict(m, roof: dict | None, sweep_ratio: float | None) -> tuple[str, str]:
                 f"{overhead_ms:.1f} ms of {wall:.1f} ms outside any operator{eff_text}",
                 "cut per-operator overhead: fuse or compile the step (torch.compile, ONNX Runtime)")
     if top_cat == "matmul":
-        return (f"decode is matmul-bound ({shares['matmul']:.0%} of a {wall:.1f} ms step) but the "
-                f"kernels stream weights below the machine's bandwidth{eff_text}",
-                "a faster GEMV kernel (ONNX Runtime/MLAS, oneDNN)"
-                + ("" if low_bit(m) else " or fewer weight bytes (int8)"))
+        sentence = (f"decode is matmul-bound ({shares['matmul']:.0%} of a {wall:.1f} ms step) but the "
+                    f"kernels stream weights below the machine's bandwidth{eff_text}")
+        if not low_bit(m):
+            return sentence, "a faster GEMV kernel (ONNX Runtime/MLAS, oneDNN) or fewer weight bytes (int8)"
+        # its weights are already small: the kernels' unpacking and multiplying is the limit
+        dot = [f for f in INT8_DOT_FLAGS if f in cpu_flags]
+        cpu = (f"this CPU has {', '.join(dot)}" if dot else
+               "this CPU has no int8 dot-product instructions (AVX-VNNI, AVX-512 VNNI, AMX)")
+        return sentence, (f"a faster GEMV kernel for its format: its low-bit kernels unpack and "
+                          f"multiply slower than memory delivers the weights ({cpu}); a CPU with "
+                          f"those instructions, or a kernel specialised for this format")
     return (f"decode time is led by {top_cat} ({shares[top_cat]:.0%} of the profiled step, "
             f"{wall:.1f} ms unprofiled){eff_text}",
             NEXT_STEP.get(top_cat, f"look at the top {top_cat} operators in the table below"))
