@@ -21,6 +21,7 @@ PROMPT = [5, 17, 42, 99, 3, 250, 7, 8, 9, 10]
 @pytest.mark.parametrize("op, category", [
     ("aten::mm", "matmul"), ("aten::addmm", "matmul"), ("quantized::linear_dynamic", "matmul"),
     ("MatMulNBits", "matmul"), ("MatMulInteger", "matmul"), ("Gemm", "matmul"),
+    ("aten::_weight_int8pack_mm", "matmul"),
     ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
     ("GroupQueryAttention", "attention"), ("aten::layer_norm", "normalization"),
     ("aten::rsqrt", "normalization"), ("SimplifiedLayerNormalization", "normalization"),
@@ -182,7 +183,7 @@ def test_matmul_bound_advice_depends_on_the_weights_bit_width():
     assert "faster GEMV kernel" in step and "int8" in step  # fp32 weights: fewer bytes helps too
     m.details = {"dtype": "int4 weights by the Q4_1 rule"}
     _, step = verdict(m, rooflines(r)[0]["onnx"], None, ["avx", "avx2", "fma"])
-    assert "faster GEMV kernel" in step and "fewer weight bytes" not in step
+    assert "faster kernel for its format" in step and "fewer weight bytes" not in step
     assert "no int8 dot-product instructions" in step  # what the CPU lacks, from its flags
     _, step = verdict(m, rooflines(r)[0]["onnx"], None, ["avx2", "avx512f", "avx512_vnni"])
-    assert "this CPU has avx512_vnni" in step
+    assert "even with this CPU's avx512_vnni" in step

@@ -15,6 +15,8 @@ _EXACT = {
     "aten::matmul": "matmul", "aten::linear": "matmul", "aten::mv": "matmul",
     "aten::_addmm_activation": "matmul", "quantized::linear_dynamic": "matmul",
     "quantized::linear_dynamic_fp16": "matmul", "mkldnn::_linear_pointwise": "matmul",
+    "aten::_weight_int8pack_mm": "matmul", "aten::_weight_int4pack_mm": "matmul",
+    "aten::_weight_int4pack_mm_for_cpu": "matmul",
     "MatMul": "matmul", "Gemm": "matmul", "MatMulInteger": "matmul", "MatMulNBits": "matmul",
     "DynamicQuantizeMatMul": "matmul", "FusedMatMul": "matmul", "MatMulIntegerToFloat": "matmul",
     "QGemm": "matmul", "QLinearMatMul": "matmul",

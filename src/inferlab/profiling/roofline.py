@@ -173,11 +173,11 @@ def verdict(m, roof: dict | None, sweep_ratio: float | None,
             return sentence, "a faster GEMV kernel (ONNX Runtime/MLAS, oneDNN) or fewer weight bytes (int8)"
         # its weights are already small: the kernels' unpacking and multiplying is the limit
         dot = [f for f in INT8_DOT_FLAGS if f in cpu_flags]
-        cpu = (f"this CPU has {', '.join(dot)}" if dot else
-               "this CPU has no int8 dot-product instructions (AVX-VNNI, AVX-512 VNNI, AMX)")
-        return sentence, (f"a faster GEMV kernel for its format: its low-bit kernels unpack and "
-                          f"multiply slower than memory delivers the weights ({cpu}); a CPU with "
-                          f"those instructions, or a kernel specialised for this format")
+        cpu = (f"even with this CPU's {', '.join(dot)}" if dot else
+               "and this CPU has no int8 dot-product instructions (AVX-VNNI, AVX-512 VNNI or AMX)")
+        return sentence, (f"its low-bit kernels unpack and multiply slower than memory delivers "
+                          f"the weights, {cpu}: a faster kernel for its format, or a CPU with "
+                          f"more int8 throughput")
     return (f"decode time is led by {top_cat} ({shares[top_cat]:.0%} of the profiled step, "
             f"{wall:.1f} ms unprofiled){eff_text}",
             NEXT_STEP.get(top_cat, f"look at the top {top_cat} operators in the table below"))
