@@ -28,7 +28,7 @@ $(STAMP): requirements.txt constraints.txt requirements-genai-builder.txt pyproj
 	$(BIN)/python -m compileall -q -j 0 $(VENV) > /dev/null 2>&1 || true
 	touch $(STAMP)
 
-# llama-cpp-python compiles llama.cpp (the library alone: 3.0 minutes measured on two cores) with the
+# llama-cpp-python compiles llama.cpp (the library alone: 2.8-3.0 minutes measured on two cores) with the
 # instruction sets this CPU has (src/inferlab/native_build.py says why not -march=native). pip's wheel cache is
 # keyed by version alone, whatever CPU built the wheel, so it is never used for this package.
 llama-cpp: $(STAMP)
