@@ -216,17 +216,18 @@ def test_onnx_prefill_runs_the_lm_head_on_the_last_position_only(loaded, method)
 
 def test_torch_int8_quantizes_the_loaded_model_in_place(tiny_refs, monkeypatch):
     """No deep copy: a copy would hold a second fp32 model in the method's peak memory."""
-    import inferlab.engines.torch_int8 as ti
+    import inferlab.engines.torch_quantized as tq
+    from inferlab.engines.torch_int8 import TorchInt8
 
     loaded_models = []
-    real = ti.load_hf_model
+    real = tq.load_hf_model
 
     def spy(ref, threads):
         loaded_models.append(real(ref, threads))
         return loaded_models[-1]
 
-    monkeypatch.setattr(ti, "load_hf_model", spy)
-    engine = ti.TorchInt8(tiny_refs["llama"], threads=1)
+    monkeypatch.setattr(tq, "load_hf_model", spy)
+    engine = TorchInt8(tiny_refs["llama"], threads=1)
     engine.load()
     assert engine.model is loaded_models[0]
 

@@ -15,15 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import EngineError
-from .kv_cache import KVCache
-from .torch_common import (
-    conv1d_to_linear,
-    load_hf_model,
-    module_weight_bytes,
-    release_file_mapping,
-    return_freed_heap,
-)
+from .torch_common import return_freed_heap
+from .torch_quantized import QuantizedTorchEngine
 
 
 class Int8WeightOnlyLinear(nn.Module):
@@ -68,26 +61,14 @@ def quantize_linear_layers(model: nn.Module) -> int:
     return replaced
 
 
-class TorchInt8WeightOnly(KVCache):
+class TorchInt8WeightOnly(QuantizedTorchEngine):
     name = "torch-int8-weight-only"
     summary = "PyTorch weight-only INT8 (per-channel int8 weights, bf16 matmul inputs), KV cache"
 
-    def build_model(self):
-        model = load_hf_model(self.model_ref, self.threads)
-        self.bytes_before = module_weight_bytes(model)
-        self.conv1d_converted = conv1d_to_linear(model)
-        self.quantized = quantize_linear_layers(model)
-        if self.quantized == 0:
-            raise EngineError(f"{self.name} quantized 0 layers: nothing was optimized")
-        release_file_mapping(model)
-        return model
+    def quantize(self, model: nn.Module) -> int:
+        return quantize_linear_layers(model)
 
     def details(self) -> dict:
-        return {
-            **super().details(),
-            "dtype": "int8 weights (per-channel, symmetric) / bf16 matmul inputs / fp32 elsewhere",
-            "kernel": "aten._weight_int8pack_mm",
-            "quantized_layers": self.quantized,
-            "conv1d_converted_to_linear": self.conv1d_converted,
-            "weight_bytes_before": self.bytes_before,
-        }
+        return {**super().details(),
+                "dtype": "int8 weights (per-channel, symmetric) / bf16 matmul inputs / fp32 elsewhere",
+                "kernel": "aten._weight_int8pack_mm"}
