@@ -219,8 +219,9 @@ def cmd_report(args) -> int:
 def cmd_methods(args) -> int:
     from .engines import engine_class, method_names
 
+    width = max(map(len, method_names()))
     for name in method_names():
-        print(f"{name:15s} {engine_class(name).summary}")
+        print(f"{name:{width}s}  {engine_class(name).summary}")
     return EXIT_OK
 
 
