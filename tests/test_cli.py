@@ -304,3 +304,11 @@ def test_a_method_that_does_not_apply_is_skipped_not_failed(tiny_models, tmp_pat
     m = load(os.path.join(folder, "results.json")).method("llama-cpp-q8_0")
     assert m.status == "skipped" and "not supported for this model" in m.error
     assert "| llama-cpp-q8_0 | SKIPPED |" in open(os.path.join(folder, "report.md")).read()
+
+
+def test_output_piped_into_a_reader_that_leaves_early_is_not_an_error():
+    """`inferlab methods | head -1`: no traceback, exit 0."""
+    proc = subprocess.run(f"{sys.executable} -m inferlab.cli methods | head -1", shell=True,
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert proc.stdout.startswith("eager-nocache") and proc.stderr == ""

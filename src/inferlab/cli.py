@@ -235,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "quality": cmd_run, "profile": cmd_run, "report": cmd_report,
                "methods": cmd_methods}[args.command]
-    return handler(args)
+    try:
+        return handler(args)
+    except BrokenPipeError:  # the reader left (`inferlab methods | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return EXIT_OK
 
 
 if __name__ == "__main__":
