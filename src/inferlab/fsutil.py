@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 
 COMPLETE_MARK = ".complete"
 
@@ -16,21 +15,23 @@ def is_complete(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, COMPLETE_MARK))
 
 
-def build_folder(dest: str, build) -> float:
-    """Run build(tmp) in a sibling temporary folder, then rename it to dest. Returns seconds.
+def build_folder(dest: str, build) -> bool:
+    """Make dest complete: when it is not, run build(tmp) in a sibling temporary folder, then
+    rename that to dest. Returns True when dest was already complete (a cache hit).
 
     Builds of one folder are serialized by a lock file beside it: a second process (a second
     inferlab run, a parallel test) waits, then finds the folder complete and builds nothing,
     instead of replacing files the first one may already be reading."""
+    if is_complete(dest):  # the common case, without touching a lock
+        return True
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     with open(f"{dest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_complete(dest):
-            return 0.0
+            return True
         tmp = f"{dest}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        t0 = time.perf_counter()
         try:
             build(tmp)
             open(os.path.join(tmp, COMPLETE_MARK), "w").close()
@@ -38,7 +39,7 @@ def build_folder(dest: str, build) -> float:
             os.replace(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return time.perf_counter() - t0
+        return False
 
 
 def write_json_atomic(path: str, data: dict) -> None:

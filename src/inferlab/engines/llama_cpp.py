@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from .. import defaults
-from ..fsutil import build_folder, is_complete
+from ..fsutil import build_folder
 from ..models import artifact_folder, gguf_file_type, gguf_source_path
 from .base import Engine, EngineError, EngineUnsupported
 
@@ -60,9 +60,6 @@ class LlamaCpp(Engine):
         lib = self._library()
         version = getattr(lib, "__version__", "unknown")
         dest = artifact_folder(self.model_ref, "llama_cpp", f"{self.gguf_type}-llama-cpp-python{version}")
-        path = os.path.join(dest, "model.gguf")
-        if is_complete(dest):
-            return path, True
 
         def build(tmp):
             params = lib.llama_model_quantize_default_params()
@@ -74,8 +71,7 @@ class LlamaCpp(Engine):
             if rc != 0 or not os.path.isfile(out):
                 raise EngineError(f"llama_model_quantize to {self.gguf_type} failed (code {rc})")
 
-        build_folder(dest, build)
-        return path, False
+        return os.path.join(dest, "model.gguf"), build_folder(dest, build)
 
     def prepare(self) -> bool:
         return self.artifact()[1]

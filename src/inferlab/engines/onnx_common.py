@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..fsutil import build_folder, is_complete
+from ..fsutil import build_folder
 from ..models import ModelRef, artifact_folder
 from .base import Engine, EngineError
 
@@ -37,8 +37,6 @@ def export_fp32(ref: ModelRef) -> tuple[str, bool]:
     """Export with optimum-onnx (text-generation-with-past), then make the LM head run on the
     last position only unless asked for more. Returns (folder, cache_hit)."""
     dest = artifact_dir(ref, f"fp32-{FP32_RECIPE}")
-    if is_complete(dest):
-        return dest, True
 
     def build(tmp):
         import onnx
@@ -57,8 +55,7 @@ def export_fp32(ref: ModelRef) -> tuple[str, bool]:
         onnx.save_model(model, path, save_as_external_data=model.ByteSize() >= 2**31 - 2**20)
         write_graph_stats(tmp)
 
-    build_folder(dest, build)
-    return dest, False
+    return dest, build_folder(dest, build)
 
 
 def keep_last_logits(model) -> None:

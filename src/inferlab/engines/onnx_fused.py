@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from .. import defaults
-from ..fsutil import build_folder, is_complete
+from ..fsutil import build_folder
 from .base import EngineError, EngineUnsupported
 from .onnx_common import OrtEngine, artifact_dir, cpu_session, onnx_file_bytes, write_graph_stats
 from . import onnx_llama_graph as graph
@@ -88,21 +88,18 @@ class OnnxInt4(OrtEngine):
     def artifact(self) -> tuple[str, bool]:
         dest = artifact_dir(self.model_ref, f"fused-int{self.layer_bits}-b{graph.BLOCK}"
                                             f"-acc{graph.ACCURACY_LEVEL}-kv{defaults.KV_SLOTS}-{RECIPE}")
-        if is_complete(dest):
-            return dest, True
-        config = graph.read_config(self.model_ref.path)
-        graph.check_supported(config)  # before reading any weight
 
         def build(tmp):
             import onnx
 
+            config = graph.read_config(self.model_ref.path)
+            graph.check_supported(config)  # before reading any weight
             model, report = graph.build(graph.load_weights(self.model_ref.path), config,
                                         self.layer_bits, defaults.KV_SLOTS)
             onnx.save_model(model, os.path.join(tmp, "model.onnx"))
             write_graph_stats(tmp, report)
 
-        build_folder(dest, build)
-        return dest, False
+        return dest, build_folder(dest, build)
 
     def info(self) -> dict:
         import onnxruntime

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from .base import EngineError
-from ..fsutil import build_folder, is_complete
+from ..fsutil import build_folder
 from .onnx_common import artifact_dir, export_fp32, read_graph_stats, write_graph_stats
 from .onnx_fp32 import OnnxFp32
 
@@ -107,9 +107,6 @@ class OnnxInt8(OnnxFp32):
     def artifact(self) -> tuple[str, bool]:
         dest = artifact_dir(self.model_ref,
                             f"int{BITS}-nbits-b{BLOCK_SIZE}-acc{ACCURACY_LEVEL}-{RECIPE}")
-        if is_complete(dest):
-            return dest, True
-        src, _ = export_fp32(self.model_ref)
 
         def build(tmp):
             import logging
@@ -119,6 +116,7 @@ class OnnxInt8(OnnxFp32):
             logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
             import onnx
 
+            src, _ = export_fp32(self.model_ref)
             model = onnx.load(os.path.join(src, "model.onnx"))
             gemm_to_matmul(model)
             untie_transposed_weights(model)
@@ -130,8 +128,7 @@ class OnnxInt8(OnnxFp32):
             q.model.save_model_to_file(out, use_external_data_format=False)
             require_quantized(write_graph_stats(tmp)["ops"])  # never cache a no-op
 
-        build_folder(dest, build)
-        return dest, False
+        return dest, build_folder(dest, build)
 
     def load(self) -> None:
         super().load()

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..fsutil import build_folder, is_complete
+from ..fsutil import build_folder
 from ..models import artifact_folder
 from .base import Engine, EngineError
 from .tools import run_tool
@@ -62,8 +62,6 @@ class OpenVino(Engine):
         tag = (f"{self.variant}-ov{metadata.version('openvino')}"
                f"-oi{metadata.version('optimum-intel')}-nncf{metadata.version('nncf')}-{RECIPE}")
         dest = artifact_folder(self.model_ref, "openvino", tag)
-        if is_complete(dest):
-            return dest, True
 
         def build(tmp):
             import openvino as ov
@@ -83,8 +81,7 @@ class OpenVino(Engine):
             with open(os.path.join(tmp, "export.json"), "w") as f:
                 json.dump({"command": cmd[1:-1], "compression": compression_summary(done.stdout)}, f)
 
-        build_folder(dest, build)
-        return dest, False
+        return dest, build_folder(dest, build)
 
     def prepare(self) -> bool:
         return self.artifact()[1]

@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from .. import defaults
-from ..fsutil import build_folder, is_complete
+from ..fsutil import build_folder
 from ..models import artifact_folder
 from .base import Engine, EngineError, EngineUnsupported
 from .onnx_common import onnx_file_bytes, read_graph_stats, write_graph_stats
@@ -44,8 +44,6 @@ class OrtGenAI(Engine):
         tag = (f"{self.precision}-genai{metadata.version('onnxruntime-genai')}"
                f"-tf{builder_transformers_version()}-{RECIPE}")
         dest = artifact_folder(self.model_ref, "ort_genai", tag)
-        if is_complete(dest):
-            return dest, True
 
         def build(tmp):
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -62,8 +60,7 @@ class OrtGenAI(Engine):
             write_graph_stats(tmp, {"command": f"python -m onnxruntime_genai.models.builder "
                                                f"-p {self.precision} -e cpu"})
 
-        build_folder(dest, build)
-        return dest, False
+        return dest, build_folder(dest, build)
 
     def prepare(self) -> bool:
         return self.artifact()[1]
