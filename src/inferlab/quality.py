@@ -125,7 +125,7 @@ def compare(engine, windows: list[list[int]], ref_path: str, prefix: int = EVAL_
     """Per-position NLL (method and reference), KL and top-1 match of `engine` against the
     saved reference: arrays [windows, context-1]. engine None scores the reference's own saved
     distributions (the reference just computed them: a second pass would give the same arrays
-    and cost as much again, ~30 s on SmolLM2)."""
+    and cost as much again: 4 x 127 one-token steps, ~33 s at SmolLM2's 65 ms per step)."""
     ref = np.load(ref_path, mmap_mode="r")
     out = {"ref_nll": [], "nll": [], "kl": [], "top1": []}
     for i, window in enumerate(windows):
