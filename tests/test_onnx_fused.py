@@ -134,10 +134,10 @@ def test_fused_kv_cache_in_place_survives_a_new_sequence(int4_and_reference):
 def test_fused_graph_refuses_a_sequence_beyond_its_slots(grid_llama, tmp_path):
     import onnx
 
-    from inferlab.engines import onnx_llama_graph as graph
+    from inferlab.engines import llama_arch, onnx_llama_graph as graph
     from inferlab.engines.onnx_fused import FusedOrtDecoder
 
-    model, _ = graph.build(graph.load_weights(grid_llama.path), graph.read_config(grid_llama.path), 4, slots=8)
+    model, _ = graph.build(llama_arch.load_weights(grid_llama.path), llama_arch.read_config(grid_llama.path), 4, slots=8)
     path = str(tmp_path / "model.onnx")
     onnx.save_model(model, path)
     dec = FusedOrtDecoder(path, 1)

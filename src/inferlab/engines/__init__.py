@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "onnx": "onnx_fp32:OnnxFp32",
     "onnx-int8": "onnx_int8:OnnxInt8",
     "onnx-int4": "onnx_fused:OnnxInt4",
+    "native-int4": "native_int4:NativeInt4",
     "llama-cpp-q4_1": "llama_cpp:LlamaCppQ4_1",
     "llama-cpp-q8_0": "llama_cpp:LlamaCppQ8_0",
     "openvino-int8": "openvino_engine:OpenVinoInt8",

@@ -13,7 +13,7 @@ from .. import defaults
 from ..fsutil import build_folder
 from .base import EngineError, EngineUnsupported
 from .onnx_common import OrtEngine, artifact_dir, cpu_session, onnx_file_bytes, write_graph_stats
-from . import onnx_llama_graph as graph
+from . import llama_arch, onnx_llama_graph as graph
 
 RECIPE = "r1"  # bump when the builder's output changes: it is part of the cache key
 
@@ -80,7 +80,7 @@ class OnnxInt4(OrtEngine):
     @classmethod
     def applies_to(cls, model) -> bool:
         try:
-            graph.check_supported(graph.read_config(model.path))
+            graph.check_supported(llama_arch.read_config(model.path))
         except (EngineUnsupported, OSError, ValueError, KeyError):
             return False
         return True
@@ -92,9 +92,9 @@ class OnnxInt4(OrtEngine):
         def build(tmp):
             import onnx
 
-            config = graph.read_config(self.model_ref.path)
+            config = llama_arch.read_config(self.model_ref.path)
             graph.check_supported(config)  # before reading any weight
-            model, report = graph.build(graph.load_weights(self.model_ref.path), config,
+            model, report = graph.build(llama_arch.load_weights(self.model_ref.path), config,
                                         self.layer_bits, defaults.KV_SLOTS)
             onnx.save_model(model, os.path.join(tmp, "model.onnx"))
             write_graph_stats(tmp, report)

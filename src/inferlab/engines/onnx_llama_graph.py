@@ -13,59 +13,22 @@ offsets' part, sum over blocks of (x summed over the block) * min, as one small 
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import numpy as np
 
-from .base import EngineUnsupported
+from . import llama_arch
 from .blockquant import Quantized, affine4, symmetric8
+from .llama_arch import Shapes, rotary_tables
 
 BLOCK = 32
 ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits (what onnx-int8 already passes with)
 OPSET = 17
-SUPPORTED_TYPES = ("llama",)
 
 
 def check_supported(config: dict) -> None:
-    """Raise EngineUnsupported unless the config is a decoder this builder reproduces."""
-    kind = config.get("model_type")
-    why = None
-    if kind not in SUPPORTED_TYPES:
-        why = f"architecture '{kind}' (the fused graph covers {', '.join(SUPPORTED_TYPES)})"
-    elif config.get("hidden_act", "silu") != "silu":
-        why = f"activation {config.get('hidden_act')}"
-    elif config.get("rope_scaling"):
-        why = f"rope scaling {config.get('rope_scaling')}"
-    elif config.get("attention_bias") or config.get("mlp_bias"):
-        why = "biases in attention or MLP"
-    elif config["hidden_size"] % BLOCK or config["intermediate_size"] % BLOCK:
-        why = f"layer widths not divisible by the block of {BLOCK}"
-    if why:
-        raise EngineUnsupported(f"not supported for this model: inferlab's fused ONNX graph "
-                                f"does not handle {why}")
-
-
-class Shapes:
-    def __init__(self, config: dict):
-        self.hidden = config["hidden_size"]
-        self.heads = config["num_attention_heads"]
-        self.kv_heads = config.get("num_key_value_heads") or self.heads
-        self.head_dim = config.get("head_dim") or self.hidden // self.heads
-        self.inter = config["intermediate_size"]
-        self.layers = config["num_hidden_layers"]
-        self.vocab = config["vocab_size"]
-        self.eps = float(config.get("rms_norm_eps", 1e-6))
-        self.theta = float(config.get("rope_theta", 10000.0))
-        self.tied = bool(config.get("tie_word_embeddings", False))
-
-
-def rotary_tables(shapes: Shapes, slots: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin [slots, head_dim / 2] for positions 0..slots-1 (non-interleaved rotary)."""
-    inv_freq = 1.0 / (shapes.theta ** (np.arange(0, shapes.head_dim, 2, dtype=np.float64) / shapes.head_dim))
-    angles = np.outer(np.arange(slots, dtype=np.float64), inv_freq)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    """Raise EngineUnsupported unless this builder reproduces the config's decoder."""
+    llama_arch.check_supported(config, "inferlab's fused ONNX graph", BLOCK)
 
 
 class _Graph:
@@ -186,7 +149,7 @@ def build(weights: dict[str, np.ndarray], config: dict, layer_bits: int, slots: 
     end = g.init("lm_head.end", np.array([2**63 - 1], np.int64))
     axis = g.init("lm_head.axis", np.array([1], np.int64))
     kept = g.node("Slice", [final, start, end, axis], ["lm_head.kept_positions"])[0]
-    head_name = "model.embed_tokens.weight" if s.tied or "lm_head.weight" not in weights else "lm_head.weight"
+    head_name = llama_arch.lm_head_name(s, weights)
     # 8 bits by default, as llama.cpp's 4-bit files keep it (Q8_0 in the bundled GGUF); a 4-bit
     # head by the same affine rule fails SmolLM2's quality gate (KL 0.057, top-1 85.8 %)
     head = g.matmul(kept, "lm_head", quantized([head_name], head_bits))
@@ -197,21 +160,3 @@ def build(weights: dict[str, np.ndarray], config: dict, layer_bits: int, slots: 
                                                     helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 10
     return model, report
-
-
-def load_weights(folder: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
-    if not files:
-        raise EngineUnsupported("not supported for this model: the fused ONNX graph reads "
-                                "safetensors weights, and the folder has none")
-    weights = {}
-    for f in files:
-        weights.update(load_file(os.path.join(folder, f)))
-    return {k: v.astype(np.float32) for k, v in weights.items()}
-
-
-def read_config(folder: str) -> dict:
-    with open(os.path.join(folder, "config.json")) as f:
-        return json.load(f)

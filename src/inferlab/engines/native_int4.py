@@ -1,0 +1,93 @@
+"""inferlab's own decoder (native/q4_decoder.c), compiled on this machine for this CPU.
+
+The same weights as `onnx-int4` (4-bit by GGUF Q4_1's rule, the LM head 8-bit by Q8_0's; exact
+for the bundled model, whose GGUF holds exactly those), but each product takes the block
+offsets inside its dot product instead of the extra graph nodes ONNX Runtime needs for them,
+and a decode step is one call into C with the KV cache kept in place."""
+
+from __future__ import annotations
+
+import os
+
+from .. import defaults
+from ..fsutil import build_folder
+from ..models import artifact_folder
+from .base import Engine, EngineError, EngineUnsupported
+from . import llama_arch
+
+RECIPE = "r1"  # bump when the packed layout changes: it is part of the cache key
+
+
+class NativeInt4(Engine):
+    name = "native-int4"
+    summary = ("inferlab's own C decoder (AVX2, compiled on this machine): 4-bit weights by the Q4_1 "
+               "rule with fp16 scales (exact when the model came from Q4_1), 8-bit LM head, int8 "
+               "activations, the offsets inside each dot product; Llama-architecture models")
+
+    @classmethod
+    def applies_to(cls, model) -> bool:
+        from ..native import decoder, library
+
+        if library.missing_cpu_flags():
+            return False
+        try:
+            decoder.check_supported(llama_arch.read_config(model.path))
+        except (EngineUnsupported, OSError, ValueError, KeyError):
+            return False
+        return True
+
+    def _library(self) -> tuple[str, bool]:
+        from ..native import library
+
+        try:
+            return library.library_path()
+        except library.NativeBuildError as e:
+            if library.missing_cpu_flags():
+                raise EngineUnsupported(f"not supported on this machine: {e}") from e
+            raise EngineError(str(e)) from e
+
+    def artifact(self) -> tuple[str, bool]:
+        from ..native import decoder
+
+        dest = artifact_folder(self.model_ref, "native", f"q4-b{decoder.BLOCK}-{RECIPE}")
+        return dest, build_folder(dest, lambda tmp: decoder.pack_model(self.model_ref.path, tmp))
+
+    def prepare(self) -> bool:
+        library_hit = self._library()[1]
+        return self.artifact()[1] and library_hit
+
+    def load(self) -> None:
+        from ..native.decoder import NativeDecoder
+
+        self.library, _ = self._library()
+        self.folder, _ = self.artifact()
+        self.decoder = NativeDecoder(self.folder, self.threads, defaults.KV_SLOTS)
+
+    def prefill(self, token_ids, all_logits=False):
+        return self.decoder.prefill(token_ids, all_logits)
+
+    def decode(self, token_id):
+        return self.decoder.decode(token_id)
+
+    def info(self) -> dict:
+        from ..native import library
+
+        d = self.decoder
+        build = d.build_report
+        return {
+            "weight_bytes": d.weight_bytes,
+            "file_bytes": os.path.getsize(os.path.join(self.folder, "weights.bin")),
+            "details": {
+                "dtype": ("int4 weights by the Q4_1 rule (block 32, fp16 scale and offset), 8-bit LM "
+                          "head (Q8_0 rule), int8 activations per block of 32"),
+                "weights_exact": build.get("exact") == build.get("matrices"),
+                "weight_matrices": build.get("matrices"),
+                "max_weight_error_relative": build.get("max_relative_error"),
+                "threads": self.threads, "artifact": self.folder, "library": self.library,
+                "compiler_flags": " ".join(library.COMPILER_FLAGS),
+                "kv_cache": f"in place, {d.slots} slots per layer",
+                "kv_cache_bytes_per_value": 4,
+                "lm_head_last_position_only": True,
+                "weight_bytes_read_per_step": d.weight_bytes - d.lookup_only_bytes,
+            },
+        }

@@ -1,0 +1,457 @@
+/* inferlab's own decoder for Llama-architecture models with block-quantized weights, on AVX2.
+
+Why it exists: the bundled model's weights lie on a Q4_1 grid (w = q * d + m per block of 32).
+ONNX Runtime's 4-bit kernel takes integer zero points only, so an exact Q4_1 layer there costs
+extra nodes per matrix (a quarter of a decode step, measured); here the offset term is part of
+the dot product: sum(w x) = d * sum(q x) + m * sum(x), with the block's sum of x in fp32.
+
+Weights:  4-bit matrices [n, k/32] blocks of 16 bytes (byte j = element j in the low nibble,
+          element j + 16 in the high one), float scale d and centre c per block (w = (q - 8) d + c,
+          which is Q4_1's q d + m with c = m + 8 d);
+          8-bit matrices (Q8_0 rule: w = q * d, q in -127..127) for the LM head and embedding.
+Activations are quantized per block of 32 to int8 (scale max|x| / 127) right before each
+product, as llama.cpp and ONNX Runtime's accuracy_level 4 do; everything else is fp32.
+One OpenMP parallel region per forward pass: products split by rows, attention by heads. */
+
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+
+#define QK 32
+
+typedef struct {
+    int32_t n, k;          /* rows (outputs), columns (inputs) */
+    const uint8_t *q;      /* [n, k/32, 16] */
+    const uint16_t *d;     /* [n, k/32] scale, fp16 */
+    const uint16_t *m;     /* [n, k/32] offset, fp16: w = q * d + m */
+} Mat4;
+
+typedef struct {
+    int32_t n, k;
+    const int8_t *q;       /* [n, k/32, 32] */
+    const float *d;        /* [n, k/32] */
+} Mat8;
+
+typedef struct {
+    const float *attn_norm, *ffn_norm;  /* [hidden] */
+    Mat4 qkv, o, gate_up, down;         /* qkv: q rows, then k, then v; gate_up: gate, then up */
+} Layer;
+
+typedef struct {
+    int32_t hidden, heads, kv_heads, head_dim, inter, layers, vocab, slots, threads;
+    float eps;
+    const Layer *layer;
+    Mat8 embed, head;
+    const float *final_norm;  /* [hidden] */
+    const float *cos, *sin;   /* [slots, head_dim / 2] */
+    float *k_cache, *v_cache; /* [layers, kv_heads, slots, head_dim] */
+} Model;
+
+/* Activations of `tokens` rows, quantized per block of 32 as every product needs them:
+   q  [t, k] int8 in element order (8-bit products);
+   qp [t, k] the same values with each pair of blocks as [b0 0..15, b1 0..15, b0 16..31, b1 16..31]
+      (the 4-bit kernel unpacks the low nibbles of two blocks, then the high ones);
+   d  [t, k/32] scale (max|x| / 127), s the block's exact fp32 sum, e = s - d * sum(q), the sum's
+      rounding error; xp [t, k/64, 8] each pair's two scales, four lanes each. */
+typedef struct { int8_t *q, *qp; float *d, *s, *e, *xp; int k; } Act;
+
+static size_t act_floats(int k) { return (size_t)k / 2 + 3 * ((size_t)k / QK) + 4 * ((size_t)k / QK) + 8; }
+
+static void act_layout(Act *a, float *buf, int k, int tokens) {
+    size_t nb = (size_t)tokens * (k / QK), n = (size_t)tokens * k;
+    a->k = k;
+    a->d = buf;
+    a->s = buf + nb;
+    a->e = buf + 2 * nb;
+    a->xp = buf + 3 * nb;                    /* 4 floats per block */
+    a->q = (int8_t *)(buf + 7 * nb);
+    a->qp = a->q + n;
+}
+
+/* Scratch for `tokens` tokens, in floats (the caller allocates it). */
+size_t scratch_floats(const Model *m, int tokens) {
+    size_t t = (size_t)tokens, widest = (size_t)(2 * m->inter > m->hidden ? 2 * m->inter : m->hidden);
+    size_t qkv = (size_t)(m->heads + 2 * m->kv_heads) * m->head_dim;
+    return t * m->hidden * 3            /* residual, normed, attention context */
+         + t * (qkv > widest ? qkv : widest)
+         + t * m->inter                 /* MLP activation */
+         + t * act_floats(m->inter > m->hidden ? m->inter : m->hidden)
+         + (size_t)m->threads * m->slots + 64;
+}
+
+static inline float hmax8(__m256 v) {
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_max_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_add_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+/* row t of x [tokens, a->k] into row t of a */
+static void quantize_token(const float *xrow, Act *a, int t) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const int nb = a->k / QK;
+    const float *x = xrow + (size_t)t * a->k;
+    int8_t *q = a->q + (size_t)t * a->k, *qp = a->qp + (size_t)t * a->k;
+    float *d = a->d + (size_t)t * nb, *s = a->s + (size_t)t * nb, *e = a->e + (size_t)t * nb;
+    float *xp = a->xp + (size_t)t * nb * 4;
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + b * QK;
+        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+        __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        __m256 amax = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                    _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+        float mx = hmax8(amax);
+        float scale = mx / 127.0f, inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+        __m256 iv = _mm256_set1_ps(inv);
+        /* round to nearest (cvtps uses the MXCSR default, round-to-nearest-even) */
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, iv)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, iv));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, iv)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, iv));
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        /* packs interleave the 128-bit lanes: restore element order */
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(q + b * QK), p);
+        __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), p), _mm256_set1_epi16(1));
+        d[b] = scale;
+        s[b] = hsum8(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
+        e[b] = s[b] - scale * hsum8(_mm256_cvtepi32_ps(s32));
+    }
+    for (int b = 0; b + 1 < nb; b += 2) {
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)(q + b * QK));
+        __m256i v1 = _mm256_loadu_si256((const __m256i *)(q + (b + 1) * QK));
+        _mm256_storeu_si256((__m256i *)(qp + b * QK), _mm256_permute2x128_si256(v0, v1, 0x20));
+        _mm256_storeu_si256((__m256i *)(qp + b * QK + 32), _mm256_permute2x128_si256(v0, v1, 0x31));
+        _mm256_storeu_ps(xp + b * 4, _mm256_setr_ps(d[b], d[b], d[b], d[b], d[b + 1], d[b + 1], d[b + 1], d[b + 1]));
+    }
+    if (nb % 2) memcpy(qp + (nb - 1) * QK, q + (nb - 1) * QK, QK);  /* a last unpaired block: element order */
+}
+
+/* ---- products ----------------------------------------------------------------------- */
+
+static inline __m256i unpack_nibbles(const uint8_t *p) {
+    __m128i raw = _mm_loadu_si128((const __m128i *)p);
+    __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+static inline float half(uint16_t h) { return _cvtsh_ss(h); }
+
+/* sum over blocks of m * s + 8 * d * e: the offsets' part and the rounding of x's sums */
+static inline float offset_part(const uint16_t *m, const uint16_t *d, const float *s, const float *e, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    int b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + b)));
+        __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + b)));
+        acc = _mm256_fmadd_ps(mv, _mm256_loadu_ps(s + b), acc);
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(dv, _mm256_set1_ps(8.0f)), _mm256_loadu_ps(e + b), acc);
+    }
+    float tail = 0.0f;
+    for (; b < nb; b++) tail += half(m[b]) * s[b] + 8.0f * half(d[b]) * e[b];
+    return hsum8(acc) + tail;
+}
+
+/* y[t, rows r0..r1) = W x[t] for a 4-bit matrix; ldy is y's row stride.
+   Per block, w = q * d + m = (q - 8) * d + (m + 8 d), and with x = dx * xq + (rounding):
+   sum(w x) = d * dx * sum(q xq) - 8 d (dx * sum(xq)) + (m + 8 d) * sum(x)
+            = d * dx * sum(q xq) + m * s + 8 d * e      (s = sum(x), e = s - dx * sum(xq)).
+   The offsets' part thus multiplies the exact sum of x, and the int8 rounding of x is not
+   multiplied by q's mean. Two blocks at a time: one 32-byte load holds both blocks' nibbles. */
+static void matmul4_rows(const Mat4 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1) {
+    const int nb = w->k / QK, pairs = nb / 2;
+    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
+    const __m256i spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    for (int t = 0; t < tokens; t++) {
+        const int8_t *xq = x->qp + (size_t)t * w->k;
+        const float *xd = x->d + (size_t)t * nb, *xs = x->s + (size_t)t * nb, *xe = x->e + (size_t)t * nb;
+        const float *xp = x->xp + (size_t)t * nb * 4;
+        for (int r = r0; r < r1; r++) {
+            const size_t row = (size_t)r * nb;
+            const uint8_t *wq = w->q + row * 16;
+            const uint16_t *wd = w->d + row;
+            __m256 acc = _mm256_setzero_ps();
+            for (int p = 0; p < pairs; p++) {
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(wq + p * 32));
+                __m256i lo = _mm256_and_si256(raw, low), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                __m256i xlo = _mm256_loadu_si256((const __m256i *)(xq + p * 64));
+                __m256i xhi = _mm256_loadu_si256((const __m256i *)(xq + p * 64 + 32));
+                /* each int16 sum is at most 4 * 15 * 127: no saturation */
+                __m256i sum16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
+                __m256 dots = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum16, ones));
+                uint32_t two;
+                memcpy(&two, wd + 2 * p, 4);
+                __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128((int)two))), spread);
+                acc = _mm256_fmadd_ps(dots, _mm256_mul_ps(dw, _mm256_loadu_ps(xp + p * 8)), acc);
+            }
+            float tail = 0.0f;
+            if (nb % 2) {
+                int b = nb - 1;
+                __m256i pr = _mm256_madd_epi16(_mm256_maddubs_epi16(unpack_nibbles(wq + b * 16),
+                                               _mm256_loadu_si256((const __m256i *)(xq + b * QK))), ones);
+                tail = half(wd[b]) * xd[b] * hsum8(_mm256_cvtepi32_ps(pr));
+            }
+            y[(size_t)t * ldy + r] = hsum8(acc) + tail + offset_part(w->m + row, wd, xs, xe, nb);
+        }
+    }
+}
+
+/* 8-bit signed weights: maddubs wants an unsigned left operand, so |w| and x with w's sign */
+static void matmul8_rows(const Mat8 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1) {
+    const int nb = w->k / QK;
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int t = 0; t < tokens; t++) {
+        const int8_t *xq = x->q + (size_t)t * w->k;
+        const float *xd = x->d + (size_t)t * nb;
+        int r = r0;
+        for (; r + 2 <= r1; r += 2) {
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            for (int b = 0; b < nb; b++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
+                size_t b0 = (size_t)r * nb + b, b1 = b0 + nb;
+                __m256i w0 = _mm256_loadu_si256((const __m256i *)(w->q + b0 * QK));
+                __m256i w1 = _mm256_loadu_si256((const __m256i *)(w->q + b1 * QK));
+                __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(xv, w0)), ones);
+                __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(xv, w1)), ones);
+                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(w->d[b0] * xd[b]), a0);
+                a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(w->d[b1] * xd[b]), a1);
+            }
+            y[(size_t)t * ldy + r] = hsum8(a0);
+            y[(size_t)t * ldy + r + 1] = hsum8(a1);
+        }
+        for (; r < r1; r++) {
+            __m256 a0 = _mm256_setzero_ps();
+            for (int b = 0; b < nb; b++) {
+                size_t b0 = (size_t)r * nb + b;
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
+                __m256i w0 = _mm256_loadu_si256((const __m256i *)(w->q + b0 * QK));
+                __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(xv, w0)), ones);
+                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(w->d[b0] * xd[b]), a0);
+            }
+            y[(size_t)t * ldy + r] = hsum8(a0);
+        }
+    }
+}
+
+/* Rows split evenly between the threads, in multiples of 4 (the kernel's row group). */
+static void my_rows(int n, int *r0, int *r1) {
+    int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    int groups = (n + 3) / 4, per = (groups + nt - 1) / nt;
+    *r0 = id * per * 4 < n ? id * per * 4 : n;
+    *r1 = (id + 1) * per * 4 < n ? (id + 1) * per * 4 : n;
+}
+
+static void matmul4(const Mat4 *w, const Act *x, int tokens, float *y, int ldy) {
+    int r0, r1;
+    my_rows(w->n, &r0, &r1);
+    matmul4_rows(w, x, tokens, y, ldy, r0, r1);
+#pragma omp barrier
+}
+
+static void matmul8(const Mat8 *w, const Act *x, int tokens, float *y, int ldy) {
+    int r0, r1;
+    my_rows(w->n, &r0, &r1);
+    matmul8_rows(w, x, tokens, y, ldy, r0, r1);
+#pragma omp barrier
+}
+
+/* ---- elementwise ---------------------------------------------------------------------- */
+
+static void rmsnorm(const float *x, const float *gamma, int n, float eps, float *out) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float inv = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++) out[i] = gamma[i] * (x[i] * inv);
+}
+
+/* exp for the SiLU, vectorized: 2^(x log2 e) as 2^i * p(f), p a degree-6 polynomial of 2^f */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+    __m256 i = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 f = _mm256_sub_ps(t, i); /* in [-0.5, 0.5] */
+    __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(i), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* out = silu(gate) * up over n values (n a multiple of 8) */
+static void silu_mul(const float *gate, const float *up, int n, float *out) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (int i = 0; i < n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up + i)));
+    }
+}
+
+/* rotate_half rotary (the Hugging Face Llama layout) of one head at position pos */
+static void rope(float *v, int head_dim, const float *cos, const float *sin) {
+    int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float a = v[i], b = v[i + half];
+        v[i] = a * cos[i] - b * sin[i];
+        v[i + half] = b * cos[i] + a * sin[i];
+    }
+}
+
+static inline float dot(const float *a, const float *b, int n) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    return hsum8(acc);
+}
+
+/* ---- the forward pass ------------------------------------------------------------------- */
+
+static void quantize_rows(const float *x, int tokens, Act *a) {
+#pragma omp for schedule(static)
+    for (int t = 0; t < tokens; t++) quantize_token(x, a, t);
+}
+
+static void embed_row(const Mat8 *e, int id, float *out) {
+    int nb = e->k / QK;
+    for (int b = 0; b < nb; b++) {
+        float d = e->d[(size_t)id * nb + b];
+        const int8_t *q = e->q + ((size_t)id * nb + b) * QK;
+        for (int j = 0; j < QK; j++) out[b * QK + j] = d * q[j];
+    }
+}
+
+/* Runs `tokens` tokens at positions start.. through the model, the cache updated in place.
+   logits: [tokens, vocab] when all_logits, else [vocab] for the last token. Returns 0, or -1
+   when the sequence would outgrow the cache. */
+int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_logits, float *logits,
+            float *scratch) {
+    if (start + tokens > m->slots || tokens < 1) return -1;
+    const int H = m->hidden, hd = m->head_dim, nq = m->heads * hd, nkv = m->kv_heads * hd;
+    const int qkv_n = nq + 2 * nkv, group = m->heads / m->kv_heads;
+    const int gu_n = 2 * m->inter;
+    const int widest = qkv_n > gu_n ? qkv_n : gu_n;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *resid = scratch, *normed = resid + (size_t)tokens * H, *ctx = normed + (size_t)tokens * H;
+    float *wide = ctx + (size_t)tokens * H;  /* qkv or gate_up outputs */
+    float *mlp = wide + (size_t)tokens * (widest > H ? widest : H);
+    float *actbuf = mlp + (size_t)tokens * m->inter;
+    float *scores = actbuf + (size_t)tokens * act_floats(m->inter > H ? m->inter : H);
+    Act ah, ai;  /* the same memory: a product's input is dead once the product ran */
+    act_layout(&ah, actbuf, H, tokens);
+    act_layout(&ai, actbuf, m->inter, tokens);
+    const size_t layer_stride = (size_t)m->kv_heads * m->slots * hd;
+
+#pragma omp parallel num_threads(m->threads)
+    {
+#pragma omp for schedule(static)
+        for (int t = 0; t < tokens; t++) embed_row(&m->embed, ids[t], resid + (size_t)t * H);
+
+        for (int l = 0; l < m->layers; l++) {
+            const Layer *L = &m->layer[l];
+            float *kc = m->k_cache + l * layer_stride, *vc = m->v_cache + l * layer_stride;
+#pragma omp for schedule(static)
+            for (int t = 0; t < tokens; t++) {
+                rmsnorm(resid + (size_t)t * H, L->attn_norm, H, m->eps, normed + (size_t)t * H);
+                quantize_token(normed, &ah, t);
+            }
+            matmul4(&L->qkv, &ah, tokens, wide, qkv_n);
+            /* rotary on q and k; k and v into the cache */
+#pragma omp for schedule(static)
+            for (int t = 0; t < tokens; t++) {
+                int pos = start + t;
+                float *row = wide + (size_t)t * qkv_n;
+                const float *c = m->cos + (size_t)pos * (hd / 2), *s = m->sin + (size_t)pos * (hd / 2);
+                for (int h = 0; h < m->heads; h++) rope(row + h * hd, hd, c, s);
+                for (int h = 0; h < m->kv_heads; h++) {
+                    rope(row + nq + h * hd, hd, c, s);
+                    memcpy(kc + ((size_t)h * m->slots + pos) * hd, row + nq + h * hd, hd * sizeof(float));
+                    memcpy(vc + ((size_t)h * m->slots + pos) * hd, row + nq + nkv + h * hd, hd * sizeof(float));
+                }
+            }
+            /* causal attention, one (token, head) pair per iteration */
+            float *sc = scores + (size_t)omp_get_thread_num() * m->slots;
+#pragma omp for schedule(static) collapse(2)
+            for (int t = 0; t < tokens; t++) {
+                for (int h = 0; h < m->heads; h++) {
+                    int len = start + t + 1, kvh = h / group;
+                    const float *q = wide + (size_t)t * qkv_n + h * hd;
+                    const float *K = kc + (size_t)kvh * m->slots * hd, *V = vc + (size_t)kvh * m->slots * hd;
+                    float mx = -INFINITY;
+                    for (int j = 0; j < len; j++) {
+                        sc[j] = dot(q, K + (size_t)j * hd, hd) * scale;
+                        if (sc[j] > mx) mx = sc[j];
+                    }
+                    float sum = 0.0f;
+                    for (int j = 0; j < len; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
+                    float inv = 1.0f / sum, *out = ctx + (size_t)t * H + h * hd;
+                    for (int i = 0; i < hd; i++) out[i] = 0.0f;
+                    for (int j = 0; j < len; j++) {
+                        __m256 p = _mm256_set1_ps(sc[j] * inv);
+                        const float *v = V + (size_t)j * hd;
+                        for (int i = 0; i < hd; i += 8)
+                            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
+                    }
+                }
+            }
+            quantize_rows(ctx, tokens, &ah);
+            matmul4(&L->o, &ah, tokens, wide, H);
+#pragma omp for schedule(static)
+            for (int t = 0; t < tokens; t++) {
+                float *x = resid + (size_t)t * H;
+                const float *o = wide + (size_t)t * H;
+                for (int i = 0; i < H; i++) x[i] += o[i];
+                rmsnorm(x, L->ffn_norm, H, m->eps, normed + (size_t)t * H);
+                quantize_token(normed, &ah, t);
+            }
+            matmul4(&L->gate_up, &ah, tokens, wide, gu_n);
+#pragma omp for schedule(static)
+            for (int t = 0; t < tokens; t++) {
+                const float *g = wide + (size_t)t * gu_n;
+                silu_mul(g, g + m->inter, m->inter, mlp + (size_t)t * m->inter);
+                quantize_token(mlp, &ai, t);
+            }
+            matmul4(&L->down, &ai, tokens, wide, H);
+#pragma omp for schedule(static)
+            for (int t = 0; t < tokens; t++) {
+                float *x = resid + (size_t)t * H;
+                const float *d = wide + (size_t)t * H;
+                for (int i = 0; i < H; i++) x[i] += d[i];
+            }
+        }
+        /* final norm and the LM head, on every position or the last one */
+        int first = all_logits ? 0 : tokens - 1, kept = tokens - first;
+#pragma omp for schedule(static)
+        for (int t = 0; t < kept; t++) {
+            rmsnorm(resid + (size_t)(first + t) * H, m->final_norm, H, m->eps, normed + (size_t)t * H);
+            quantize_token(normed, &ah, t);
+        }
+        matmul8(&m->head, &ah, kept, logits, m->vocab);
+    }
+    return 0;
+}
+
+/* ---- single products, for tests: y[t] = W x[t], x quantized as the forward pass does ---------- */
+
+void product4(const Mat4 *w, const float *x, int tokens, float *y, float *scratch) {
+    Act a;
+    act_layout(&a, scratch, w->k, tokens);
+    for (int t = 0; t < tokens; t++) quantize_token(x, &a, t);
+    matmul4_rows(w, &a, tokens, y, w->n, 0, w->n);
+}
+
+void product8(const Mat8 *w, const float *x, int tokens, float *y, float *scratch) {
+    Act a;
+    act_layout(&a, scratch, w->k, tokens);
+    for (int t = 0; t < tokens; t++) quantize_token(x, &a, t);
+    matmul8_rows(w, &a, tokens, y, w->n, 0, w->n);
+}
