@@ -48,3 +48,31 @@ def _quick_hardware_probe(request, monkeypatch):
         session.save()
 
     monkeypatch.setattr(Session, "probe", fixed_probe)
+
+
+@pytest.fixture(scope="session")
+def grid_llama(tiny_models, tmp_path_factory):
+    """The tiny Llama with its weights moved onto the grids of a Q4_1 GGUF (blocks: 4-bit
+    affine; token table: 8-bit symmetric; scales and offsets in fp16), like the bundled model's
+    reference weights."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from inferlab.engines.blockquant import affine4, symmetric8
+    from inferlab.models import resolve
+    from tests.tiny import make_tokenizer
+
+    folder = str(tmp_path_factory.mktemp("grid-llama"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                q = (symmetric8 if "embed_tokens" in name else affine4)(p.numpy())
+                q.scales = q.scales.astype(np.float16).astype(np.float32)  # GGUF stores them in fp16
+                if q.offsets is not None:
+                    q.offsets = q.offsets.astype(np.float16).astype(np.float32)
+                p.copy_(torch.from_numpy(q.dequantize()))
+    model.save_pretrained(folder)
+    make_tokenizer(folder)
+    return resolve(folder)

@@ -7,19 +7,9 @@ import pytest
 from inferlab.engines import EngineError, EngineUnsupported, engine_class
 from inferlab.engines.blockquant import affine4, pack, symmetric8, unpack
 from inferlab.harness import generate
+from tests.tiny import on_q4_1_grid
 
 PROMPT = [5, 17, 42, 99, 3, 250, 7]
-
-
-def on_q4_1_grid(shape, seed=0):
-    """Weights as a Q4_1 file dequantizes them: per block of 32, q * d + m."""
-    rng = np.random.default_rng(seed)
-    n, k = shape
-    q = rng.integers(0, 16, (n, k // 32, 32)).astype(np.float32)
-    q[..., 0], q[..., 1] = 0, 15  # every block spans its full range, as Q4_1's rule makes it
-    d = rng.uniform(0.001, 0.02, (n, k // 32, 1)).astype(np.float32)
-    m = rng.uniform(-0.15, 0.0, (n, k // 32, 1)).astype(np.float32)
-    return (q * d + m).reshape(n, k)
 
 
 def test_pack_roundtrip_keeps_the_even_element_in_the_low_nibble():
@@ -74,28 +64,6 @@ def test_matmulnbits_reads_our_layout(bits):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"x": x})[0]
     assert np.allclose(got, x @ q.dequantize().T, rtol=1e-4, atol=1e-4)
-
-
-@pytest.fixture(scope="module")
-def grid_llama(tiny_models, tmp_path_factory):
-    """The tiny Llama with its weights moved onto the grids of a Q4_1 GGUF (blocks: 4-bit
-    affine; token table: 8-bit symmetric), like the bundled model's reference weights."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from inferlab.models import resolve
-    from tests.tiny import make_tokenizer
-
-    folder = str(tmp_path_factory.mktemp("grid-llama"))
-    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                snap = symmetric8 if "embed_tokens" in name else affine4
-                p.copy_(torch.from_numpy(snap(p.numpy()).dequantize()))
-    model.save_pretrained(folder)
-    make_tokenizer(folder)
-    return resolve(folder)
 
 
 @pytest.fixture(scope="module")

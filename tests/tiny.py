@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 VOCAB = 320
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -46,3 +48,14 @@ def make_model(folder: str, arch: str, seed: int = 0) -> str:
     model.save_pretrained(folder)
     make_tokenizer(folder)
     return folder
+
+
+def on_q4_1_grid(shape, seed=0):
+    """Weights as a Q4_1 file dequantizes them: per block of 32, q * d + m (d and m in fp16)."""
+    rng = np.random.default_rng(seed)
+    n, k = shape
+    q = rng.integers(0, 16, (n, k // 32, 32)).astype(np.float32)
+    q[..., 0], q[..., 1] = 0, 15  # every block spans its full range, as Q4_1's rule makes it
+    d = rng.uniform(0.001, 0.02, (n, k // 32, 1)).astype(np.float16).astype(np.float32)
+    m = rng.uniform(-0.15, 0.0, (n, k // 32, 1)).astype(np.float16).astype(np.float32)
+    return (q * d + m).reshape(n, k)

@@ -62,12 +62,29 @@ class NativeInt4(Engine):
         self.library, _ = self._library()
         self.folder, _ = self.artifact()
         self.decoder = NativeDecoder(self.folder, self.threads, defaults.KV_SLOTS)
+        self.reset_counters()
 
     def prefill(self, token_ids, all_logits=False):
-        return self.decoder.prefill(token_ids, all_logits)
+        logits = self.decoder.prefill(token_ids, all_logits)
+        self._count("prefill", len(token_ids))
+        return logits
 
     def decode(self, token_id):
-        return self.decoder.decode(token_id)
+        logits = self.decoder.decode(token_id)
+        self._count("decode", 1)
+        return logits
+
+    def _count(self, phase: str, tokens: int) -> None:
+        self.clock[f"{phase}_ms"] += sum(self.decoder.last_phases.values()) * 1e3
+        self.clock[f"{phase}_tokens"] += tokens
+
+    def reset_counters(self) -> None:
+        self.clock = {"prefill_ms": 0.0, "prefill_tokens": 0, "decode_ms": 0.0, "decode_tokens": 0}
+
+    def counters(self) -> dict:
+        """The decoder's own clock: wall time inside the C forward pass (OpenMP region), so
+        the harness's figures minus these are the Python and ctypes cost of a call."""
+        return dict(self.clock)
 
     def info(self) -> dict:
         from ..native import library

@@ -18,8 +18,15 @@ One OpenMP parallel region per forward pass: products split by rows, attention b
 #include <omp.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #define QK 32
+#ifndef PREFETCH_BLOCKS
+#define PREFETCH_BLOCKS 64
+#endif
+#ifndef PREFETCH_BYTES4
+#define PREFETCH_BYTES4 2048
+#endif
 
 typedef struct {
     int32_t n, k;          /* rows (outputs), columns (inputs) */
@@ -179,6 +186,7 @@ static void matmul4_rows(const Mat4 *w, const Act *x, int tokens, float *y, int 
             const uint16_t *wd = w->d + row;
             __m256 acc = _mm256_setzero_ps();
             for (int p = 0; p < pairs; p++) {
+                _mm_prefetch((const char *)(wq + p * 32 + PREFETCH_BYTES4), _MM_HINT_T0);
                 __m256i raw = _mm256_loadu_si256((const __m256i *)(wq + p * 32));
                 __m256i lo = _mm256_and_si256(raw, low), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
                 __m256i xlo = _mm256_loadu_si256((const __m256i *)(xq + p * 64));
@@ -216,6 +224,7 @@ static void matmul8_rows(const Mat8 *w, const Act *x, int tokens, float *y, int 
             for (int b = 0; b < nb; b++) {
                 __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
                 size_t b0 = (size_t)r * nb + b, b1 = b0 + nb;
+                _mm_prefetch((const char *)(w->q + (b1 + PREFETCH_BLOCKS) * QK), _MM_HINT_T0);
                 __m256i w0 = _mm256_loadu_si256((const __m256i *)(w->q + b0 * QK));
                 __m256i w1 = _mm256_loadu_si256((const __m256i *)(w->q + b1 * QK));
                 __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(xv, w0)), ones);
@@ -330,6 +339,42 @@ static void embed_row(const Mat8 *e, int id, float *out) {
     }
 }
 
+/* ---- the engine's own clock: wall time per kind of work, read by the profiler -------------- */
+
+enum { PH_EMBED, PH_NORM, PH_ATTN_PROJ, PH_ATTENTION, PH_MLP_PROJ, PH_ACTIVATION, PH_RESIDUAL,
+       PH_FINAL_NORM, PH_HEAD, PHASES };
+static const char *const PHASE_NAMES = "embedding,rmsnorm_quantize,attention_projections,attention,"
+                                       "mlp_projections,silu_mul_quantize,residual_add,final_norm,lm_head";
+static double phase_s[PHASES];  /* per process: one decoder runs in a method's process */
+
+static inline double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Called by every thread right after a barrier: thread 0 books the time since its last mark
+   (the phase's work and its wait for the slowest thread) to `phase`. */
+static inline void mark(int phase, double *last) {
+    if (omp_get_thread_num() == 0) {
+        double t = now_s();
+        phase_s[phase] += t - *last;
+        *last = t;
+    }
+}
+
+int phase_count(void) { return PHASES; }
+
+const char *phase_names(void) { return PHASE_NAMES; }
+
+/* seconds per phase since the last reset, in the enum's order; then zeroed when reset != 0 */
+void phase_seconds(double *out, int reset) {
+    for (int i = 0; i < PHASES; i++) {
+        out[i] = phase_s[i];
+        if (reset) phase_s[i] = 0.0;
+    }
+}
+
 /* Runs `tokens` tokens at positions start.. through the model, the cache updated in place.
    logits: [tokens, vocab] when all_logits, else [vocab] for the last token. Returns 0, or -1
    when the sequence would outgrow the cache. */
@@ -353,8 +398,10 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
 
 #pragma omp parallel num_threads(m->threads)
     {
+        double last = now_s();
 #pragma omp for schedule(static)
         for (int t = 0; t < tokens; t++) embed_row(&m->embed, ids[t], resid + (size_t)t * H);
+        mark(PH_EMBED, &last);
 
         for (int l = 0; l < m->layers; l++) {
             const Layer *L = &m->layer[l];
@@ -364,7 +411,9 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
                 rmsnorm(resid + (size_t)t * H, L->attn_norm, H, m->eps, normed + (size_t)t * H);
                 quantize_token(normed, &ah, t);
             }
+            mark(PH_NORM, &last);
             matmul4(&L->qkv, &ah, tokens, wide, qkv_n);
+            mark(PH_ATTN_PROJ, &last);
             /* rotary on q and k; k and v into the cache */
 #pragma omp for schedule(static)
             for (int t = 0; t < tokens; t++) {
@@ -404,7 +453,9 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
                 }
             }
             quantize_rows(ctx, tokens, &ah);
+            mark(PH_ATTENTION, &last);
             matmul4(&L->o, &ah, tokens, wide, H);
+            mark(PH_ATTN_PROJ, &last);
 #pragma omp for schedule(static)
             for (int t = 0; t < tokens; t++) {
                 float *x = resid + (size_t)t * H;
@@ -413,20 +464,25 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
                 rmsnorm(x, L->ffn_norm, H, m->eps, normed + (size_t)t * H);
                 quantize_token(normed, &ah, t);
             }
+            mark(PH_NORM, &last);
             matmul4(&L->gate_up, &ah, tokens, wide, gu_n);
+            mark(PH_MLP_PROJ, &last);
 #pragma omp for schedule(static)
             for (int t = 0; t < tokens; t++) {
                 const float *g = wide + (size_t)t * gu_n;
                 silu_mul(g, g + m->inter, m->inter, mlp + (size_t)t * m->inter);
                 quantize_token(mlp, &ai, t);
             }
+            mark(PH_ACTIVATION, &last);
             matmul4(&L->down, &ai, tokens, wide, H);
+            mark(PH_MLP_PROJ, &last);
 #pragma omp for schedule(static)
             for (int t = 0; t < tokens; t++) {
                 float *x = resid + (size_t)t * H;
                 const float *d = wide + (size_t)t * H;
                 for (int i = 0; i < H; i++) x[i] += d[i];
             }
+            mark(PH_RESIDUAL, &last);
         }
         /* final norm and the LM head, on every position or the last one */
         int first = all_logits ? 0 : tokens - 1, kept = tokens - first;
@@ -435,7 +491,9 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
             rmsnorm(resid + (size_t)(first + t) * H, m->final_norm, H, m->eps, normed + (size_t)t * H);
             quantize_token(normed, &ah, t);
         }
+        mark(PH_FINAL_NORM, &last);
         matmul8(&m->head, &ah, kept, logits, m->vocab);
+        mark(PH_HEAD, &last);
     }
     return 0;
 }

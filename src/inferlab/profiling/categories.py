@@ -1,4 +1,5 @@
-"""Operator name -> category, for PyTorch (aten::, quantized::) and ONNX Runtime op types.
+"""Operator name -> category, for PyTorch (aten::, quantized::), ONNX Runtime op types and the
+native decoder's phases (native::).
 
 Categories (every phase's shares add up to 100 % with `overhead`, the time inside the phase
 that no operator covers: Python, dispatch, framework bookkeeping)."""
@@ -94,6 +95,11 @@ _EXACT = {
     # sampling
     "aten::argmax": "sampling", "aten::topk": "sampling", "aten::multinomial": "sampling",
     "aten::max": "sampling", "ArgMax": "sampling", "TopK": "sampling",
+    # inferlab's native decoder (its own clock's phases)
+    "native::matmul_q4 (q, k, v, o)": "matmul", "native::matmul_q4 (gate, up, down)": "matmul",
+    "native::matmul_q8": "matmul", "native::attention": "attention",
+    "native::rmsnorm_quantize": "normalization", "native::silu_mul_quantize": "activation",
+    "native::residual_add": "elementwise", "native::embedding": "embedding/lookup",
 }
 
 

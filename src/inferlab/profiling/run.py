@@ -1,6 +1,6 @@
 """The profiling pass of one method, in the method's worker: the harness's generation loop
 under the profiler its framework has (torch.profiler for PyTorch engines, ONNX Runtime's own
-for ONNX engines), plus the same steps unprofiled to show what the profiler costs."""
+for ONNX engines, the native decoder's own clock), plus the same steps unprofiled to show what the profiler costs."""
 
 from __future__ import annotations
 
@@ -31,6 +31,10 @@ def profile_engine(engine, method: str, request, progress) -> dict:
 
         data = ort_profile.profile(engine.ort_driver, request.prompt_ids, request.steps,
                                    request.trace_path)
+    elif hasattr(engine, "decoder") and hasattr(engine.decoder, "last_phases"):  # the native decoder
+        from . import native_profile
+
+        data = native_profile.profile(engine.decoder, request.prompt_ids, request.steps, request.trace_path)
     else:
         raise EngineUnsupported(f"{method} cannot be profiled: inferlab has no profiler for its framework")
     data["unprofiled"] = unprofiled
