@@ -115,8 +115,11 @@ def pack_model(model_folder: str, out_folder: str) -> dict:
         report["max_relative_error"] = max(report["max_relative_error"], q.max_error / max(q.max_abs, 1e-30))
         return q
 
-    def add4(name: str, parts: list[str]) -> None:
-        w = np.concatenate([weights[p] for p in parts], axis=0)
+    def add4(name: str, parts: list[str], interleave: bool = False) -> None:
+        # interleaved: row 2i of the first matrix's row i, row 2i + 1 the second's (gate, up)
+        w = np.stack([weights[p] for p in parts], axis=1) if interleave else np.concatenate(
+            [weights[p] for p in parts], axis=0)
+        w = w.reshape(-1, w.shape[-1])
         q = account(_half_scales(affine4(w, BLOCK), w), len(parts))
         blob.add(name + ".q", _nibbles(q))
         blob.add(name + ".d", q.scales.astype(np.float16))
@@ -133,7 +136,7 @@ def pack_model(model_folder: str, out_folder: str) -> dict:
         blob.add(f"{i}.ffn_norm", weights[p + "post_attention_layernorm.weight"])
         add4(f"{i}.qkv", [p + f"self_attn.{k}_proj.weight" for k in "qkv"])
         add4(f"{i}.o", [p + "self_attn.o_proj.weight"])
-        add4(f"{i}.gate_up", [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"])
+        add4(f"{i}.gate_up", [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], interleave=True)
         add4(f"{i}.down", [p + "mlp.down_proj.weight"])
     blob.add("final_norm", weights["model.norm.weight"])
     head = llama_arch.lm_head_name(s, weights)

@@ -2,16 +2,17 @@
 
 Why it exists: the bundled model's weights lie on a Q4_1 grid (w = q * d + m per block of 32).
 ONNX Runtime's 4-bit kernel takes integer zero points only, so an exact Q4_1 layer there costs
-extra nodes per matrix (a quarter of a decode step, measured); here the offset term is part of
-the dot product: sum(w x) = d * sum(q x) + m * sum(x), with the block's sum of x in fp32.
+four extra graph nodes per product (a quarter of a decode step, measured); here the offsets are
+part of the dot product, multiplied by the exact fp32 sum of the block's inputs.
 
 Weights:  4-bit matrices [n, k/32] blocks of 16 bytes (byte j = element j in the low nibble,
-          element j + 16 in the high one), float scale d and centre c per block (w = (q - 8) d + c,
-          which is Q4_1's q d + m with c = m + 8 d);
-          8-bit matrices (Q8_0 rule: w = q * d, q in -127..127) for the LM head and embedding.
+          element j + 16 in the high one), scale d and offset m per block in fp16, as a Q4_1
+          GGUF stores them; 8-bit matrices (Q8_0 rule: w = q * d, q in -127..127, d fp32) for
+          the LM head and the token table.
 Activations are quantized per block of 32 to int8 (scale max|x| / 127) right before each
 product, as llama.cpp and ONNX Runtime's accuracy_level 4 do; everything else is fp32.
-One OpenMP parallel region per forward pass: products split by rows, attention by heads. */
+One OpenMP parallel region per forward pass: products split by rows, attention by heads;
+thread 0 keeps a clock per phase (phase_seconds), the engine's counters and profiler. */
 
 #include <immintrin.h>
 #include <math.h>
@@ -21,12 +22,10 @@ One OpenMP parallel region per forward pass: products split by rows, attention b
 #include <time.h>
 
 #define QK 32
-#ifndef PREFETCH_BLOCKS
-#define PREFETCH_BLOCKS 64
-#endif
-#ifndef PREFETCH_BYTES4
+/* software prefetch distance, 2 KiB ahead in both kernels: measured the LM head 2.0 -> 1.4 ms a
+   step on a 2-core AMD EPYC; 512 B and 4 KiB were no better */
+#define PREFETCH_BLOCKS 64   /* 8-bit blocks of 32 bytes */
 #define PREFETCH_BYTES4 2048
-#endif
 
 typedef struct {
     int32_t n, k;          /* rows (outputs), columns (inputs) */
@@ -43,7 +42,7 @@ typedef struct {
 
 typedef struct {
     const float *attn_norm, *ffn_norm;  /* [hidden] */
-    Mat4 qkv, o, gate_up, down;         /* qkv: q rows, then k, then v; gate_up: gate, then up */
+    Mat4 qkv, o, gate_up, down;  /* qkv: q rows, then k, then v; gate_up: gate and up rows interleaved */
 } Layer;
 
 typedef struct {
@@ -77,15 +76,24 @@ static void act_layout(Act *a, float *buf, int k, int tokens) {
     a->qp = a->q + n;
 }
 
-/* Scratch for `tokens` tokens, in floats (the caller allocates it). */
+/* Scratch for `tokens` tokens, in floats (the caller allocates it): a shared part, then one
+   private part per thread (see forward). */
+static size_t private_floats(const Model *m, int tokens) {
+    return (size_t)tokens * (2 * (size_t)m->hidden + act_floats(m->hidden)) + (size_t)m->slots + 16;
+}
+
+static size_t widest_rows(const Model *m) {
+    size_t qkv = (size_t)(m->heads + 2 * m->kv_heads) * m->head_dim, gu = 2 * (size_t)m->inter;
+    return qkv > gu ? qkv : gu;
+}
+
+static size_t shared_floats(const Model *m, int tokens) {
+    size_t t = (size_t)tokens;
+    return t * (widest_rows(m) + 3 * (size_t)m->hidden + (size_t)m->inter + act_floats(m->inter)) + 16;
+}
+
 size_t scratch_floats(const Model *m, int tokens) {
-    size_t t = (size_t)tokens, widest = (size_t)(2 * m->inter > m->hidden ? 2 * m->inter : m->hidden);
-    size_t qkv = (size_t)(m->heads + 2 * m->kv_heads) * m->head_dim;
-    return t * m->hidden * 3            /* residual, normed, attention context */
-         + t * (qkv > widest ? qkv : widest)
-         + t * m->inter                 /* MLP activation */
-         + t * act_floats(m->inter > m->hidden ? m->inter : m->hidden)
-         + (size_t)m->threads * m->slots + 64;
+    return shared_floats(m, tokens) + (size_t)m->threads * private_floats(m, tokens);
 }
 
 static inline float hmax8(__m256 v) {
@@ -102,15 +110,15 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(x);
 }
 
-/* row t of x [tokens, a->k] into row t of a */
-static void quantize_token(const float *xrow, Act *a, int t) {
+/* blocks b0..b1 of row t of x [tokens, a->k] into row t of a; b0 even, b1 even or the row's end */
+static void quantize_blocks(const float *xrows, Act *a, int t, int b0, int b1) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const int nb = a->k / QK;
-    const float *x = xrow + (size_t)t * a->k;
+    const float *x = xrows + (size_t)t * a->k;
     int8_t *q = a->q + (size_t)t * a->k, *qp = a->qp + (size_t)t * a->k;
     float *d = a->d + (size_t)t * nb, *s = a->s + (size_t)t * nb, *e = a->e + (size_t)t * nb;
     float *xp = a->xp + (size_t)t * nb * 4;
-    for (int b = 0; b < nb; b++) {
+    for (int b = b0; b < b1; b++) {
         const float *xb = x + b * QK;
         __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
         __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
@@ -131,15 +139,18 @@ static void quantize_token(const float *xrow, Act *a, int t) {
         s[b] = hsum8(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
         e[b] = s[b] - scale * hsum8(_mm256_cvtepi32_ps(s32));
     }
-    for (int b = 0; b + 1 < nb; b += 2) {
+    int b = b0;
+    for (; b + 1 < b1; b += 2) {
         __m256i v0 = _mm256_loadu_si256((const __m256i *)(q + b * QK));
         __m256i v1 = _mm256_loadu_si256((const __m256i *)(q + (b + 1) * QK));
         _mm256_storeu_si256((__m256i *)(qp + b * QK), _mm256_permute2x128_si256(v0, v1, 0x20));
         _mm256_storeu_si256((__m256i *)(qp + b * QK + 32), _mm256_permute2x128_si256(v0, v1, 0x31));
         _mm256_storeu_ps(xp + b * 4, _mm256_setr_ps(d[b], d[b], d[b], d[b], d[b + 1], d[b + 1], d[b + 1], d[b + 1]));
     }
-    if (nb % 2) memcpy(qp + (nb - 1) * QK, q + (nb - 1) * QK, QK);  /* a last unpaired block: element order */
+    if (b < b1) memcpy(qp + b * QK, q + b * QK, QK);  /* a last unpaired block: element order */
 }
+
+static void quantize_token(const float *xrows, Act *a, int t) { quantize_blocks(xrows, a, t, 0, a->k / QK); }
 
 /* ---- products ----------------------------------------------------------------------- */
 
@@ -172,32 +183,47 @@ static inline float offset_part(const uint16_t *m, const uint16_t *d, const floa
             = d * dx * sum(q xq) + m * s + 8 d * e      (s = sum(x), e = s - dx * sum(xq)).
    The offsets' part thus multiplies the exact sum of x, and the int8 rounding of x is not
    multiplied by q's mean. Two blocks at a time: one 32-byte load holds both blocks' nibbles. */
+/* one pair of blocks: the int8 dot products of both, lanes 0-3 the first block's, 4-7 the second's */
+static inline __m256 pair_dots(const uint8_t *wq, const int8_t *xq) {
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    __m256i raw = _mm256_loadu_si256((const __m256i *)wq);
+    __m256i lo = _mm256_and_si256(raw, low), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+    /* each int16 sum is at most 4 * 15 * 127: no saturation */
+    __m256i sum16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xq)),
+                                     _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xq + 32))));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(sum16, _mm256_set1_epi16(1)));
+}
+
 static void matmul4_rows(const Mat4 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1) {
     const int nb = w->k / QK, pairs = nb / 2;
-    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
-    const __m256i spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-    for (int t = 0; t < tokens; t++) {
-        const int8_t *xq = x->qp + (size_t)t * w->k;
-        const float *xd = x->d + (size_t)t * nb, *xs = x->s + (size_t)t * nb, *xe = x->e + (size_t)t * nb;
-        const float *xp = x->xp + (size_t)t * nb * 4;
-        for (int r = r0; r < r1; r++) {
-            const size_t row = (size_t)r * nb;
-            const uint8_t *wq = w->q + row * 16;
-            const uint16_t *wd = w->d + row;
-            __m256 acc = _mm256_setzero_ps();
-            for (int p = 0; p < pairs; p++) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i spread0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), spread1 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    const __m256i spread2 = _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), spread3 = _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7);
+    /* rows outside, tokens inside: a prompt's tokens reuse each row while it is in L1 */
+    for (int r = r0; r < r1; r++) {
+        const size_t row = (size_t)r * nb;
+        const uint8_t *wq = w->q + row * 16;
+        const uint16_t *wd = w->d + row;
+        for (int t = 0; t < tokens; t++) {
+            const int8_t *xq = x->qp + (size_t)t * w->k;
+            const float *xd = x->d + (size_t)t * nb, *xs = x->s + (size_t)t * nb, *xe = x->e + (size_t)t * nb;
+            __m256 acc = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
+            int p = 0;
+            /* four pairs at a time: their eight block scales (weight x activation) in one vector */
+            for (; p + 4 <= pairs; p += 4) {
                 _mm_prefetch((const char *)(wq + p * 32 + PREFETCH_BYTES4), _MM_HINT_T0);
-                __m256i raw = _mm256_loadu_si256((const __m256i *)(wq + p * 32));
-                __m256i lo = _mm256_and_si256(raw, low), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-                __m256i xlo = _mm256_loadu_si256((const __m256i *)(xq + p * 64));
-                __m256i xhi = _mm256_loadu_si256((const __m256i *)(xq + p * 64 + 32));
-                /* each int16 sum is at most 4 * 15 * 127: no saturation */
-                __m256i sum16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
-                __m256 dots = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum16, ones));
-                uint32_t two;
-                memcpy(&two, wd + 2 * p, 4);
-                __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128((int)two))), spread);
-                acc = _mm256_fmadd_ps(dots, _mm256_mul_ps(dw, _mm256_loadu_ps(xp + p * 8)), acc);
+                _mm_prefetch((const char *)(wq + p * 32 + 64 + PREFETCH_BYTES4), _MM_HINT_T0);
+                __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wd + 2 * p))),
+                                          _mm256_loadu_ps(xd + 2 * p));
+                acc = _mm256_fmadd_ps(pair_dots(wq + p * 32, xq + p * 64), _mm256_permutevar8x32_ps(sc, spread0), acc);
+                acc2 = _mm256_fmadd_ps(pair_dots(wq + p * 32 + 32, xq + p * 64 + 64), _mm256_permutevar8x32_ps(sc, spread1), acc2);
+                acc = _mm256_fmadd_ps(pair_dots(wq + p * 32 + 64, xq + p * 64 + 128), _mm256_permutevar8x32_ps(sc, spread2), acc);
+                acc2 = _mm256_fmadd_ps(pair_dots(wq + p * 32 + 96, xq + p * 64 + 192), _mm256_permutevar8x32_ps(sc, spread3), acc2);
+            }
+            for (; p < pairs; p++) {
+                __m256 s0 = _mm256_setr_ps(half(wd[2 * p]), half(wd[2 * p]), half(wd[2 * p]), half(wd[2 * p]),
+                                           half(wd[2 * p + 1]), half(wd[2 * p + 1]), half(wd[2 * p + 1]), half(wd[2 * p + 1]));
+                acc = _mm256_fmadd_ps(pair_dots(wq + p * 32, xq + p * 64), _mm256_mul_ps(s0, _mm256_loadu_ps(x->xp + (size_t)t * nb * 4 + p * 8)), acc);
             }
             float tail = 0.0f;
             if (nb % 2) {
@@ -206,69 +232,45 @@ static void matmul4_rows(const Mat4 *w, const Act *x, int tokens, float *y, int 
                                                _mm256_loadu_si256((const __m256i *)(xq + b * QK))), ones);
                 tail = half(wd[b]) * xd[b] * hsum8(_mm256_cvtepi32_ps(pr));
             }
-            y[(size_t)t * ldy + r] = hsum8(acc) + tail + offset_part(w->m + row, wd, xs, xe, nb);
+            y[(size_t)t * ldy + r] = hsum8(_mm256_add_ps(acc, acc2)) + tail + offset_part(w->m + row, wd, xs, xe, nb);
         }
     }
 }
 
-/* 8-bit signed weights: maddubs wants an unsigned left operand, so |w| and x with w's sign */
+static inline __m256 dot8_block(const int8_t *w, const int8_t *x, float scale, __m256 acc) {
+    __m256i wv = _mm256_loadu_si256((const __m256i *)w), xv = _mm256_loadu_si256((const __m256i *)x);
+    __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv)),
+                                  _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(scale), acc);
+}
+
+/* 8-bit signed weights: maddubs wants an unsigned left operand, so |w| and x with w's sign.
+   Rows outside, tokens inside, as in matmul4_rows. */
 static void matmul8_rows(const Mat8 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1) {
     const int nb = w->k / QK;
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int t = 0; t < tokens; t++) {
-        const int8_t *xq = x->q + (size_t)t * w->k;
-        const float *xd = x->d + (size_t)t * nb;
-        int r = r0;
-        for (; r + 2 <= r1; r += 2) {
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (int r = r0; r < r1; r++) {
+        const int8_t *wq = w->q + (size_t)r * nb * QK;
+        const float *wd = w->d + (size_t)r * nb;
+        for (int t = 0; t < tokens; t++) {
+            const int8_t *xq = x->q + (size_t)t * w->k;
+            const float *xd = x->d + (size_t)t * nb;
+            __m256 acc = _mm256_setzero_ps();
             for (int b = 0; b < nb; b++) {
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
-                size_t b0 = (size_t)r * nb + b, b1 = b0 + nb;
-                _mm_prefetch((const char *)(w->q + (b1 + PREFETCH_BLOCKS) * QK), _MM_HINT_T0);
-                __m256i w0 = _mm256_loadu_si256((const __m256i *)(w->q + b0 * QK));
-                __m256i w1 = _mm256_loadu_si256((const __m256i *)(w->q + b1 * QK));
-                __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(xv, w0)), ones);
-                __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(xv, w1)), ones);
-                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(w->d[b0] * xd[b]), a0);
-                a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(w->d[b1] * xd[b]), a1);
+                _mm_prefetch((const char *)(wq + (b + PREFETCH_BLOCKS) * QK), _MM_HINT_T0);
+                acc = dot8_block(wq + b * QK, xq + b * QK, wd[b] * xd[b], acc);
             }
-            y[(size_t)t * ldy + r] = hsum8(a0);
-            y[(size_t)t * ldy + r + 1] = hsum8(a1);
-        }
-        for (; r < r1; r++) {
-            __m256 a0 = _mm256_setzero_ps();
-            for (int b = 0; b < nb; b++) {
-                size_t b0 = (size_t)r * nb + b;
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
-                __m256i w0 = _mm256_loadu_si256((const __m256i *)(w->q + b0 * QK));
-                __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(xv, w0)), ones);
-                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(w->d[b0] * xd[b]), a0);
-            }
-            y[(size_t)t * ldy + r] = hsum8(a0);
+            y[(size_t)t * ldy + r] = hsum8(acc);
         }
     }
 }
 
-/* Rows split evenly between the threads, in multiples of 4 (the kernel's row group). */
-static void my_rows(int n, int *r0, int *r1) {
+/* This thread's rows of n, split evenly in units of `align` rows (4: the kernels' stride; a
+   head's rows for rotary in place; whole blocks of the MLP activation). */
+static void my_rows(int n, int align, int *r0, int *r1) {
     int nt = omp_get_num_threads(), id = omp_get_thread_num();
-    int groups = (n + 3) / 4, per = (groups + nt - 1) / nt;
-    *r0 = id * per * 4 < n ? id * per * 4 : n;
-    *r1 = (id + 1) * per * 4 < n ? (id + 1) * per * 4 : n;
-}
-
-static void matmul4(const Mat4 *w, const Act *x, int tokens, float *y, int ldy) {
-    int r0, r1;
-    my_rows(w->n, &r0, &r1);
-    matmul4_rows(w, x, tokens, y, ldy, r0, r1);
-#pragma omp barrier
-}
-
-static void matmul8(const Mat8 *w, const Act *x, int tokens, float *y, int ldy) {
-    int r0, r1;
-    my_rows(w->n, &r0, &r1);
-    matmul8_rows(w, x, tokens, y, ldy, r0, r1);
-#pragma omp barrier
+    int units = (n + align - 1) / align, per = (units + nt - 1) / nt;
+    *r0 = id * per * align < n ? id * per * align : n;
+    *r1 = (id + 1) * per * align < n ? (id + 1) * per * align : n;
 }
 
 /* ---- elementwise ---------------------------------------------------------------------- */
@@ -280,7 +282,7 @@ static void rmsnorm(const float *x, const float *gamma, int n, float eps, float 
     for (int i = 0; i < n; i++) out[i] = gamma[i] * (x[i] * inv);
 }
 
-/* exp for the SiLU, vectorized: 2^(x log2 e) as 2^i * p(f), p a degree-6 polynomial of 2^f */
+/* exp for the SiLU and the softmax, vectorized: 2^(x log2 e) as 2^i * p(f), p a degree-6 polynomial of 2^f */
 static inline __m256 exp8(__m256 x) {
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
     __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
@@ -297,14 +299,20 @@ static inline __m256 exp8(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-/* out = silu(gate) * up over n values (n a multiple of 8) */
-static void silu_mul(const float *gate, const float *up, int n, float *out) {
+/* out[i] = silu(gu[2i]) * gu[2i + 1] for n values: the gate and up products' rows interleaved */
+static void silu_mul_interleaved(const float *gu, int n, float *out) {
     const __m256 one = _mm256_set1_ps(1.0f);
-    for (int i = 0; i < n; i += 8) {
-        __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256i evens = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        /* 16 values gate, up, gate, up...: split into 8 gates and 8 ups */
+        __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(gu + 2 * i), evens);      /* g0..g3 u0..u3 */
+        __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(gu + 2 * i + 8), evens);  /* g4..g7 u4..u7 */
+        __m256 g = _mm256_permute2f128_ps(a, b, 0x20), u = _mm256_permute2f128_ps(a, b, 0x31);
         __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up + i)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sig), u));
     }
+    for (; i < n; i++) out[i] = gu[2 * i] / (1.0f + expf(-gu[2 * i])) * gu[2 * i + 1];
 }
 
 /* rotate_half rotary (the Hugging Face Llama layout) of one head at position pos */
@@ -325,17 +333,57 @@ static inline float dot(const float *a, const float *b, int n) {
 
 /* ---- the forward pass ------------------------------------------------------------------- */
 
-static void quantize_rows(const float *x, int tokens, Act *a) {
-#pragma omp for schedule(static)
-    for (int t = 0; t < tokens; t++) quantize_token(x, a, t);
-}
-
 static void embed_row(const Mat8 *e, int id, float *out) {
     int nb = e->k / QK;
     for (int b = 0; b < nb; b++) {
         float d = e->d[(size_t)id * nb + b];
         const int8_t *q = e->q + ((size_t)id * nb + b) * QK;
         for (int j = 0; j < QK; j++) out[b * QK + j] = d * q[j];
+    }
+}
+
+/* rotary on this thread's q and k heads (rows h0..h1 of the qkv output, in heads), k and v
+   copied into the cache at their positions */
+static void rope_and_cache(const Model *m, float *qkv, int tokens, int start, int h0, int h1, float *kc, float *vc) {
+    const int hd = m->head_dim, half_hd = hd / 2, qkv_n = (m->heads + 2 * m->kv_heads) * hd;
+    for (int t = 0; t < tokens; t++) {
+        int pos = start + t;
+        float *row = qkv + (size_t)t * qkv_n;
+        const float *c = m->cos + (size_t)pos * half_hd, *s = m->sin + (size_t)pos * half_hd;
+        for (int h = h0; h < h1; h++) {
+            float *v = row + (size_t)h * hd;
+            if (h < m->heads + m->kv_heads) rope(v, hd, c, s);  /* q and k heads; v heads are not rotated */
+            if (h >= m->heads + m->kv_heads)
+                memcpy(vc + ((size_t)(h - m->heads - m->kv_heads) * m->slots + pos) * hd, v, hd * sizeof(float));
+            else if (h >= m->heads)
+                memcpy(kc + ((size_t)(h - m->heads) * m->slots + pos) * hd, v, hd * sizeof(float));
+        }
+    }
+}
+
+/* softmax(q K^T / sqrt(d)) V over positions 0..len-1 of one KV head, into out [hd] */
+static void attend(const float *q, const float *K, const float *V, int len, int hd, float scale, float *sc, float *out) {
+    float mx = -INFINITY;
+    for (int j = 0; j < len; j++) {
+        sc[j] = dot(q, K + (size_t)j * hd, hd) * scale;
+        if (sc[j] > mx) mx = sc[j];
+    }
+    __m256 vmx = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= len; j += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), vmx));
+        _mm256_storeu_ps(sc + j, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum8(vsum);
+    for (; j < len; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
+    float inv = 1.0f / sum;
+    for (int i = 0; i < hd; i++) out[i] = 0.0f;
+    for (j = 0; j < len; j++) {
+        __m256 p = _mm256_set1_ps(sc[j] * inv);
+        const float *v = V + (size_t)j * hd;
+        for (int i = 0; i < hd; i += 8)
+            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
     }
 }
 
@@ -377,122 +425,100 @@ void phase_seconds(double *out, int reset) {
 
 /* Runs `tokens` tokens at positions start.. through the model, the cache updated in place.
    logits: [tokens, vocab] when all_logits, else [vocab] for the last token. Returns 0, or -1
-   when the sequence would outgrow the cache. */
+   when the sequence would outgrow the cache.
+
+   Five barriers a layer: after the q/k/v product (each thread applies rotary to its own heads
+   and writes them to the cache first), after attention, after the o product, after the
+   gate/up product (each thread applies SiLU to its own rows, interleaved gate/up, and
+   quantizes its own blocks first), after the down product. Everything between, the residual
+   stream, the norms and the quantization of each product's input, every thread computes
+   for itself on private buffers: the same arithmetic, so the same values, with no wait. */
 int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_logits, float *logits,
             float *scratch) {
     if (start + tokens > m->slots || tokens < 1) return -1;
-    const int H = m->hidden, hd = m->head_dim, nq = m->heads * hd, nkv = m->kv_heads * hd;
-    const int qkv_n = nq + 2 * nkv, group = m->heads / m->kv_heads;
-    const int gu_n = 2 * m->inter;
-    const int widest = qkv_n > gu_n ? qkv_n : gu_n;
+    const int H = m->hidden, hd = m->head_dim, inter = m->inter;
+    const int qkv_n = (m->heads + 2 * m->kv_heads) * hd, gu_n = 2 * inter, group = m->heads / m->kv_heads;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *resid = scratch, *normed = resid + (size_t)tokens * H, *ctx = normed + (size_t)tokens * H;
-    float *wide = ctx + (size_t)tokens * H;  /* qkv or gate_up outputs */
-    float *mlp = wide + (size_t)tokens * (widest > H ? widest : H);
-    float *actbuf = mlp + (size_t)tokens * m->inter;
-    float *scores = actbuf + (size_t)tokens * act_floats(m->inter > H ? m->inter : H);
-    Act ah, ai;  /* the same memory: a product's input is dead once the product ran */
-    act_layout(&ah, actbuf, H, tokens);
-    act_layout(&ai, actbuf, m->inter, tokens);
-    const size_t layer_stride = (size_t)m->kv_heads * m->slots * hd;
+    const size_t T = (size_t)tokens, layer_stride = (size_t)m->kv_heads * m->slots * hd;
+    /* shared: product outputs, attention context, the MLP activation and its quantized form */
+    float *wide = scratch, *obuf = wide + T * widest_rows(m), *dbuf = obuf + T * H, *ctx = dbuf + T * H;
+    float *mlp = ctx + T * H, *hbuf = mlp + T * inter;
+    float *private_base = scratch + shared_floats(m, tokens);
+    Act hact;
+    act_layout(&hact, hbuf, inter, tokens);
 
 #pragma omp parallel num_threads(m->threads)
     {
+        float *mine = private_base + (size_t)omp_get_thread_num() * private_floats(m, tokens);
+        float *resid = mine, *normed = resid + T * H, *sc = normed + T * H + T * act_floats(H);
+        Act ah;
+        act_layout(&ah, normed + T * H, H, tokens);
+        int r0, r1;
         double last = now_s();
-#pragma omp for schedule(static)
-        for (int t = 0; t < tokens; t++) embed_row(&m->embed, ids[t], resid + (size_t)t * H);
+        for (int t = 0; t < tokens; t++) embed_row(&m->embed, ids[t], resid + t * H);
         mark(PH_EMBED, &last);
 
         for (int l = 0; l < m->layers; l++) {
             const Layer *L = &m->layer[l];
             float *kc = m->k_cache + l * layer_stride, *vc = m->v_cache + l * layer_stride;
-#pragma omp for schedule(static)
             for (int t = 0; t < tokens; t++) {
-                rmsnorm(resid + (size_t)t * H, L->attn_norm, H, m->eps, normed + (size_t)t * H);
+                rmsnorm(resid + t * H, L->attn_norm, H, m->eps, normed + t * H);
                 quantize_token(normed, &ah, t);
             }
             mark(PH_NORM, &last);
-            matmul4(&L->qkv, &ah, tokens, wide, qkv_n);
+            my_rows(qkv_n, hd, &r0, &r1);
+            matmul4_rows(&L->qkv, &ah, tokens, wide, qkv_n, r0, r1);
+            rope_and_cache(m, wide, tokens, start, r0 / hd, r1 / hd, kc, vc);
+#pragma omp barrier
             mark(PH_ATTN_PROJ, &last);
-            /* rotary on q and k; k and v into the cache */
-#pragma omp for schedule(static)
-            for (int t = 0; t < tokens; t++) {
-                int pos = start + t;
-                float *row = wide + (size_t)t * qkv_n;
-                const float *c = m->cos + (size_t)pos * (hd / 2), *s = m->sin + (size_t)pos * (hd / 2);
-                for (int h = 0; h < m->heads; h++) rope(row + h * hd, hd, c, s);
-                for (int h = 0; h < m->kv_heads; h++) {
-                    rope(row + nq + h * hd, hd, c, s);
-                    memcpy(kc + ((size_t)h * m->slots + pos) * hd, row + nq + h * hd, hd * sizeof(float));
-                    memcpy(vc + ((size_t)h * m->slots + pos) * hd, row + nq + nkv + h * hd, hd * sizeof(float));
-                }
-            }
-            /* causal attention, one (token, head) pair per iteration */
-            float *sc = scores + (size_t)omp_get_thread_num() * m->slots;
 #pragma omp for schedule(static) collapse(2)
-            for (int t = 0; t < tokens; t++) {
-                for (int h = 0; h < m->heads; h++) {
-                    int len = start + t + 1, kvh = h / group;
-                    const float *q = wide + (size_t)t * qkv_n + h * hd;
-                    const float *K = kc + (size_t)kvh * m->slots * hd, *V = vc + (size_t)kvh * m->slots * hd;
-                    float mx = -INFINITY;
-                    for (int j = 0; j < len; j++) {
-                        sc[j] = dot(q, K + (size_t)j * hd, hd) * scale;
-                        if (sc[j] > mx) mx = sc[j];
-                    }
-                    float sum = 0.0f;
-                    for (int j = 0; j < len; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
-                    float inv = 1.0f / sum, *out = ctx + (size_t)t * H + h * hd;
-                    for (int i = 0; i < hd; i++) out[i] = 0.0f;
-                    for (int j = 0; j < len; j++) {
-                        __m256 p = _mm256_set1_ps(sc[j] * inv);
-                        const float *v = V + (size_t)j * hd;
-                        for (int i = 0; i < hd; i += 8)
-                            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
-                    }
-                }
-            }
-            quantize_rows(ctx, tokens, &ah);
+            for (int t = 0; t < tokens; t++)
+                for (int h = 0; h < m->heads; h++)
+                    attend(wide + t * qkv_n + h * hd, kc + (size_t)(h / group) * m->slots * hd,
+                           vc + (size_t)(h / group) * m->slots * hd, start + t + 1, hd, scale, sc,
+                           ctx + t * H + h * hd);
+            for (int t = 0; t < tokens; t++) quantize_token(ctx, &ah, t);
             mark(PH_ATTENTION, &last);
-            matmul4(&L->o, &ah, tokens, wide, H);
+            my_rows(H, 4, &r0, &r1);
+            matmul4_rows(&L->o, &ah, tokens, obuf, H, r0, r1);
+#pragma omp barrier
             mark(PH_ATTN_PROJ, &last);
-#pragma omp for schedule(static)
             for (int t = 0; t < tokens; t++) {
-                float *x = resid + (size_t)t * H;
-                const float *o = wide + (size_t)t * H;
-                for (int i = 0; i < H; i++) x[i] += o[i];
-                rmsnorm(x, L->ffn_norm, H, m->eps, normed + (size_t)t * H);
+                float *x = resid + t * H;
+                for (int i = 0; i < H; i++) x[i] += obuf[t * H + i];
+                rmsnorm(x, L->ffn_norm, H, m->eps, normed + t * H);
                 quantize_token(normed, &ah, t);
             }
             mark(PH_NORM, &last);
-            matmul4(&L->gate_up, &ah, tokens, wide, gu_n);
+            /* rows in units of 128: 64 activations, two whole blocks of the down product's input */
+            my_rows(gu_n, 4 * QK, &r0, &r1);
+            matmul4_rows(&L->gate_up, &ah, tokens, wide, gu_n, r0, r1);
             mark(PH_MLP_PROJ, &last);
-#pragma omp for schedule(static)
             for (int t = 0; t < tokens; t++) {
-                const float *g = wide + (size_t)t * gu_n;
-                silu_mul(g, g + m->inter, m->inter, mlp + (size_t)t * m->inter);
-                quantize_token(mlp, &ai, t);
+                silu_mul_interleaved(wide + t * gu_n + r0, (r1 - r0) / 2, mlp + t * inter + r0 / 2);
+                quantize_blocks(mlp, &hact, t, r0 / 2 / QK, (r1 / 2 + QK - 1) / QK);
             }
             mark(PH_ACTIVATION, &last);
-            matmul4(&L->down, &ai, tokens, wide, H);
+#pragma omp barrier
             mark(PH_MLP_PROJ, &last);
-#pragma omp for schedule(static)
-            for (int t = 0; t < tokens; t++) {
-                float *x = resid + (size_t)t * H;
-                const float *d = wide + (size_t)t * H;
-                for (int i = 0; i < H; i++) x[i] += d[i];
-            }
+            my_rows(H, 4, &r0, &r1);
+            matmul4_rows(&L->down, &hact, tokens, dbuf, H, r0, r1);
+#pragma omp barrier
+            mark(PH_MLP_PROJ, &last);
+            for (int t = 0; t < tokens; t++)
+                for (int i = 0; i < H; i++) resid[t * H + i] += dbuf[t * H + i];
             mark(PH_RESIDUAL, &last);
         }
         /* final norm and the LM head, on every position or the last one */
         int first = all_logits ? 0 : tokens - 1, kept = tokens - first;
-#pragma omp for schedule(static)
         for (int t = 0; t < kept; t++) {
-            rmsnorm(resid + (size_t)(first + t) * H, m->final_norm, H, m->eps, normed + (size_t)t * H);
+            rmsnorm(resid + (first + t) * H, m->final_norm, H, m->eps, normed + t * H);
             quantize_token(normed, &ah, t);
         }
         mark(PH_FINAL_NORM, &last);
-        matmul8(&m->head, &ah, kept, logits, m->vocab);
+        my_rows(m->vocab, 4, &r0, &r1);
+        matmul8_rows(&m->head, &ah, kept, logits, m->vocab, r0, r1);
+#pragma omp barrier
         mark(PH_HEAD, &last);
     }
     return 0;
