@@ -37,13 +37,13 @@ def int8_activations(x: np.ndarray):
 @pytest.mark.parametrize("k", [128, 160])  # 160: an odd number of blocks (a last unpaired one)
 def test_4bit_product_is_the_q4_1_dot_product_with_exact_offsets(lib, k):
     rng = np.random.default_rng(k)
-    w = on_q4_1_grid((40, k), seed=k)
+    w = on_q4_1_grid((41, k), seed=k)  # 41 rows: one left after the two-row streams
     x = rng.normal(0, 1, (3, k)).astype(np.float32)
     q = nd._half_scales(affine4(w), w)
     assert q.exact
     nib, d, m = nd._nibbles(q), q.scales.astype(np.float16), q.offsets.astype(np.float16)
-    mat = nd.Mat4(40, k, nib.ctypes.data, d.ctypes.data, m.ctypes.data)
-    y, scratch = np.zeros((3, 40), np.float32), np.zeros(4096, np.float32)
+    mat = nd.Mat4(41, k, nib.ctypes.data, d.ctypes.data, m.ctypes.data)
+    y, scratch = np.zeros((3, 41), np.float32), np.zeros(4096, np.float32)
     lib.product4(C.byref(mat), x.ctypes.data, 3, y.ctypes.data, scratch.ctypes.data)
     # sum(w x) = w . x_int8 + (m + 8 d) * (each block's rounding of its sum): the offsets meet
     # the exact sum of x, so only the centred part sees the int8 rounding

@@ -177,12 +177,6 @@ static inline float offset_part(const uint16_t *m, const uint16_t *d, const floa
     return hsum8(acc) + tail;
 }
 
-/* y[t, rows r0..r1) = W x[t] for a 4-bit matrix; ldy is y's row stride.
-   Per block, w = q * d + m = (q - 8) * d + (m + 8 d), and with x = dx * xq + (rounding):
-   sum(w x) = d * dx * sum(q xq) - 8 d (dx * sum(xq)) + (m + 8 d) * sum(x)
-            = d * dx * sum(q xq) + m * s + 8 d * e      (s = sum(x), e = s - dx * sum(xq)).
-   The offsets' part thus multiplies the exact sum of x, and the int8 rounding of x is not
-   multiplied by q's mean. Two blocks at a time: one 32-byte load holds both blocks' nibbles. */
 /* one pair of blocks: the int8 dot products of both, lanes 0-3 the first block's, 4-7 the second's */
 static inline __m256 pair_dots(const uint8_t *wq, const int8_t *xq) {
     const __m256i low = _mm256_set1_epi8(0x0F);
@@ -194,46 +188,73 @@ static inline __m256 pair_dots(const uint8_t *wq, const int8_t *xq) {
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(sum16, _mm256_set1_epi16(1)));
 }
 
-static void matmul4_rows(const Mat4 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1) {
+/* One token's product with rows ra and rb of a 4-bit matrix, into ya and yb. */
+static inline void rows4_token(const Mat4 *w, const Act *x, int t, int ra, int rb, float *ya, float *yb) {
     const int nb = w->k / QK, pairs = nb / 2;
-    const __m256i ones = _mm256_set1_epi16(1);
     const __m256i spread0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), spread1 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
     const __m256i spread2 = _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), spread3 = _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7);
-    /* rows outside, tokens inside: a prompt's tokens reuse each row while it is in L1 */
-    for (int r = r0; r < r1; r++) {
-        const size_t row = (size_t)r * nb;
-        const uint8_t *wq = w->q + row * 16;
-        const uint16_t *wd = w->d + row;
-        for (int t = 0; t < tokens; t++) {
-            const int8_t *xq = x->qp + (size_t)t * w->k;
-            const float *xd = x->d + (size_t)t * nb, *xs = x->s + (size_t)t * nb, *xe = x->e + (size_t)t * nb;
-            __m256 acc = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
-            int p = 0;
-            /* four pairs at a time: their eight block scales (weight x activation) in one vector */
-            for (; p + 4 <= pairs; p += 4) {
-                _mm_prefetch((const char *)(wq + p * 32 + PREFETCH_BYTES4), _MM_HINT_T0);
-                _mm_prefetch((const char *)(wq + p * 32 + 64 + PREFETCH_BYTES4), _MM_HINT_T0);
-                __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wd + 2 * p))),
-                                          _mm256_loadu_ps(xd + 2 * p));
-                acc = _mm256_fmadd_ps(pair_dots(wq + p * 32, xq + p * 64), _mm256_permutevar8x32_ps(sc, spread0), acc);
-                acc2 = _mm256_fmadd_ps(pair_dots(wq + p * 32 + 32, xq + p * 64 + 64), _mm256_permutevar8x32_ps(sc, spread1), acc2);
-                acc = _mm256_fmadd_ps(pair_dots(wq + p * 32 + 64, xq + p * 64 + 128), _mm256_permutevar8x32_ps(sc, spread2), acc);
-                acc2 = _mm256_fmadd_ps(pair_dots(wq + p * 32 + 96, xq + p * 64 + 192), _mm256_permutevar8x32_ps(sc, spread3), acc2);
-            }
-            for (; p < pairs; p++) {
-                __m256 s0 = _mm256_setr_ps(half(wd[2 * p]), half(wd[2 * p]), half(wd[2 * p]), half(wd[2 * p]),
-                                           half(wd[2 * p + 1]), half(wd[2 * p + 1]), half(wd[2 * p + 1]), half(wd[2 * p + 1]));
-                acc = _mm256_fmadd_ps(pair_dots(wq + p * 32, xq + p * 64), _mm256_mul_ps(s0, _mm256_loadu_ps(x->xp + (size_t)t * nb * 4 + p * 8)), acc);
-            }
-            float tail = 0.0f;
-            if (nb % 2) {
-                int b = nb - 1;
-                __m256i pr = _mm256_madd_epi16(_mm256_maddubs_epi16(unpack_nibbles(wq + b * 16),
-                                               _mm256_loadu_si256((const __m256i *)(xq + b * QK))), ones);
-                tail = half(wd[b]) * xd[b] * hsum8(_mm256_cvtepi32_ps(pr));
-            }
-            y[(size_t)t * ldy + r] = hsum8(_mm256_add_ps(acc, acc2)) + tail + offset_part(w->m + row, wd, xs, xe, nb);
-        }
+    const uint8_t *qa = w->q + (size_t)ra * nb * 16, *qb = w->q + (size_t)rb * nb * 16;
+    const uint16_t *da = w->d + (size_t)ra * nb, *db = w->d + (size_t)rb * nb;
+    const int8_t *xq = x->qp + (size_t)t * w->k;
+    const float *xd = x->d + (size_t)t * nb, *xs = x->s + (size_t)t * nb, *xe = x->e + (size_t)t * nb;
+    __m256 acca = _mm256_setzero_ps(), accb = _mm256_setzero_ps();
+    int p = 0;
+    /* four pairs at a time: their eight block scales (weight x activation) in one vector */
+    for (; p + 4 <= pairs; p += 4) {
+        __m256 xs8 = _mm256_loadu_ps(xd + 2 * p);
+        __m256 sa = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(da + 2 * p))), xs8);
+        __m256 sb = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(db + 2 * p))), xs8);
+        const int8_t *xp = xq + p * 64;
+        const uint8_t *pa = qa + p * 32, *pb = qb + p * 32;
+        acca = _mm256_fmadd_ps(pair_dots(pa, xp), _mm256_permutevar8x32_ps(sa, spread0), acca);
+        accb = _mm256_fmadd_ps(pair_dots(pb, xp), _mm256_permutevar8x32_ps(sb, spread0), accb);
+        acca = _mm256_fmadd_ps(pair_dots(pa + 32, xp + 64), _mm256_permutevar8x32_ps(sa, spread1), acca);
+        accb = _mm256_fmadd_ps(pair_dots(pb + 32, xp + 64), _mm256_permutevar8x32_ps(sb, spread1), accb);
+        acca = _mm256_fmadd_ps(pair_dots(pa + 64, xp + 128), _mm256_permutevar8x32_ps(sa, spread2), acca);
+        accb = _mm256_fmadd_ps(pair_dots(pb + 64, xp + 128), _mm256_permutevar8x32_ps(sb, spread2), accb);
+        acca = _mm256_fmadd_ps(pair_dots(pa + 96, xp + 192), _mm256_permutevar8x32_ps(sa, spread3), acca);
+        accb = _mm256_fmadd_ps(pair_dots(pb + 96, xp + 192), _mm256_permutevar8x32_ps(sb, spread3), accb);
+    }
+    for (; p < pairs; p++) {  /* pairs after the last group of four */
+        __m256 xs2 = _mm256_setr_ps(xd[2 * p], xd[2 * p], xd[2 * p], xd[2 * p],
+                                    xd[2 * p + 1], xd[2 * p + 1], xd[2 * p + 1], xd[2 * p + 1]);
+        __m256 sa = _mm256_setr_ps(half(da[2 * p]), half(da[2 * p]), half(da[2 * p]), half(da[2 * p]),
+                                   half(da[2 * p + 1]), half(da[2 * p + 1]), half(da[2 * p + 1]), half(da[2 * p + 1]));
+        __m256 sb = _mm256_setr_ps(half(db[2 * p]), half(db[2 * p]), half(db[2 * p]), half(db[2 * p]),
+                                   half(db[2 * p + 1]), half(db[2 * p + 1]), half(db[2 * p + 1]), half(db[2 * p + 1]));
+        acca = _mm256_fmadd_ps(pair_dots(qa + p * 32, xq + p * 64), _mm256_mul_ps(sa, xs2), acca);
+        accb = _mm256_fmadd_ps(pair_dots(qb + p * 32, xq + p * 64), _mm256_mul_ps(sb, xs2), accb);
+    }
+    float a = 0.0f, b = 0.0f;
+    if (nb % 2) {  /* a last unpaired block, in element order */
+        const int blk = nb - 1;
+        const __m256i ones = _mm256_set1_epi16(1), xv = _mm256_loadu_si256((const __m256i *)(xq + blk * QK));
+        a = half(da[blk]) * xd[blk] * hsum8(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(unpack_nibbles(qa + blk * 16), xv), ones)));
+        b = half(db[blk]) * xd[blk] * hsum8(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(unpack_nibbles(qb + blk * 16), xv), ones)));
+    }
+    *ya = hsum8(acca) + a + offset_part(w->m + (size_t)ra * nb, da, xs, xe, nb);
+    *yb = hsum8(accb) + b + offset_part(w->m + (size_t)rb * nb, db, xs, xe, nb);
+}
+
+/* y[t, rows r0..r1) = W x[t] for a 4-bit matrix; ldy is y's row stride.
+   Per block, w = q * d + m = (q - 8) * d + (m + 8 d), and with x = dx * xq + (rounding):
+   sum(w x) = d * dx * sum(q xq) - 8 d (dx * sum(xq)) + (m + 8 d) * sum(x)
+            = d * dx * sum(q xq) + m * s + 8 d * e      (s = sum(x), e = s - dx * sum(xq)).
+   The offsets' part thus multiplies the exact sum of x, and the int8 rounding of x is not
+   multiplied by q's mean. Two blocks at a time: one 32-byte load holds both blocks' nibbles.
+   Two rows at a time, one from each half of the thread's range: two streams through memory
+   keep more loads in flight than one (measured, plain streaming, 2 threads: 22.6 -> 32.5 GB/s).
+   Rows outside, tokens inside: a prompt's tokens reuse each row while it is in L1. */
+static void matmul4_rows(const Mat4 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1) {
+    const int half_rows = (r1 - r0) / 2;
+    for (int i = 0; i < half_rows; i++) {
+        int ra = r0 + i, rb = r0 + half_rows + i;
+        for (int t = 0; t < tokens; t++) rows4_token(w, x, t, ra, rb, &y[(size_t)t * ldy + ra], &y[(size_t)t * ldy + rb]);
+    }
+    if ((r1 - r0) % 2) {  /* an odd row out: computed twice over, stored once */
+        int r = r1 - 1;
+        float dummy;
+        for (int t = 0; t < tokens; t++) rows4_token(w, x, t, r, r, &y[(size_t)t * ldy + r], &dummy);
     }
 }
 
@@ -247,19 +268,23 @@ static inline __m256 dot8_block(const int8_t *w, const int8_t *x, float scale, _
 /* 8-bit signed weights: maddubs wants an unsigned left operand, so |w| and x with w's sign.
    Rows outside, tokens inside, as in matmul4_rows. */
 static void matmul8_rows(const Mat8 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1) {
-    const int nb = w->k / QK;
-    for (int r = r0; r < r1; r++) {
-        const int8_t *wq = w->q + (size_t)r * nb * QK;
-        const float *wd = w->d + (size_t)r * nb;
+    const int nb = w->k / QK, half_rows = (r1 - r0) / 2;
+    /* two rows at a time, one from each half of the range: two streams, as in matmul4_rows */
+    for (int i = 0; i < half_rows + (r1 - r0) % 2; i++) {
+        /* the odd row out, when there is one, is the last: computed twice over, stored once */
+        const int ra = i < half_rows ? r0 + i : r1 - 1, rb = i < half_rows ? r0 + half_rows + i : ra;
+        const int8_t *qa = w->q + (size_t)ra * nb * QK, *qb = w->q + (size_t)rb * nb * QK;
+        const float *da = w->d + (size_t)ra * nb, *db = w->d + (size_t)rb * nb;
         for (int t = 0; t < tokens; t++) {
             const int8_t *xq = x->q + (size_t)t * w->k;
             const float *xd = x->d + (size_t)t * nb;
-            __m256 acc = _mm256_setzero_ps();
+            __m256 acca = _mm256_setzero_ps(), accb = _mm256_setzero_ps();
             for (int b = 0; b < nb; b++) {
-                _mm_prefetch((const char *)(wq + (b + PREFETCH_BLOCKS) * QK), _MM_HINT_T0);
-                acc = dot8_block(wq + b * QK, xq + b * QK, wd[b] * xd[b], acc);
+                acca = dot8_block(qa + b * QK, xq + b * QK, da[b] * xd[b], acca);
+                accb = dot8_block(qb + b * QK, xq + b * QK, db[b] * xd[b], accb);
             }
-            y[(size_t)t * ldy + r] = hsum8(acc);
+            y[(size_t)t * ldy + ra] = hsum8(acca);
+            y[(size_t)t * ldy + rb] = hsum8(accb);
         }
     }
 }
