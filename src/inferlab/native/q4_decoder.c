@@ -60,10 +60,10 @@ typedef struct {
    qp [t, k] the same values with each pair of blocks as [b0 0..15, b1 0..15, b0 16..31, b1 16..31]
       (the 4-bit kernel unpacks the low nibbles of two blocks, then the high ones);
    d  [t, k/32] scale (max|x| / 127), s the block's exact fp32 sum, e = s - d * sum(q), the sum's
-      rounding error; xp [t, k/64, 8] each pair's two scales, four lanes each. */
-typedef struct { int8_t *q, *qp; float *d, *s, *e, *xp; int k; } Act;
+      rounding error. */
+typedef struct { int8_t *q, *qp; float *d, *s, *e; int k; } Act;
 
-static size_t act_floats(int k) { return (size_t)k / 2 + 3 * ((size_t)k / QK) + 4 * ((size_t)k / QK) + 8; }
+static size_t act_floats(int k) { return (size_t)k / 2 + 3 * ((size_t)k / QK) + 8; }
 
 static void act_layout(Act *a, float *buf, int k, int tokens) {
     size_t nb = (size_t)tokens * (k / QK), n = (size_t)tokens * k;
@@ -71,8 +71,7 @@ static void act_layout(Act *a, float *buf, int k, int tokens) {
     a->d = buf;
     a->s = buf + nb;
     a->e = buf + 2 * nb;
-    a->xp = buf + 3 * nb;                    /* 4 floats per block */
-    a->q = (int8_t *)(buf + 7 * nb);
+    a->q = (int8_t *)(buf + 3 * nb);
     a->qp = a->q + n;
 }
 
@@ -117,7 +116,6 @@ static void quantize_blocks(const float *xrows, Act *a, int t, int b0, int b1) {
     const float *x = xrows + (size_t)t * a->k;
     int8_t *q = a->q + (size_t)t * a->k, *qp = a->qp + (size_t)t * a->k;
     float *d = a->d + (size_t)t * nb, *s = a->s + (size_t)t * nb, *e = a->e + (size_t)t * nb;
-    float *xp = a->xp + (size_t)t * nb * 4;
     for (int b = b0; b < b1; b++) {
         const float *xb = x + b * QK;
         __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
@@ -145,7 +143,6 @@ static void quantize_blocks(const float *xrows, Act *a, int t, int b0, int b1) {
         __m256i v1 = _mm256_loadu_si256((const __m256i *)(q + (b + 1) * QK));
         _mm256_storeu_si256((__m256i *)(qp + b * QK), _mm256_permute2x128_si256(v0, v1, 0x20));
         _mm256_storeu_si256((__m256i *)(qp + b * QK + 32), _mm256_permute2x128_si256(v0, v1, 0x31));
-        _mm256_storeu_ps(xp + b * 4, _mm256_setr_ps(d[b], d[b], d[b], d[b], d[b + 1], d[b + 1], d[b + 1], d[b + 1]));
     }
     if (b < b1) memcpy(qp + b * QK, q + b * QK, QK);  /* a last unpaired block: element order */
 }
