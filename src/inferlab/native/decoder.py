@@ -223,6 +223,7 @@ class NativeDecoder:
         self.lookup_only_bytes = 0 if self.tied else sum(
             arrays[n].nbytes for n in ("embed.q", "embed.d"))
         self.scratch = np.empty(0, np.float32)
+        self._scratch_floats: dict[int, int] = {}
         self.length = 0
 
     def _view(self, entry: dict) -> np.ndarray:
@@ -237,13 +238,14 @@ class NativeDecoder:
         n = len(ids)
         if self.length + n > self.slots:
             raise EngineError(f"sequence of {self.length + n} tokens is longer than the {self.slots} KV slots")
-        need = self.lib.scratch_floats(C.byref(self.model), n)
-        if self.scratch.size < need:
-            self.scratch = np.empty(need, np.float32)
+        if any(not 0 <= i < self.shapes.vocab for i in ids):
+            raise EngineError(f"token id out of range 0..{self.shapes.vocab - 1}")
+        if n not in self._scratch_floats:  # a decode step asks for the same size every time
+            self._scratch_floats[n] = self.lib.scratch_floats(C.byref(self.model), n)
+        if self.scratch.size < self._scratch_floats[n]:
+            self.scratch = np.empty(self._scratch_floats[n], np.float32)
         logits = np.empty((n if all_logits else 1, self.shapes.vocab), np.float32)
         tokens = np.asarray(ids, dtype=np.int32)
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.shapes.vocab):
-            raise EngineError(f"token id out of range 0..{self.shapes.vocab - 1}")
         rc = self.lib.forward(C.byref(self.model), tokens.ctypes.data, n, self.length, int(all_logits),
                               logits.ctypes.data, self.scratch.ctypes.data)
         self.lib.phase_seconds(self._phases.ctypes.data, 1)

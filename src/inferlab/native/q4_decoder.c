@@ -212,15 +212,15 @@ static inline void rows4_token(const Mat4 *w, const Act *x, int t, int ra, int r
         acca = _mm256_fmadd_ps(pair_dots(pa + 96, xp + 192), _mm256_permutevar8x32_ps(sa, spread3), acca);
         accb = _mm256_fmadd_ps(pair_dots(pb + 96, xp + 192), _mm256_permutevar8x32_ps(sb, spread3), accb);
     }
-    for (; p < pairs; p++) {  /* pairs after the last group of four */
-        __m256 xs2 = _mm256_setr_ps(xd[2 * p], xd[2 * p], xd[2 * p], xd[2 * p],
-                                    xd[2 * p + 1], xd[2 * p + 1], xd[2 * p + 1], xd[2 * p + 1]);
-        __m256 sa = _mm256_setr_ps(half(da[2 * p]), half(da[2 * p]), half(da[2 * p]), half(da[2 * p]),
-                                   half(da[2 * p + 1]), half(da[2 * p + 1]), half(da[2 * p + 1]), half(da[2 * p + 1]));
-        __m256 sb = _mm256_setr_ps(half(db[2 * p]), half(db[2 * p]), half(db[2 * p]), half(db[2 * p]),
-                                   half(db[2 * p + 1]), half(db[2 * p + 1]), half(db[2 * p + 1]), half(db[2 * p + 1]));
-        acca = _mm256_fmadd_ps(pair_dots(qa + p * 32, xq + p * 64), _mm256_mul_ps(sa, xs2), acca);
-        accb = _mm256_fmadd_ps(pair_dots(qb + p * 32, xq + p * 64), _mm256_mul_ps(sb, xs2), accb);
+    for (; p < pairs; p++) {  /* pairs after the last group of four: two block scales each */
+        uint32_t two_a, two_b;
+        memcpy(&two_a, da + 2 * p, 4);
+        memcpy(&two_b, db + 2 * p, 4);
+        __m128 x2 = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(xd + 2 * p)));  /* the pair's two x scales */
+        __m256 sa = _mm256_castps128_ps256(_mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)two_a)), x2));
+        __m256 sb = _mm256_castps128_ps256(_mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)two_b)), x2));
+        acca = _mm256_fmadd_ps(pair_dots(qa + p * 32, xq + p * 64), _mm256_permutevar8x32_ps(sa, spread0), acca);
+        accb = _mm256_fmadd_ps(pair_dots(qb + p * 32, xq + p * 64), _mm256_permutevar8x32_ps(sb, spread0), accb);
     }
     float a = 0.0f, b = 0.0f;
     if (nb % 2) {  /* a last unpaired block, in element order */
@@ -400,12 +400,32 @@ static void attend(const float *q, const float *K, const float *V, int len, int 
     float sum = hsum8(vsum);
     for (; j < len; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
     float inv = 1.0f / sum;
-    for (int i = 0; i < hd; i++) out[i] = 0.0f;
-    for (j = 0; j < len; j++) {
-        __m256 p = _mm256_set1_ps(sc[j] * inv);
-        const float *v = V + (size_t)j * hd;
-        for (int i = 0; i < hd; i += 8)
-            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
+    for (j = 0; j < len; j++) sc[j] *= inv;
+    /* out = sum_j sc[j] V[j], 64 values at a time in eight registers (one pass over V's rows) */
+    int c = 0;
+    for (; c + 64 <= hd; c += 64) {
+        __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0;
+        for (j = 0; j < len; j++) {
+            const float *v = V + (size_t)j * hd + c;
+            __m256 p = _mm256_broadcast_ss(sc + j);
+            o0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v), o0);
+            o1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8), o1);
+            o2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 16), o2);
+            o3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 24), o3);
+            o4 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 32), o4);
+            o5 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 40), o5);
+            o6 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 48), o6);
+            o7 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 56), o7);
+        }
+        _mm256_storeu_ps(out + c, o0); _mm256_storeu_ps(out + c + 8, o1);
+        _mm256_storeu_ps(out + c + 16, o2); _mm256_storeu_ps(out + c + 24, o3);
+        _mm256_storeu_ps(out + c + 32, o4); _mm256_storeu_ps(out + c + 40, o5);
+        _mm256_storeu_ps(out + c + 48, o6); _mm256_storeu_ps(out + c + 56, o7);
+    }
+    for (; c < hd; c += 8) {  /* a head size that is not a multiple of 64 */
+        __m256 o = _mm256_setzero_ps();
+        for (j = 0; j < len; j++) o = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + j), _mm256_loadu_ps(V + (size_t)j * hd + c), o);
+        _mm256_storeu_ps(out + c, o);
     }
 }
 
