@@ -1,5 +1,5 @@
-"""inferlab's native decoder: the C products against numpy, the decoder against the fp32
-reference on Q4_1-grid weights, the build cache keyed by the CPU, and where it does not apply."""
+"""inferlab's native decoder: the C products against numpy, packing, refusals, the build cache
+keyed by the CPU, and where it does not apply (against the fp32 reference: test_exact_4bit.py)."""
 
 import ctypes as C
 
@@ -8,11 +8,9 @@ import pytest
 
 from inferlab.engines import EngineUnsupported, engine_class
 from inferlab.engines.blockquant import affine4, symmetric8
-from inferlab.harness import generate
-from inferlab.native import decoder as nd, library
+from inferlab.native import decoder as nd
+from inferlab.native import library
 from tests.tiny import on_q4_1_grid
-
-PROMPT = [5, 17, 42, 99, 3, 250, 7]
 
 pytestmark = pytest.mark.skipif(bool(library.missing_cpu_flags()), reason="the native kernels need AVX2, FMA and F16C")
 
@@ -72,51 +70,6 @@ def test_packing_keeps_q4_1_grid_weights_exact_and_fp16_scales_are_measured():
     off_grid = np.random.default_rng(0).normal(0, 0.05, (8, 64)).astype(np.float32)
     q = nd._half_scales(affine4(off_grid), off_grid)
     assert not q.exact and q.max_error > 0  # the fp16 rounding is counted, not hidden
-
-
-@pytest.fixture(scope="module")
-def native_and_reference(grid_llama):
-    engines = []
-    for method in ("native-int4", "kv-cache"):
-        e = engine_class(method)(grid_llama, threads=2)
-        e.prepare()
-        e.load()
-        engines.append(e)
-    return engines
-
-
-def test_native_decoder_matches_the_reference_on_grid_weights(native_and_reference):
-    native, ref = native_and_reference
-    details = native.info()["details"]
-    assert details["weights_exact"] is True and details["weight_matrices"] > 0
-    a, b = native.prefill(PROMPT, all_logits=True), ref.prefill(PROMPT, all_logits=True).numpy()
-    # only int8 activations separate them (measured 0.3 %); a wrong offset or layout: > 50 %
-    assert np.abs(a - b).max() < 0.02 * np.abs(b).max()
-    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.85
-    assert generate(native, PROMPT, 12).tokens[:4] == generate(ref, PROMPT, 12).tokens[:4]
-
-
-def test_native_decode_steps_give_what_one_prefill_gives(native_and_reference):
-    native, _ = native_and_reference
-    first = generate(native, PROMPT, 10).tokens
-    generate(native, [9, 8, 7, 6, 5, 4, 3, 2, 1] * 3, 10)  # writes further slots than PROMPT
-    assert generate(native, PROMPT, 10).tokens == first
-    whole = native.prefill(PROMPT, all_logits=True)
-    native.prefill(PROMPT[:1])
-    steps = np.stack([native.decode(t) for t in PROMPT[1:]])
-    assert np.abs(steps - whole[1:]).max() < 1e-4 * np.abs(whole).max()  # same arithmetic per token
-
-
-def test_native_clock_covers_the_step_and_is_the_engine_counter(native_and_reference):
-    native, _ = native_and_reference
-    native.reset_counters()
-    generate(native, PROMPT, 6)
-    c = native.counters()
-    assert c["prefill_tokens"] == len(PROMPT) and c["decode_tokens"] == 5
-    assert 0 < c["decode_ms"] and 0 < c["prefill_ms"]
-    phases = native.decoder.last_phases
-    assert set(phases) >= {"attention_projections", "mlp_projections", "lm_head"}
-    assert all(v >= 0 for v in phases.values()) and phases["lm_head"] > 0
 
 
 def test_native_decoder_refuses_tokens_out_of_range_and_beyond_its_slots(grid_llama, tmp_path):

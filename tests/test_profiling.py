@@ -169,7 +169,11 @@ def test_verdict_removes_profiler_cost_and_names_memory_bound():
                                        "categories_ms": {"matmul": 35.0, "overhead": 45.0}}}}
     sentence, step = verdict(m, rooflines(r)[0]["onnx"], None)
     assert "memory-bound" in sentence and "90%" in sentence  # 36 ms floor / 40 ms TPOT
-    assert "fewer bytes" in step
+    assert "int8/int4 weights" in step
+    m.details = {"dtype": "int4 weights by the Q4_1 rule"}  # already low-bit: not told to go low-bit
+    _, step = verdict(m, rooflines(r)[0]["onnx"], None)
+    assert "already low-bit" in step and "int8/int4 weights" not in step and "10.0 GB/s" in step
+    m.details = {}
     m.weight_bytes = 100_000_000  # floor 10 ms: far from it; overhead 5 ms of 40 after correction
     sentence, _ = verdict(m, rooflines(r)[0]["onnx"], None)
     assert "matmul-bound" in sentence and "framework overhead" not in sentence

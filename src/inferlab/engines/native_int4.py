@@ -12,8 +12,8 @@ import os
 from .. import defaults
 from ..fsutil import build_folder
 from ..models import artifact_folder
-from .base import Engine, EngineError, EngineUnsupported
 from . import llama_arch
+from .base import Engine, EngineError, EngineUnsupported
 
 RECIPE = "r2"  # bump when the packed layout changes: it is part of the cache key
 

@@ -7,13 +7,15 @@ its new keys and values in place and nothing of the cache is copied or returned 
 from __future__ import annotations
 
 import os
+
 import numpy as np
 
 from .. import defaults
 from ..fsutil import build_folder
+from . import llama_arch
+from . import onnx_llama_graph as graph
 from .base import EngineError, EngineUnsupported
 from .onnx_common import OrtEngine, artifact_dir, cpu_session, onnx_file_bytes, write_graph_stats
-from . import llama_arch, onnx_llama_graph as graph
 
 RECIPE = "r1"  # bump when the builder's output changes: it is part of the cache key
 

@@ -93,8 +93,7 @@ class _Blob:
 
     def save(self, folder: str, meta: dict) -> None:
         with open(os.path.join(folder, "weights.bin"), "wb") as f:
-            for p in self.parts:
-                f.write(p.tobytes())
+            f.writelines(p.tobytes() for p in self.parts)
         with open(os.path.join(folder, "index.json"), "w") as f:
             json.dump({"arrays": self.index, **meta}, f)
 

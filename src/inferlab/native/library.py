@@ -40,7 +40,7 @@ def compiler() -> str:
 
 
 def _build_key(cc: str) -> str:
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()[:1]
     h = hashlib.sha256()
     with open(SOURCE, "rb") as f:
         h.update(f.read())
@@ -59,7 +59,7 @@ def library_path() -> tuple[str, bool]:
 
     def build(tmp):
         out = os.path.join(tmp, "libq4_decoder.so")
-        done = subprocess.run([cc, *COMPILER_FLAGS, "-o", out, SOURCE, *LIBRARIES], capture_output=True, text=True)
+        done = subprocess.run([cc, *COMPILER_FLAGS, "-o", out, SOURCE, *LIBRARIES], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise NativeBuildError(f"compiling {os.path.basename(SOURCE)} failed: {last}")

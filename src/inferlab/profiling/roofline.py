@@ -158,10 +158,16 @@ def verdict(m, roof: dict | None, sweep_ratio: float | None,
                 f"{wall:.1f} ms profiled step{eff_text})",
                 "keep a KV cache: each step then processes one token")
     if eff and eff >= defaults.VERDICT_MEMORY_BOUND:
-        return (f"decode is memory-bound near the floor: {eff:.0%} of the bandwidth limit, "
-                f"{roof['weight_mb_per_step']:.0f} MB of weights read per step at "
-                f"{roof['achieved_gb_s']:.1f} GB/s",
-                "read fewer bytes per step: int8/int4 weights, or a smaller model")
+        sentence = (f"decode is memory-bound near the floor: {eff:.0%} of the bandwidth limit, "
+                    f"{roof['weight_mb_per_step']:.0f} MB of weights read per step at "
+                    f"{roof['achieved_gb_s']:.1f} GB/s")
+        if not low_bit(m):
+            return sentence, "read fewer bytes per step: int8/int4 weights, or a smaller model"
+        # already low-bit: what is left is the rate its threads read memory at
+        return sentence, (f"its weights are already low-bit, so the rest is how fast its threads "
+                          f"stream memory (the probe's best: {roof['bandwidth_gb_s']:.1f} GB/s): more "
+                          f"memory-level parallelism in its kernels, fewer bits only where the quality "
+                          f"gate allows, or a machine with more memory bandwidth")
     if overhead >= defaults.VERDICT_OVERHEAD:
         return (f"decode is {overhead:.0%} framework overhead: the step spends "
                 f"{overhead_ms:.1f} ms of {wall:.1f} ms outside any operator{eff_text}",
