@@ -22,10 +22,6 @@ thread 0 keeps a clock per phase (phase_seconds), the engine's counters and prof
 #include <time.h>
 
 #define QK 32
-/* software prefetch distance, 2 KiB ahead in both kernels: measured the LM head 2.0 -> 1.4 ms a
-   step on a 2-core AMD EPYC; 512 B and 4 KiB were no better */
-#define PREFETCH_BLOCKS 64   /* 8-bit blocks of 32 bytes */
-#define PREFETCH_BYTES4 2048
 
 typedef struct {
     int32_t n, k;          /* rows (outputs), columns (inputs) */
