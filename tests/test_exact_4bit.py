@@ -7,7 +7,7 @@ import pytest
 
 from inferlab.engines import engine_class
 from inferlab.harness import generate
-from inferlab.native import library
+from inferlab.engines.native import library
 
 PROMPT = [5, 17, 42, 99, 3, 250, 7]
 METHODS = [

@@ -8,8 +8,8 @@ import pytest
 
 from inferlab.engines import EngineUnsupported, engine_class
 from inferlab.engines.blockquant import affine4, symmetric8
-from inferlab.native import decoder as nd
-from inferlab.native import library
+from inferlab.engines.native import decoder as nd
+from inferlab.engines.native import library
 from tests.tiny import on_q4_1_grid
 
 pytestmark = pytest.mark.skipif(bool(library.missing_cpu_flags()), reason="the native kernels need AVX2, FMA and F16C")

@@ -1,4 +1,4 @@
-"""inferlab's own decoder (native/q4_decoder.c), compiled on this machine for this CPU.
+"""inferlab's own decoder (engines/native/q4_decoder.c), compiled on this machine for this CPU.
 
 The same weights as `onnx-int4` (4-bit by GGUF Q4_1's rule, the LM head 8-bit by Q8_0's; exact
 for the bundled model, whose GGUF holds exactly those), but each product takes the block
@@ -26,7 +26,7 @@ class NativeInt4(Engine):
 
     @classmethod
     def applies_to(cls, model) -> bool:
-        from ..native import decoder, library
+        from .native import decoder, library
 
         if library.missing_cpu_flags():
             return False
@@ -37,7 +37,7 @@ class NativeInt4(Engine):
         return True
 
     def _library(self) -> tuple[str, bool]:
-        from ..native import library
+        from .native import library
 
         try:
             return library.library_path()
@@ -47,7 +47,7 @@ class NativeInt4(Engine):
             raise EngineError(str(e)) from e
 
     def artifact(self) -> tuple[str, bool]:
-        from ..native import decoder
+        from .native import decoder
 
         dest = artifact_folder(self.model_ref, "native", f"q4-b{decoder.BLOCK}-{RECIPE}")
         return dest, build_folder(dest, lambda tmp: decoder.pack_model(self.model_ref.path, tmp))
@@ -57,7 +57,7 @@ class NativeInt4(Engine):
         return self.artifact()[1] and library_hit
 
     def load(self) -> None:
-        from ..native.decoder import NativeDecoder
+        from .native.decoder import NativeDecoder
 
         self.library, _ = self._library()
         self.folder, _ = self.artifact()
@@ -87,7 +87,7 @@ class NativeInt4(Engine):
         return dict(self.clock)
 
     def info(self) -> dict:
-        from ..native import library
+        from .native import library
 
         d = self.decoder
         build = d.build_report

@@ -1,5 +1,5 @@
 """inferlab's native decoder: its own clock (wall time per kind of work inside the C forward
-pass, native/q4_decoder.c) over a prefill and a few decode steps, in the same tables as the
+pass, engines/native/q4_decoder.c) over a prefill and a few decode steps, in the same tables as the
 other profilers. The clock is always on (a few microseconds a step), so nothing is perturbed."""
 
 from __future__ import annotations

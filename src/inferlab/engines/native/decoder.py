@@ -16,8 +16,8 @@ import os
 
 import numpy as np
 
-from ..engines import llama_arch
-from ..engines.blockquant import Quantized, affine4, symmetric8, unpack
+from .. import llama_arch
+from ..blockquant import Quantized, affine4, symmetric8, unpack
 from . import library
 
 BLOCK = 32
@@ -46,7 +46,7 @@ class Model(C.Structure):
 
 
 def check_supported(config: dict) -> None:
-    from ..engines.base import EngineUnsupported
+    from ..base import EngineUnsupported
 
     llama_arch.check_supported(config, "inferlab's native decoder", BLOCK)
     s = llama_arch.Shapes(config)
@@ -232,7 +232,7 @@ class NativeDecoder:
         return raw.view(dtype).reshape(entry["shape"])
 
     def _run(self, ids: list[int], all_logits: bool) -> np.ndarray:
-        from ..engines.base import EngineError
+        from ..base import EngineError
 
         n = len(ids)
         if self.length + n > self.slots:

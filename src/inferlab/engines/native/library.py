@@ -13,9 +13,9 @@ import os
 import shutil
 import subprocess
 
-from .. import defaults
-from ..fsutil import build_folder
-from ..native_build import cpu_flags
+from ... import defaults
+from ...fsutil import build_folder
+from ...native_build import cpu_flags
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "q4_decoder.c")
 NEEDED_FLAGS = ("avx2", "fma", "f16c")  # the kernels are written with AVX2 and FMA intrinsics
