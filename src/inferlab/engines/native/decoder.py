@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from .. import llama_arch
+from ..base import EngineError, EngineUnsupported
 from ..blockquant import Quantized, affine4, symmetric8, unpack
 from . import library
 
@@ -46,8 +47,6 @@ class Model(C.Structure):
 
 
 def check_supported(config: dict) -> None:
-    from ..base import EngineUnsupported
-
     llama_arch.check_supported(config, "inferlab's native decoder", BLOCK)
     s = llama_arch.Shapes(config)
     if s.head_dim % 8 or s.heads % s.kv_heads:
@@ -232,8 +231,6 @@ class NativeDecoder:
         return raw.view(dtype).reshape(entry["shape"])
 
     def _run(self, ids: list[int], all_logits: bool) -> np.ndarray:
-        from ..base import EngineError
-
         n = len(ids)
         if self.length + n > self.slots:
             raise EngineError(f"sequence of {self.length + n} tokens is longer than the {self.slots} KV slots")

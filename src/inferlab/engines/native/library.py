@@ -8,6 +8,7 @@ AMD, and code compiled for one can die with "Illegal instruction" on the other).
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -39,8 +40,15 @@ def compiler() -> str:
     return cc
 
 
+@functools.cache
+def _compiler_version(cc: str) -> list[str]:
+    # a process asks for the library three times (prepare, the engine's load, the decoder's):
+    # the compiler is run once
+    return subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()[:1]
+
+
 def _build_key(cc: str) -> str:
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()[:1]
+    version = _compiler_version(cc)
     h = hashlib.sha256()
     with open(SOURCE, "rb") as f:
         h.update(f.read())

@@ -229,6 +229,17 @@ static inline void rows4_token(const Mat4 *w, const Act *x, int t, int ra, int r
     *yb = hsum8(accb) + b + offset_part(w->m + (size_t)rb * nb, db, xs, xe, nb);
 }
 
+/* Row pair i of the range r0..r1: row ra from its first half, rb from its second. The odd row
+   out, when there is one, is the last pair, the last row with itself (computed twice, stored
+   alike). */
+static inline int row_pairs(int r0, int r1) { return (r1 - r0 + 1) / 2; }
+
+static inline void row_pair(int i, int r0, int r1, int *ra, int *rb) {
+    const int half_rows = (r1 - r0) / 2;
+    *ra = i < half_rows ? r0 + i : r1 - 1;
+    *rb = i < half_rows ? r0 + half_rows + i : *ra;
+}
+
 /* y[t, rows r0..r1) = W x[t] for a 4-bit matrix; ldy is y's row stride.
    Per block, w = q * d + m = (q - 8) * d + (m + 8 d), and with x = dx * xq + (rounding):
    sum(w x) = d * dx * sum(q xq) - 8 d (dx * sum(xq)) + (m + 8 d) * sum(x)
@@ -239,15 +250,10 @@ static inline void rows4_token(const Mat4 *w, const Act *x, int t, int ra, int r
    keep more loads in flight than one (measured, plain streaming, 2 threads: 22.6 -> 32.5 GB/s).
    Rows outside, tokens inside: a prompt's tokens reuse each row while it is in L1. */
 static void matmul4_rows(const Mat4 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1) {
-    const int half_rows = (r1 - r0) / 2;
-    for (int i = 0; i < half_rows; i++) {
-        int ra = r0 + i, rb = r0 + half_rows + i;
+    for (int i = 0; i < row_pairs(r0, r1); i++) {
+        int ra, rb;
+        row_pair(i, r0, r1, &ra, &rb);
         for (int t = 0; t < tokens; t++) rows4_token(w, x, t, ra, rb, &y[(size_t)t * ldy + ra], &y[(size_t)t * ldy + rb]);
-    }
-    if ((r1 - r0) % 2) {  /* an odd row out: computed twice over, stored once */
-        int r = r1 - 1;
-        float dummy;
-        for (int t = 0; t < tokens; t++) rows4_token(w, x, t, r, r, &y[(size_t)t * ldy + r], &dummy);
     }
 }
 
@@ -261,11 +267,11 @@ static inline __m256 dot8_block(const int8_t *w, const int8_t *x, float scale, _
 /* 8-bit signed weights: maddubs wants an unsigned left operand, so |w| and x with w's sign.
    Rows outside, tokens inside, as in matmul4_rows. */
 static void matmul8_rows(const Mat8 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1) {
-    const int nb = w->k / QK, half_rows = (r1 - r0) / 2;
+    const int nb = w->k / QK;
     /* two rows at a time, one from each half of the range: two streams, as in matmul4_rows */
-    for (int i = 0; i < half_rows + (r1 - r0) % 2; i++) {
-        /* the odd row out, when there is one, is the last: computed twice over, stored once */
-        const int ra = i < half_rows ? r0 + i : r1 - 1, rb = i < half_rows ? r0 + half_rows + i : ra;
+    for (int i = 0; i < row_pairs(r0, r1); i++) {
+        int ra, rb;
+        row_pair(i, r0, r1, &ra, &rb);
         const int8_t *qa = w->q + (size_t)ra * nb * QK, *qb = w->q + (size_t)rb * nb * QK;
         const float *da = w->d + (size_t)ra * nb, *db = w->d + (size_t)rb * nb;
         for (int t = 0; t < tokens; t++) {
@@ -439,8 +445,8 @@ static inline double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Called by every thread right after a barrier: thread 0 books the time since its last mark
-   (the phase's work and its wait for the slowest thread) to `phase`. */
+/* Called by every thread where a phase ends: thread 0 books the time since its last mark to
+   `phase` (after a barrier, that includes its wait for the slowest thread). */
 static inline void mark(int phase, double *last) {
     if (omp_get_thread_num() == 0) {
         double t = now_s();
@@ -448,8 +454,6 @@ static inline void mark(int phase, double *last) {
         *last = t;
     }
 }
-
-int phase_count(void) { return PHASES; }
 
 const char *phase_names(void) { return PHASE_NAMES; }
 
