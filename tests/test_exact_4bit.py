@@ -66,6 +66,22 @@ def test_native_clock_covers_the_step_and_is_the_engine_counter(exact):
     c = e.counters()
     assert c["prefill_tokens"] == len(PROMPT) and c["decode_tokens"] == 5
     assert 0 < c["decode_ms"] and 0 < c["prefill_ms"]
-    phases = e.decoder.last_phases
+    e.decode(PROMPT[0])
+    phases = e.decoder.phase_seconds()
     assert set(phases) >= {"attention_projections", "mlp_projections", "lm_head"}
     assert all(v >= 0 for v in phases.values()) and phases["lm_head"] > 0
+
+
+def test_native_profile_splits_each_call_by_the_clock(exact, tmp_path):
+    method, e = exact
+    if method != "native-int4":
+        pytest.skip("only the native decoder keeps a clock of its own")
+    from inferlab.profiling import native_profile
+
+    data = native_profile.profile(e.decoder, PROMPT, 3, str(tmp_path / "trace.json"))
+    decode = data["phases"]["decode"]
+    assert decode["calls"] == 3 and data["phases"]["prefill"]["calls"] == 1
+    # the phases of each call lie inside that call's wall time: no time from another call
+    assert 0 < sum(decode["parts_ms"].values()) <= decode["wall_ms"]
+    assert decode["parts_ms"]["final norm + lm head"] > 0
+    assert (tmp_path / "trace.json").stat().st_size == data["trace_bytes"]

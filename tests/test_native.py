@@ -99,3 +99,18 @@ def test_native_method_is_skipped_without_avx2_or_on_other_architectures(monkeyp
     assert not cls.applies_to(grid_llama)
     with pytest.raises(EngineUnsupported, match="lacks avx2, fma, f16c"):
         cls(grid_llama, threads=1).prepare()
+
+
+def test_native_decoder_gives_the_same_logits_on_any_thread_count(grid_llama, tmp_path):
+    # rows split differently between threads (three: the q/k/v split lands inside the k heads
+    # and is moved to a head's edge), attention's positions too (the first token has fewer
+    # positions than threads): only the order of attention's float sums may differ
+    nd.pack_model(grid_llama.path, str(tmp_path))
+    prompt, steps = [5, 17, 42, 99, 3, 250, 7], [11, 12, 13]
+    runs = []
+    for threads in (1, 2, 3):
+        dec = nd.NativeDecoder(str(tmp_path), threads, slots=16)
+        runs.append(np.stack([dec.prefill(prompt), *(dec.decode(t) for t in steps)]))
+    scale = np.abs(runs[0]).max()
+    for other in runs[1:]:
+        assert np.abs(other - runs[0]).max() < 1e-4 * scale

@@ -65,25 +65,30 @@ class NativeInt4(Engine):
         self.reset_counters()
 
     def prefill(self, token_ids, all_logits=False):
+        self._book("decode")  # what the clock holds so far was decode steps
         logits = self.decoder.prefill(token_ids, all_logits)
-        self._count("prefill", len(token_ids))
+        self._book("prefill")
+        self.clock["prefill_tokens"] += len(token_ids)
         return logits
 
     def decode(self, token_id):
         logits = self.decoder.decode(token_id)
-        self._count("decode", 1)
+        self.clock["decode_tokens"] += 1
         return logits
 
-    def _count(self, phase: str, tokens: int) -> None:
-        self.clock[f"{phase}_ms"] += sum(self.decoder.last_phases.values()) * 1e3
-        self.clock[f"{phase}_tokens"] += tokens
+    def _book(self, phase: str) -> None:
+        """The decoder's clock since the last booking, to `phase` (read between calls, not
+        after every step: see NativeDecoder.phase_seconds)."""
+        self.clock[f"{phase}_ms"] += sum(self.decoder.phase_seconds().values()) * 1e3
 
     def reset_counters(self) -> None:
+        self.decoder.phase_seconds()  # drop what the clock holds
         self.clock = {"prefill_ms": 0.0, "prefill_tokens": 0, "decode_ms": 0.0, "decode_tokens": 0}
 
     def counters(self) -> dict:
         """The decoder's own clock: wall time inside the C forward pass (OpenMP region), so
         the harness's figures minus these are the Python and ctypes cost of a call."""
+        self._book("decode")
         return dict(self.clock)
 
     def info(self) -> dict:
@@ -102,8 +107,8 @@ class NativeInt4(Engine):
                 "max_weight_error_relative": build.get("max_relative_error"),
                 "threads": self.threads, "artifact": self.folder, "library": self.library,
                 "compiler_flags": " ".join(library.COMPILER_FLAGS),
-                "kv_cache": f"in place, {d.slots} slots per layer",
-                "kv_cache_bytes_per_value": 4,
+                "kv_cache": f"in place, fp16, {d.slots} slots per layer",
+                "kv_cache_bytes_per_value": 2,
                 "lm_head_last_position_only": True,
                 "weight_bytes_read_per_step": d.weight_bytes - d.lookup_only_bytes,
             },

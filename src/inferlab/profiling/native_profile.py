@@ -26,13 +26,14 @@ PHASES = {
 
 
 def _call(fn, arg, name: str, windows: list, ops: list, events: list, decoder):
+    decoder.phase_seconds()  # start the clock from zero
     start = time.perf_counter()
     out = fn(arg)
     end = time.perf_counter()
     t0, t1 = start * 1e6, end * 1e6
     windows.append((name, t0, t1))
     at = t0  # the phases interleave layer by layer: laid end to end, in the decoder's order
-    for phase, seconds in decoder.last_phases.items():
+    for phase, seconds in decoder.phase_seconds().items():
         op, part = PHASES.get(phase, (f"native::{phase}", "other"))
         ops.append(OpRecord(op, at, seconds * 1e6, part))
         events.append({"name": phase, "cat": name, "ph": "X", "ts": at, "dur": seconds * 1e6, "pid": 1, "tid": 1})

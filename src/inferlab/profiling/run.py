@@ -31,7 +31,7 @@ def profile_engine(engine, method: str, request, progress) -> dict:
 
         data = ort_profile.profile(engine.ort_driver, request.prompt_ids, request.steps,
                                    request.trace_path)
-    elif hasattr(engine, "decoder") and hasattr(engine.decoder, "last_phases"):  # the native decoder
+    elif hasattr(engine, "decoder") and hasattr(engine.decoder, "phase_seconds"):  # the native decoder
         from . import native_profile
 
         data = native_profile.profile(engine.decoder, request.prompt_ids, request.steps, request.trace_path)

@@ -48,7 +48,7 @@ typedef struct {
     Mat8 embed, head;
     const float *final_norm;  /* [hidden] */
     const float *cos, *sin;   /* [slots, head_dim / 2] */
-    float *k_cache, *v_cache; /* [layers, kv_heads, slots, head_dim] */
+    uint16_t *k_cache, *v_cache; /* [layers, kv_heads, slots, head_dim], fp16 */
 } Model;
 
 /* Activations of `tokens` rows, quantized per block of 32 as every product needs them:
@@ -74,8 +74,12 @@ static void act_layout(Act *a, float *buf, int k, int tokens) {
 /* Scratch for `tokens` tokens, in floats (the caller allocates it): a shared part, then one
    private part per thread (see forward). */
 static size_t private_floats(const Model *m, int tokens) {
-    return (size_t)tokens * (2 * (size_t)m->hidden + act_floats(m->hidden)) + (size_t)m->slots + 16;
+    return (size_t)tokens * (2 * (size_t)m->hidden + act_floats(m->hidden)) + (size_t)m->slots +
+           (size_t)m->heads * m->head_dim + 16;
 }
+
+/* one thread's part of one head's attention for one token: max, sum, then the output at 8 */
+static size_t part_floats(const Model *m) { return (size_t)m->head_dim + 8; }
 
 static size_t widest_rows(const Model *m) {
     size_t qkv = (size_t)(m->heads + 2 * m->kv_heads) * m->head_dim, gu = 2 * (size_t)m->inter;
@@ -83,8 +87,8 @@ static size_t widest_rows(const Model *m) {
 }
 
 static size_t shared_floats(const Model *m, int tokens) {
-    size_t t = (size_t)tokens;
-    return t * (widest_rows(m) + 3 * (size_t)m->hidden + (size_t)m->inter + act_floats(m->inter)) + 16;
+    size_t t = (size_t)tokens, parts = (size_t)m->heads * m->threads * part_floats(m);
+    return t * (widest_rows(m) + 2 * (size_t)m->hidden + parts + (size_t)m->inter + act_floats(m->inter)) + 16;
 }
 
 size_t scratch_floats(const Model *m, int tokens) {
@@ -311,10 +315,16 @@ static void my_rows(int n, int align, int *r0, int *r1) {
 /* ---- elementwise ---------------------------------------------------------------------- */
 
 static void rmsnorm(const float *x, const float *gamma, int n, float eps, float *out) {
-    double ss = 0.0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    float inv = 1.0f / sqrtf((float)(ss / n) + eps);
-    for (int i = 0; i < n; i++) out[i] = gamma[i] * (x[i] * inv);
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(x + i), acc);
+    float ss = hsum8(acc);
+    for (; i < n; i++) ss += x[i] * x[i];
+    const float inv = 1.0f / sqrtf(ss / n + eps);
+    const __m256 vinv = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(gamma + i), _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv)));
+    for (; i < n; i++) out[i] = gamma[i] * (x[i] * inv);
 }
 
 /* exp for the SiLU and the softmax, vectorized: 2^(x log2 e) as 2^i * p(f), p a degree-6 polynomial of 2^f */
@@ -351,19 +361,13 @@ static void silu_mul_interleaved(const float *gu, int n, float *out) {
 }
 
 /* rotate_half rotary (the Hugging Face Llama layout) of one head at position pos */
-static void rope(float *v, int head_dim, const float *cos, const float *sin) {
+static inline void rope(float *v, int head_dim, const float *cos, const float *sin) {
     int half = head_dim / 2;
     for (int i = 0; i < half; i++) {
         float a = v[i], b = v[i + half];
         v[i] = a * cos[i] - b * sin[i];
         v[i + half] = b * cos[i] + a * sin[i];
     }
-}
-
-static inline float dot(const float *a, const float *b, int n) {
-    __m256 acc = _mm256_setzero_ps();
-    for (int i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-    return hsum8(acc);
 }
 
 /* ---- the forward pass ------------------------------------------------------------------- */
@@ -377,32 +381,101 @@ static void embed_row(const Mat8 *e, int id, float *out) {
     }
 }
 
-/* rotary on this thread's q and k heads (rows h0..h1 of the qkv output, in heads), k and v
-   copied into the cache at their positions */
-static void rope_and_cache(const Model *m, float *qkv, int tokens, int start, int h0, int h1, float *kc, float *vc) {
+/* Rows r0..r1 of the q/k/v product are this thread's. Its q rows split anywhere (every thread
+   rotates the q heads it attends with for itself); its k and v rows are whole heads, which it
+   rotates (k) and writes to the cache at their positions. */
+static void qkv_rows(const Model *m, int *r0, int *r1) {
+    const int q_rows = m->heads * m->head_dim, n = (m->heads + 2 * m->kv_heads) * m->head_dim;
+    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    int b[2];
+    for (int i = 0; i < 2; i++) {
+        int at = (int)((long)n * (id + i) / nt) / 4 * 4;  /* the kernels' stride */
+        if (at > q_rows) at = q_rows + (at - q_rows + m->head_dim / 2) / m->head_dim * m->head_dim;
+        b[i] = at < n && id + i < nt ? at : n;
+    }
+    *r0 = b[0];
+    *r1 = b[1];
+}
+
+/* n floats (a multiple of 8) to fp16, rounded to nearest */
+static inline void store_half(uint16_t *dst, const float *src, int n) {
+    for (int i = 0; i < n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+}
+
+static inline __m256 load_half8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+/* The KV cache holds fp16, as llama.cpp's does by default: attention reads it back from
+   memory every step (the weights' stream evicts it from the caches); half the bytes measured
+   0.97x the step time at 90 positions (SmolLM2). */
+static void cache_kv(const Model *m, float *qkv, int tokens, int start, int r0, int r1, uint16_t *kc, uint16_t *vc) {
     const int hd = m->head_dim, half_hd = hd / 2, qkv_n = (m->heads + 2 * m->kv_heads) * hd;
+    const int h0 = (r0 > m->heads * hd ? r0 : m->heads * hd) / hd, h1 = r1 / hd;
     for (int t = 0; t < tokens; t++) {
         int pos = start + t;
         float *row = qkv + (size_t)t * qkv_n;
-        const float *c = m->cos + (size_t)pos * half_hd, *s = m->sin + (size_t)pos * half_hd;
         for (int h = h0; h < h1; h++) {
-            float *v = row + (size_t)h * hd;
-            if (h < m->heads + m->kv_heads) rope(v, hd, c, s);  /* q and k heads; v heads are not rotated */
-            if (h >= m->heads + m->kv_heads)
-                memcpy(vc + ((size_t)(h - m->heads - m->kv_heads) * m->slots + pos) * hd, v, hd * sizeof(float));
-            else if (h >= m->heads)
-                memcpy(kc + ((size_t)(h - m->heads) * m->slots + pos) * hd, v, hd * sizeof(float));
+            float *v = row + (size_t)h * hd;  /* this thread's rows: rotated in place */
+            if (h < m->heads + m->kv_heads) {
+                rope(v, hd, m->cos + (size_t)pos * half_hd, m->sin + (size_t)pos * half_hd);
+                store_half(kc + ((size_t)(h - m->heads) * m->slots + pos) * hd, v, hd);
+            } else {
+                store_half(vc + ((size_t)(h - m->heads - m->kv_heads) * m->slots + pos) * hd, v, hd);
+            }
         }
     }
 }
 
-/* softmax(q K^T / sqrt(d)) V over positions 0..len-1 of one KV head, into out [hd] */
-static void attend(const float *q, const float *K, const float *V, int len, int hd, float scale, float *sc, float *out) {
-    float mx = -INFINITY;
-    for (int j = 0; j < len; j++) {
-        sc[j] = dot(q, K + (size_t)j * hd, hd) * scale;
-        if (sc[j] > mx) mx = sc[j];
+/* sc[j] = (q . K[j]) * scale for j < n: eight positions at a time, their eight dot products
+   summed across lanes together (one transposing reduction instead of eight) */
+static void scores(const float *q, const uint16_t *K, int n, int hd, float scale, float *sc) {
+    const __m256 vs = _mm256_set1_ps(scale);
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        const uint16_t *k = K + (size_t)j * hd;
+        for (int c = 0; c < hd; c += 8) {
+            const __m256 qv = _mm256_loadu_ps(q + c);
+            a0 = _mm256_fmadd_ps(qv, load_half8(k + c), a0);
+            a1 = _mm256_fmadd_ps(qv, load_half8(k + hd + c), a1);
+            a2 = _mm256_fmadd_ps(qv, load_half8(k + 2 * hd + c), a2);
+            a3 = _mm256_fmadd_ps(qv, load_half8(k + 3 * hd + c), a3);
+            a4 = _mm256_fmadd_ps(qv, load_half8(k + 4 * hd + c), a4);
+            a5 = _mm256_fmadd_ps(qv, load_half8(k + 5 * hd + c), a5);
+            a6 = _mm256_fmadd_ps(qv, load_half8(k + 6 * hd + c), a6);
+            a7 = _mm256_fmadd_ps(qv, load_half8(k + 7 * hd + c), a7);
+        }
+        /* hadd pairs, then pairs of pairs: each lane half holds four positions' partial sums */
+        __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+        __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+        __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+        _mm256_storeu_ps(sc + j, _mm256_mul_ps(sum, vs));
     }
+    for (; j < n; j++) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int c = 0; c < hd; c += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), load_half8(K + (size_t)j * hd + c), acc);
+        sc[j] = hsum8(acc) * scale;
+    }
+}
+
+/* One thread's part of one head's attention: positions p0..p1 of its KV head (K, V). Writes
+   to part the part's softmax max and sum and its output before normalization, which
+   combine_parts joins across threads (the log-sum-exp rule). */
+static void attend_part(const float *q, const uint16_t *K, const uint16_t *V, int p0, int p1, int hd, float scale,
+                        float *sc, float *part) {
+    float *out = part + 8;
+    if (p1 <= p0) {  /* fewer positions than threads */
+        part[0] = -INFINITY;
+        part[1] = 0.0f;
+        memset(out, 0, hd * sizeof(float));
+        return;
+    }
+    const int len = p1 - p0;
+    K += (size_t)p0 * hd;
+    V += (size_t)p0 * hd;
+    scores(q, K, len, hd, scale, sc);
+    float mx = -INFINITY;
+    for (int j = 0; j < len; j++) mx = sc[j] > mx ? sc[j] : mx;
     __m256 vmx = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
     int j = 0;
     for (; j + 8 <= len; j += 8) {
@@ -412,23 +485,21 @@ static void attend(const float *q, const float *K, const float *V, int len, int 
     }
     float sum = hsum8(vsum);
     for (; j < len; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
-    float inv = 1.0f / sum;
-    for (j = 0; j < len; j++) sc[j] *= inv;
     /* out = sum_j sc[j] V[j], 64 values at a time in eight registers (one pass over V's rows) */
     int c = 0;
     for (; c + 64 <= hd; c += 64) {
         __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0;
         for (j = 0; j < len; j++) {
-            const float *v = V + (size_t)j * hd + c;
+            const uint16_t *v = V + (size_t)j * hd + c;
             __m256 p = _mm256_broadcast_ss(sc + j);
-            o0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v), o0);
-            o1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8), o1);
-            o2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 16), o2);
-            o3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 24), o3);
-            o4 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 32), o4);
-            o5 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 40), o5);
-            o6 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 48), o6);
-            o7 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 56), o7);
+            o0 = _mm256_fmadd_ps(p, load_half8(v), o0);
+            o1 = _mm256_fmadd_ps(p, load_half8(v + 8), o1);
+            o2 = _mm256_fmadd_ps(p, load_half8(v + 16), o2);
+            o3 = _mm256_fmadd_ps(p, load_half8(v + 24), o3);
+            o4 = _mm256_fmadd_ps(p, load_half8(v + 32), o4);
+            o5 = _mm256_fmadd_ps(p, load_half8(v + 40), o5);
+            o6 = _mm256_fmadd_ps(p, load_half8(v + 48), o6);
+            o7 = _mm256_fmadd_ps(p, load_half8(v + 56), o7);
         }
         _mm256_storeu_ps(out + c, o0); _mm256_storeu_ps(out + c + 8, o1);
         _mm256_storeu_ps(out + c + 16, o2); _mm256_storeu_ps(out + c + 24, o3);
@@ -437,9 +508,30 @@ static void attend(const float *q, const float *K, const float *V, int len, int 
     }
     for (; c < hd; c += 8) {  /* a head size that is not a multiple of 64 */
         __m256 o = _mm256_setzero_ps();
-        for (j = 0; j < len; j++) o = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + j), _mm256_loadu_ps(V + (size_t)j * hd + c), o);
+        for (j = 0; j < len; j++) o = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + j), load_half8(V + (size_t)j * hd + c), o);
         _mm256_storeu_ps(out + c, o);
     }
+    part[0] = mx;
+    part[1] = sum;
+}
+
+/* one head's output from its n parts (stride floats apart): each part's sum and output
+   rescaled by exp(its max - the largest max) */
+static void combine_parts(const float *parts, int n, size_t stride, int hd, float *out) {
+    float mx = -INFINITY, total = 0.0f;
+    for (int i = 0; i < n; i++) mx = parts[i * stride] > mx ? parts[i * stride] : mx;
+    for (int c = 0; c < hd; c += 8) _mm256_storeu_ps(out + c, _mm256_setzero_ps());
+    for (int i = 0; i < n; i++) {
+        const float *p = parts + i * stride;
+        if (p[1] == 0.0f) continue;  /* a thread with no positions */
+        const float w = expf(p[0] - mx);
+        const __m256 vw = _mm256_set1_ps(w);
+        total += w * p[1];
+        for (int c = 0; c < hd; c += 8)
+            _mm256_storeu_ps(out + c, _mm256_fmadd_ps(vw, _mm256_loadu_ps(p + 8 + c), _mm256_loadu_ps(out + c)));
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / total);
+    for (int c = 0; c < hd; c += 8) _mm256_storeu_ps(out + c, _mm256_mul_ps(_mm256_loadu_ps(out + c), inv));
 }
 
 /* ---- the engine's own clock: wall time per kind of work, read by the profiler -------------- */
@@ -480,12 +572,14 @@ void phase_seconds(double *out, int reset) {
    logits: [tokens, vocab] when all_logits, else [vocab] for the last token. Returns 0, or -1
    when the sequence would outgrow the cache.
 
-   Five barriers a layer: after the q/k/v product (each thread applies rotary to its own heads
-   and writes them to the cache first), after attention, after the o product, after the
-   gate/up product (each thread applies SiLU to its own rows, interleaved gate/up, and
-   quantizes its own blocks first), after the down product. Everything between, the residual
-   stream, the norms and the quantization of each product's input, every thread computes
-   for itself on private buffers: the same arithmetic, so the same values, with no wait. */
+   Five barriers a layer: after the q/k/v product (each thread rotates the k heads among its
+   rows and writes its k and v heads to the cache first), after attention (each thread takes
+   every head over its share of the positions: balanced whatever the head count; then every
+   thread joins the parts for itself), after the o product, after the gate/up product (each
+   thread applies SiLU to its own rows, interleaved gate/up, and quantizes its own blocks
+   first), after the down product. Everything between, the residual stream, the norms and the
+   quantization of each product's input, every thread computes for itself on private
+   buffers: the same arithmetic, so the same values, with no wait. */
 int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_logits, float *logits,
             float *scratch) {
     if (start + tokens > m->slots || tokens < 1) return -1;
@@ -494,8 +588,9 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
     const float scale = 1.0f / sqrtf((float)hd);
     const size_t T = (size_t)tokens, layer_stride = (size_t)m->kv_heads * m->slots * hd;
     /* shared: product outputs, attention context, the MLP activation and its quantized form */
-    float *wide = scratch, *obuf = wide + T * widest_rows(m), *dbuf = obuf + T * H, *ctx = dbuf + T * H;
-    float *mlp = ctx + T * H, *hbuf = mlp + T * inter;
+    const size_t part_n = part_floats(m), parts_per_token = (size_t)m->heads * m->threads * part_n;
+    float *wide = scratch, *obuf = wide + T * widest_rows(m), *dbuf = obuf + T * H, *parts = dbuf + T * H;
+    float *mlp = parts + T * parts_per_token, *hbuf = mlp + T * inter;
     float *private_base = scratch + shared_floats(m, tokens);
     Act hact;
     act_layout(&hact, hbuf, inter, tokens);
@@ -503,7 +598,8 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
 #pragma omp parallel num_threads(m->threads)
     {
         float *mine = private_base + (size_t)omp_get_thread_num() * private_floats(m, tokens);
-        float *resid = mine, *normed = resid + T * H, *sc = normed + T * H + T * act_floats(H);
+        float *resid = mine, *normed = resid + T * H, *sc = normed + T * H + T * act_floats(H), *qr = sc + m->slots + 8;
+        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
         Act ah;
         act_layout(&ah, normed + T * H, H, tokens);
         int r0, r1;
@@ -513,24 +609,35 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
 
         for (int l = 0; l < m->layers; l++) {
             const Layer *L = &m->layer[l];
-            float *kc = m->k_cache + l * layer_stride, *vc = m->v_cache + l * layer_stride;
+            uint16_t *kc = m->k_cache + l * layer_stride, *vc = m->v_cache + l * layer_stride;
             for (int t = 0; t < tokens; t++) {
                 rmsnorm(resid + t * H, L->attn_norm, H, m->eps, normed + t * H);
                 quantize_token(normed, &ah, t);
             }
             mark(PH_NORM, &last);
-            my_rows(qkv_n, hd, &r0, &r1);
+            qkv_rows(m, &r0, &r1);
             matmul4_rows(&L->qkv, &ah, tokens, wide, qkv_n, r0, r1);
-            rope_and_cache(m, wide, tokens, start, r0 / hd, r1 / hd, kc, vc);
+            cache_kv(m, wide, tokens, start, r0, r1, kc, vc);
 #pragma omp barrier
             mark(PH_ATTN_PROJ, &last);
-#pragma omp for schedule(static) collapse(2)
-            for (int t = 0; t < tokens; t++)
+            /* every thread takes every head over its share of the positions */
+            for (int t = 0; t < tokens; t++) {
+                const int pos = start + t, len = pos + 1;
+                memcpy(qr, wide + (size_t)t * qkv_n, (size_t)m->heads * hd * sizeof(float));
+                for (int h = 0; h < m->heads; h++) {
+                    float *q = qr + (size_t)h * hd;
+                    rope(q, hd, m->cos + (size_t)pos * (hd / 2), m->sin + (size_t)pos * (hd / 2));
+                    attend_part(q, kc + (size_t)(h / group) * m->slots * hd, vc + (size_t)(h / group) * m->slots * hd,
+                                (int)((long)len * id / nt), (int)((long)len * (id + 1) / nt), hd, scale, sc,
+                                parts + t * parts_per_token + ((size_t)h * nt + id) * part_n);
+                }
+            }
+#pragma omp barrier
+            for (int t = 0; t < tokens; t++) {  /* each thread joins every head's parts for itself */
                 for (int h = 0; h < m->heads; h++)
-                    attend(wide + t * qkv_n + h * hd, kc + (size_t)(h / group) * m->slots * hd,
-                           vc + (size_t)(h / group) * m->slots * hd, start + t + 1, hd, scale, sc,
-                           ctx + t * H + h * hd);
-            for (int t = 0; t < tokens; t++) quantize_token(ctx, &ah, t);
+                    combine_parts(parts + t * parts_per_token + (size_t)h * nt * part_n, nt, part_n, hd, normed + t * H + h * hd);
+                quantize_token(normed, &ah, t);
+            }
             mark(PH_ATTENTION, &last);
             my_rows(H, 4, &r0, &r1);
             matmul4_rows(&L->o, &ah, tokens, obuf, H, r0, r1);
