@@ -17,6 +17,7 @@ thread 0 keeps a clock per phase (phase_seconds), the engine's counters and prof
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -370,6 +371,61 @@ static inline void rope(float *v, int head_dim, const float *cos, const float *s
     }
 }
 
+
+/* ---- where threads meet: a barrier that reads ahead while it waits --------------------- */
+
+/* A thread that reaches a barrier first would idle while the memory system serves only the
+   others. Instead it prefetches (into L2) the rows it will read next, so its next product
+   starts on cached data: A/B, 16 rounds of 48 steps, 0.98x the step. A plain sense-reversing
+   spin barrier: ~0.09 us on two threads where OpenMP's took ~0.37 (measured). */
+typedef struct { _Alignas(64) atomic_int count; _Alignas(64) atomic_int sense; } Barrier;
+typedef struct { const char *p[6], *end[6]; int n; } Ahead;  /* regions, read a line of each in turn */
+
+static void ahead_add(Ahead *a, const void *p, size_t bytes) {
+    if (bytes == 0) return;
+    a->p[a->n] = (const char *)p;
+    a->end[a->n++] = (const char *)p + bytes;
+}
+/* the rows r0..r1 of a product as its kernel reads them: from both halves of the range */
+static void ahead_rows4(Ahead *a, const Mat4 *w, int r0, int r1) {
+    const size_t nb = w->k / QK;
+    const int mid = r0 + (r1 - r0) / 2, from[2] = {r0, mid}, to[2] = {mid, r1};
+    a->n = 0;
+    for (int h = 0; h < 2; h++) {
+        ahead_add(a, w->q + from[h] * nb * 16, (to[h] - from[h]) * nb * 16);
+        ahead_add(a, w->d + from[h] * nb, (to[h] - from[h]) * nb * 2);
+        ahead_add(a, w->m + from[h] * nb, (to[h] - from[h]) * nb * 2);
+    }
+}
+static void ahead_rows8(Ahead *a, const Mat8 *w, int r0, int r1) {
+    const size_t nb = w->k / QK;
+    const int mid = r0 + (r1 - r0) / 2, from[2] = {r0, mid}, to[2] = {mid, r1};
+    a->n = 0;
+    for (int h = 0; h < 2; h++) {
+        ahead_add(a, w->q + from[h] * nb * QK, (to[h] - from[h]) * nb * QK);
+        ahead_add(a, w->d + from[h] * nb, (to[h] - from[h]) * nb * 4);
+    }
+}
+/* one line of each region not yet read; 0 when all are */
+static inline int ahead_step(Ahead *a) {
+    int any = 0;
+    for (int i = 0; i < a->n; i++)
+        if (a->p[i] < a->end[i]) { _mm_prefetch(a->p[i], _MM_HINT_T1); a->p[i] += 64; any = 1; }
+    return any;
+}
+/* every thread of the team calls it with its own sense (0 before the first call); `a` may be 0 */
+static void barrier_wait(Barrier *b, int nt, int *sense, Ahead *a) {
+    const int s = !*sense;
+    *sense = s;
+    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == nt - 1) {
+        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
+        atomic_store_explicit(&b->sense, s, memory_order_release);
+        return;
+    }
+    while (atomic_load_explicit(&b->sense, memory_order_acquire) != s)
+        if (!(a && ahead_step(a))) _mm_pause();
+}
+
 /* ---- the forward pass ------------------------------------------------------------------- */
 
 static void embed_row(const Mat8 *e, int id, float *out) {
@@ -595,8 +651,13 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
     Act hact;
     act_layout(&hact, hbuf, inter, tokens);
 
+    Barrier bar;
+    atomic_init(&bar.count, 0);
+    atomic_init(&bar.sense, 0);
 #pragma omp parallel num_threads(m->threads)
     {
+        int sense = 0, n0, n1;  /* n0..n1: this thread's rows of the next product */
+        Ahead ahead;
         float *mine = private_base + (size_t)omp_get_thread_num() * private_floats(m, tokens);
         float *resid = mine, *normed = resid + T * H, *sc = normed + T * H + T * act_floats(H), *qr = sc + m->slots + 8;
         const int nt = omp_get_num_threads(), id = omp_get_thread_num();
@@ -618,7 +679,9 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
             qkv_rows(m, &r0, &r1);
             matmul4_rows(&L->qkv, &ah, tokens, wide, qkv_n, r0, r1);
             cache_kv(m, wide, tokens, start, r0, r1, kc, vc);
-#pragma omp barrier
+            my_rows(H, 4, &n0, &n1);
+            ahead_rows4(&ahead, &L->o, n0, n1);
+            barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_ATTN_PROJ, &last);
             /* every thread takes every head over its share of the positions */
             for (int t = 0; t < tokens; t++) {
@@ -632,7 +695,7 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
                                 parts + t * parts_per_token + ((size_t)h * nt + id) * part_n);
                 }
             }
-#pragma omp barrier
+            barrier_wait(&bar, nt, &sense, &ahead);
             for (int t = 0; t < tokens; t++) {  /* each thread joins every head's parts for itself */
                 for (int h = 0; h < m->heads; h++)
                     combine_parts(parts + t * parts_per_token + (size_t)h * nt * part_n, nt, part_n, hd, normed + t * H + h * hd);
@@ -641,7 +704,9 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
             mark(PH_ATTENTION, &last);
             my_rows(H, 4, &r0, &r1);
             matmul4_rows(&L->o, &ah, tokens, obuf, H, r0, r1);
-#pragma omp barrier
+            my_rows(gu_n, 4 * QK, &n0, &n1);
+            ahead_rows4(&ahead, &L->gate_up, n0, n1);
+            barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_ATTN_PROJ, &last);
             for (int t = 0; t < tokens; t++) {
                 float *x = resid + t * H;
@@ -659,11 +724,20 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
                 quantize_blocks(mlp, &hact, t, r0 / 2 / QK, (r1 / 2 + QK - 1) / QK);
             }
             mark(PH_ACTIVATION, &last);
-#pragma omp barrier
+            my_rows(H, 4, &n0, &n1);
+            ahead_rows4(&ahead, &L->down, n0, n1);
+            barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_MLP_PROJ, &last);
             my_rows(H, 4, &r0, &r1);
             matmul4_rows(&L->down, &hact, tokens, dbuf, H, r0, r1);
-#pragma omp barrier
+            if (l + 1 < m->layers) {
+                qkv_rows(m, &n0, &n1);
+                ahead_rows4(&ahead, &m->layer[l + 1].qkv, n0, n1);
+            } else {
+                my_rows(m->vocab, 4, &n0, &n1);
+                ahead_rows8(&ahead, &m->head, n0, n1);
+            }
+            barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_MLP_PROJ, &last);
             for (int t = 0; t < tokens; t++)
                 for (int i = 0; i < H; i++) resid[t * H + i] += dbuf[t * H + i];
@@ -678,7 +752,7 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
         mark(PH_FINAL_NORM, &last);
         my_rows(m->vocab, 4, &r0, &r1);
         matmul8_rows(&m->head, &ah, kept, logits, m->vocab, r0, r1);
-#pragma omp barrier
+        barrier_wait(&bar, nt, &sense, 0);
         mark(PH_HEAD, &last);
     }
     return 0;
