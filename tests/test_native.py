@@ -55,8 +55,8 @@ def test_8bit_product_is_the_q8_0_dot_product(lib):
     rng = np.random.default_rng(1)
     w = rng.normal(0, 0.05, (33, 96)).astype(np.float32)  # 33 rows: one left after the row pairs
     x = rng.normal(0, 1, (2, 96)).astype(np.float32)
-    q = symmetric8(w)
-    s8, d = nd._signed(q), q.scales.copy()
+    q = nd._half_scales(symmetric8(w), w)
+    s8, d = nd._signed(q), q.scales.astype(np.float16)
     mat = nd.Mat8(33, 96, s8.ctypes.data, d.ctypes.data)
     y, scratch = np.zeros((2, 33), np.float32), np.zeros(4096, np.float32)
     lib.product8(C.byref(mat), x.ctypes.data, 2, y.ctypes.data, scratch.ctypes.data)

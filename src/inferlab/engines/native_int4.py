@@ -15,7 +15,7 @@ from ..models import artifact_folder
 from . import llama_arch
 from .base import Engine, EngineError, EngineUnsupported
 
-RECIPE = "r2"  # bump when the packed layout changes: it is part of the cache key
+RECIPE = "r3"  # bump when the packed layout changes: it is part of the cache key
 
 
 class NativeInt4(Engine):

@@ -63,9 +63,11 @@ def _nibbles(q: Quantized) -> np.ndarray:
 
 
 def _half_scales(q: Quantized, w: np.ndarray) -> Quantized:
-    """q with its scales and offsets rounded to fp16, and its error measured again."""
+    """q with its scales (and offsets) rounded to fp16, as a GGUF stores them, and its error
+    measured again: exact when w came from such a file."""
     q.scales = q.scales.astype(np.float16).astype(np.float32)
-    q.offsets = q.offsets.astype(np.float16).astype(np.float32)
+    if q.offsets is not None:
+        q.offsets = q.offsets.astype(np.float16).astype(np.float32)
     q.max_error = float(np.abs(q.dequantize() - w).max(initial=0.0))
     return q
 
@@ -124,9 +126,9 @@ def pack_model(model_folder: str, out_folder: str) -> dict:
         blob.add(name + ".m", q.offsets.astype(np.float16))
 
     def add8(name: str, source: str) -> None:
-        q = account(symmetric8(weights[source], BLOCK), 1)
+        q = account(_half_scales(symmetric8(weights[source], BLOCK), weights[source]), 1)
         blob.add(name + ".q", _signed(q))
-        blob.add(name + ".d", q.scales)
+        blob.add(name + ".d", q.scales.astype(np.float16))
 
     for i in range(s.layers):
         p = f"model.layers.{i}."

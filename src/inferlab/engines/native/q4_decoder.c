@@ -34,7 +34,7 @@ typedef struct {
 typedef struct {
     int32_t n, k;
     const int8_t *q;       /* [n, k/32, 32] */
-    const float *d;        /* [n, k/32] */
+    const uint16_t *d;     /* [n, k/32] scale, fp16 (as a Q8_0 GGUF stores it) */
 } Mat8;
 
 typedef struct {
@@ -289,14 +289,14 @@ static void matmul8_rows(const Mat8 *w, const Act *x, int tokens, float *y, int 
         int ra, rb;
         row_pair(i, r0, r1, &ra, &rb);
         const int8_t *qa = w->q + (size_t)ra * nb * QK, *qb = w->q + (size_t)rb * nb * QK;
-        const float *da = w->d + (size_t)ra * nb, *db = w->d + (size_t)rb * nb;
+        const uint16_t *da = w->d + (size_t)ra * nb, *db = w->d + (size_t)rb * nb;
         for (int t = 0; t < tokens; t++) {
             const int8_t *xq = x->q + (size_t)t * w->k;
             const float *xd = x->d + (size_t)t * nb;
             __m256 acca = _mm256_setzero_ps(), accb = _mm256_setzero_ps();
             for (int b = 0; b < nb; b++) {
-                acca = dot8_block(qa + b * QK, xq + b * QK, da[b] * xd[b], acca);
-                accb = dot8_block(qb + b * QK, xq + b * QK, db[b] * xd[b], accb);
+                acca = dot8_block(qa + b * QK, xq + b * QK, half(da[b]) * xd[b], acca);
+                accb = dot8_block(qb + b * QK, xq + b * QK, half(db[b]) * xd[b], accb);
             }
             y[(size_t)t * ldy + ra] = hsum8(acca);
             y[(size_t)t * ldy + rb] = hsum8(accb);
@@ -403,7 +403,7 @@ static void ahead_rows8(Ahead *a, const Mat8 *w, int r0, int r1) {
     a->n = 0;
     for (int h = 0; h < 2; h++) {
         ahead_add(a, w->q + from[h] * nb * QK, (to[h] - from[h]) * nb * QK);
-        ahead_add(a, w->d + from[h] * nb, (to[h] - from[h]) * nb * 4);
+        ahead_add(a, w->d + from[h] * nb, (to[h] - from[h]) * nb * 2);
     }
 }
 /* one line of each region not yet read; 0 when all are */
@@ -431,7 +431,7 @@ static void barrier_wait(Barrier *b, int nt, int *sense, Ahead *a) {
 static void embed_row(const Mat8 *e, int id, float *out) {
     int nb = e->k / QK;
     for (int b = 0; b < nb; b++) {
-        float d = e->d[(size_t)id * nb + b];
+        float d = half(e->d[(size_t)id * nb + b]);
         const int8_t *q = e->q + ((size_t)id * nb + b) * QK;
         for (int j = 0; j < QK; j++) out[b * QK + j] = d * q[j];
     }
