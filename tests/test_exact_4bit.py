@@ -85,3 +85,10 @@ def test_native_profile_splits_each_call_by_the_clock(exact, tmp_path):
     assert 0 < sum(decode["parts_ms"].values()) <= decode["wall_ms"]
     assert decode["parts_ms"]["final norm + lm head"] > 0
     assert (tmp_path / "trace.json").stat().st_size == data["trace_bytes"]
+    # a timeline: every phase of every layer as a slice, in order, inside its call
+    import json
+
+    slices = [ev for ev in json.loads((tmp_path / "trace.json").read_text())["traceEvents"] if ev["cat"] == "decode"]
+    layers = e.decoder.shapes.layers
+    assert len(slices) >= 3 * 5 * layers  # three steps, five barriers a layer
+    assert all(a["ts"] + a["dur"] <= b["ts"] + 1e-3 for a, b in zip(slices, slices[1:]))

@@ -1,7 +1,7 @@
 """inferlab's native decoder: its own clock (wall time per kind of work inside the C forward
 pass, engines/native/q4_decoder.c) over a prefill and a few decode steps, in the same tables as the
-other profilers. The clock is always on (thread 0 reads it about 300 times a step), so a
-profile runs exactly the code the benchmark timed."""
+other profilers. The clock is always on (thread 0 reads it about 300 times a step; while
+profiling it also keeps each span), so a profile runs exactly the code the benchmark timed."""
 
 from __future__ import annotations
 
@@ -26,18 +26,16 @@ PHASES = {
 
 
 def _call(fn, arg, name: str, windows: list, ops: list, events: list, decoder):
-    decoder.phase_seconds()  # start the clock from zero
+    decoder.record_spans(True)
     start = time.perf_counter()
     out = fn(arg)
     end = time.perf_counter()
-    t0, t1 = start * 1e6, end * 1e6
-    windows.append((name, t0, t1))
-    at = t0  # the phases interleave layer by layer: laid end to end, in the decoder's order
-    for phase, seconds in decoder.phase_seconds().items():
+    decoder.record_spans(False)
+    windows.append((name, start * 1e6, end * 1e6))
+    for phase, s, e in decoder.spans():  # one per phase per layer, at the time it ran
         op, part = PHASES.get(phase, (f"native::{phase}", "other"))
-        ops.append(OpRecord(op, at, seconds * 1e6, part))
-        events.append({"name": phase, "cat": name, "ph": "X", "ts": at, "dur": seconds * 1e6, "pid": 1, "tid": 1})
-        at += seconds * 1e6
+        ops.append(OpRecord(op, s * 1e6, (e - s) * 1e6, part))
+        events.append({"name": phase, "cat": name, "ph": "X", "ts": s * 1e6, "dur": (e - s) * 1e6, "pid": 1, "tid": 1})
     return out
 
 
@@ -46,10 +44,10 @@ def profile(decoder, prompt_ids, steps: int, trace_path: str) -> dict:
     logits = _call(decoder.prefill, list(prompt_ids), "prefill", windows, ops, events, decoder)
     for _ in range(steps):
         logits = _call(decoder.decode, int(logits.argmax()), "decode", windows, ops, events, decoder)
-    with open(trace_path, "w") as f:  # per call, each phase's total as one slice
+    with open(trace_path, "w") as f:  # a timeline: each phase of each layer as one slice
         json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, f)
     return {
-        "profiler": "inferlab native decoder's own clock (per phase, summed over layers)",
+        "profiler": "inferlab native decoder's own clock (thread 0's spans: each phase of each layer)",
         "decode_steps": steps,
         "phases": breakdown(windows, ops),
         "trace_file": os.path.basename(trace_path),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes as C
 import json
 import os
+import time
 
 import numpy as np
 
@@ -184,6 +185,10 @@ class NativeDecoder:
         self.lib.scratch_floats.argtypes = [C.POINTER(Model), C.c_int]
         self.lib.phase_names.restype = C.c_char_p
         self.lib.phase_seconds.argtypes = [C.c_void_p, C.c_int]
+        self.lib.record_spans.argtypes = [C.c_int]
+        self.lib.read_spans.restype = C.c_int
+        self.lib.read_spans.argtypes = [C.c_void_p, C.c_void_p, C.c_void_p, C.c_int]
+        self.lib.clock_seconds.restype = C.c_double
         self.phase_names = self.lib.phase_names().decode().split(",")
         self._phases = np.zeros(len(self.phase_names), np.float64)
         with open(os.path.join(folder, "index.json")) as f:
@@ -249,6 +254,19 @@ class NativeDecoder:
             raise EngineError(f"native decoder refused {n} tokens at position {self.length}")
         self.length += n
         return logits
+
+    def record_spans(self, on: bool) -> None:
+        """Start (dropping what was recorded) or stop recording the clock's spans."""
+        self.lib.record_spans(int(on))
+
+    def spans(self, limit: int = 1 << 15) -> list[tuple[str, float, float]]:
+        """The spans recorded: (phase, start, end), in time.perf_counter's seconds: one per
+        phase per layer, thread 0's view (a span after a barrier includes the wait)."""
+        phase, start, end = np.zeros(limit, np.int32), np.zeros(limit), np.zeros(limit)
+        n = self.lib.read_spans(phase.ctypes.data, start.ctypes.data, end.ctypes.data, limit)
+        offset = time.perf_counter() - self.lib.clock_seconds()  # the C clock to Python's
+        return [(self.phase_names[p], s + offset, e + offset)
+                for p, s, e in zip(phase[:n].tolist(), start[:n].tolist(), end[:n].tolist())]
 
     def phase_seconds(self) -> dict[str, float]:
         """Seconds per phase inside the C forward passes since the last time this was asked.

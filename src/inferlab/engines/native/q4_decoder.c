@@ -606,13 +606,43 @@ static inline double now_s(void) {
 
 /* Called by every thread where a phase ends: thread 0 books the time since its last mark to
    `phase` (after a barrier, that includes its wait for the slowest thread). */
+/* The profiler's timeline: while recording, thread 0 also keeps each span it books. */
+#define MAX_SPANS (1 << 15)
+static int32_t span_phase[MAX_SPANS];
+static double span_start[MAX_SPANS], span_end[MAX_SPANS];
+static int span_count, recording;
+
 static inline void mark(int phase, double *last) {
     if (omp_get_thread_num() == 0) {
         double t = now_s();
         phase_s[phase] += t - *last;
+        if (recording && span_count < MAX_SPANS) {
+            span_phase[span_count] = phase;
+            span_start[span_count] = *last;
+            span_end[span_count++] = t;
+        }
         *last = t;
     }
 }
+
+/* recording on (1, the spans so far dropped) or off (0) */
+void record_spans(int on) {
+    recording = on;
+    if (on) span_count = 0;
+}
+
+/* the spans recorded, up to max: phase index, start and end in seconds of clock_seconds()'s clock */
+int read_spans(int32_t *phase, double *start, double *end, int max) {
+    int n = span_count < max ? span_count : max;
+    for (int i = 0; i < n; i++) {
+        phase[i] = span_phase[i];
+        start[i] = span_start[i];
+        end[i] = span_end[i];
+    }
+    return n;
+}
+
+double clock_seconds(void) { return now_s(); }
 
 const char *phase_names(void) { return PHASE_NAMES; }
 
