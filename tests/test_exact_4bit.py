@@ -2,12 +2,15 @@
 graph (onnx-int4) and its native decoder (native-int4), against the fp32 reference on weights
 that lie on a Q4_1 grid: only the int8 activations may separate them."""
 
+import itertools
+import json
+
 import numpy as np
 import pytest
 
 from inferlab.engines import engine_class
-from inferlab.harness import generate
 from inferlab.engines.native import library
+from inferlab.harness import generate
 
 PROMPT = [5, 17, 42, 99, 3, 250, 7]
 METHODS = [
@@ -86,9 +89,7 @@ def test_native_profile_splits_each_call_by_the_clock(exact, tmp_path):
     assert decode["parts_ms"]["final norm + lm head"] > 0
     assert (tmp_path / "trace.json").stat().st_size == data["trace_bytes"]
     # a timeline: every phase of every layer as a slice, in order, inside its call
-    import json
-
     slices = [ev for ev in json.loads((tmp_path / "trace.json").read_text())["traceEvents"] if ev["cat"] == "decode"]
     layers = e.decoder.shapes.layers
     assert len(slices) >= 3 * 5 * layers  # three steps, five barriers a layer
-    assert all(a["ts"] + a["dur"] <= b["ts"] + 1e-3 for a, b in zip(slices, slices[1:]))
+    assert all(a["ts"] + a["dur"] <= b["ts"] + 1e-3 for a, b in itertools.pairwise(slices))
