@@ -304,8 +304,8 @@ static void matmul8_rows(const Mat8 *w, const Act *x, int tokens, float *y, int 
     }
 }
 
-/* This thread's rows of n, split evenly in units of `align` rows (4: the kernels' stride; a
-   head's rows for rotary in place; whole blocks of the MLP activation). */
+/* This thread's rows of n, split evenly in units of `align` rows (4, or whole blocks of the
+   MLP activation for the gate/up product; q/k/v: qkv_rows). */
 static void my_rows(int n, int align, int *r0, int *r1) {
     int nt = omp_get_num_threads(), id = omp_get_thread_num();
     int units = (n + align - 1) / align, per = (units + nt - 1) / nt;
@@ -673,7 +673,7 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
     const int qkv_n = (m->heads + 2 * m->kv_heads) * hd, gu_n = 2 * inter, group = m->heads / m->kv_heads;
     const float scale = 1.0f / sqrtf((float)hd);
     const size_t T = (size_t)tokens, layer_stride = (size_t)m->kv_heads * m->slots * hd;
-    /* shared: product outputs, attention context, the MLP activation and its quantized form */
+    /* shared: product outputs, attention's parts from every thread, the MLP activation and its quantized form */
     const size_t part_n = part_floats(m), parts_per_token = (size_t)m->heads * m->threads * part_n;
     float *wide = scratch, *obuf = wide + T * widest_rows(m), *dbuf = obuf + T * H, *parts = dbuf + T * H;
     float *mlp = parts + T * parts_per_token, *hbuf = mlp + T * inter;
@@ -686,14 +686,20 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
     atomic_init(&bar.sense, 0);
 #pragma omp parallel num_threads(m->threads)
     {
-        int sense = 0, n0, n1;  /* n0..n1: this thread's rows of the next product */
+        int sense = 0;
         Ahead ahead;
         float *mine = private_base + (size_t)omp_get_thread_num() * private_floats(m, tokens);
         float *resid = mine, *normed = resid + T * H, *sc = normed + T * H + T * act_floats(H), *qr = sc + m->slots + 8;
         const int nt = omp_get_num_threads(), id = omp_get_thread_num();
         Act ah;
         act_layout(&ah, normed + T * H, H, tokens);
-        int r0, r1;
+        /* this thread's rows of each product: q/k/v; o and down (hidden); gate/up, in units of
+           128 (64 activations, two whole blocks of the down product's input); the LM head */
+        int qkv0, qkv1, hid0, hid1, gu0, gu1, voc0, voc1;
+        qkv_rows(m, &qkv0, &qkv1);
+        my_rows(H, 4, &hid0, &hid1);
+        my_rows(gu_n, 4 * QK, &gu0, &gu1);
+        my_rows(m->vocab, 4, &voc0, &voc1);
         double last = now_s();
         for (int t = 0; t < tokens; t++) embed_row(&m->embed, ids[t], resid + t * H);
         mark(PH_EMBED, &last);
@@ -706,11 +712,9 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
                 quantize_token(normed, &ah, t);
             }
             mark(PH_NORM, &last);
-            qkv_rows(m, &r0, &r1);
-            matmul4_rows(&L->qkv, &ah, tokens, wide, qkv_n, r0, r1);
-            cache_kv(m, wide, tokens, start, r0, r1, kc, vc);
-            my_rows(H, 4, &n0, &n1);
-            ahead_rows4(&ahead, &L->o, n0, n1);
+            matmul4_rows(&L->qkv, &ah, tokens, wide, qkv_n, qkv0, qkv1);
+            cache_kv(m, wide, tokens, start, qkv0, qkv1, kc, vc);
+            ahead_rows4(&ahead, &L->o, hid0, hid1);  /* read while waiting here and after attention */
             barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_ATTN_PROJ, &last);
             /* every thread takes every head over its share of the positions */
@@ -732,10 +736,8 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
                 quantize_token(normed, &ah, t);
             }
             mark(PH_ATTENTION, &last);
-            my_rows(H, 4, &r0, &r1);
-            matmul4_rows(&L->o, &ah, tokens, obuf, H, r0, r1);
-            my_rows(gu_n, 4 * QK, &n0, &n1);
-            ahead_rows4(&ahead, &L->gate_up, n0, n1);
+            matmul4_rows(&L->o, &ah, tokens, obuf, H, hid0, hid1);
+            ahead_rows4(&ahead, &L->gate_up, gu0, gu1);
             barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_ATTN_PROJ, &last);
             for (int t = 0; t < tokens; t++) {
@@ -745,28 +747,21 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
                 quantize_token(normed, &ah, t);
             }
             mark(PH_NORM, &last);
-            /* rows in units of 128: 64 activations, two whole blocks of the down product's input */
-            my_rows(gu_n, 4 * QK, &r0, &r1);
-            matmul4_rows(&L->gate_up, &ah, tokens, wide, gu_n, r0, r1);
+            matmul4_rows(&L->gate_up, &ah, tokens, wide, gu_n, gu0, gu1);
             mark(PH_MLP_PROJ, &last);
             for (int t = 0; t < tokens; t++) {
-                silu_mul_interleaved(wide + t * gu_n + r0, (r1 - r0) / 2, mlp + t * inter + r0 / 2);
-                quantize_blocks(mlp, &hact, t, r0 / 2 / QK, (r1 / 2 + QK - 1) / QK);
+                silu_mul_interleaved(wide + t * gu_n + gu0, (gu1 - gu0) / 2, mlp + t * inter + gu0 / 2);
+                quantize_blocks(mlp, &hact, t, gu0 / 2 / QK, (gu1 / 2 + QK - 1) / QK);
             }
             mark(PH_ACTIVATION, &last);
-            my_rows(H, 4, &n0, &n1);
-            ahead_rows4(&ahead, &L->down, n0, n1);
+            ahead_rows4(&ahead, &L->down, hid0, hid1);
             barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_MLP_PROJ, &last);
-            my_rows(H, 4, &r0, &r1);
-            matmul4_rows(&L->down, &hact, tokens, dbuf, H, r0, r1);
-            if (l + 1 < m->layers) {
-                qkv_rows(m, &n0, &n1);
-                ahead_rows4(&ahead, &m->layer[l + 1].qkv, n0, n1);
-            } else {
-                my_rows(m->vocab, 4, &n0, &n1);
-                ahead_rows8(&ahead, &m->head, n0, n1);
-            }
+            matmul4_rows(&L->down, &hact, tokens, dbuf, H, hid0, hid1);
+            if (l + 1 < m->layers)
+                ahead_rows4(&ahead, &m->layer[l + 1].qkv, qkv0, qkv1);
+            else
+                ahead_rows8(&ahead, &m->head, voc0, voc1);
             barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_MLP_PROJ, &last);
             for (int t = 0; t < tokens; t++)
@@ -780,8 +775,7 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
             quantize_token(normed, &ah, t);
         }
         mark(PH_FINAL_NORM, &last);
-        my_rows(m->vocab, 4, &r0, &r1);
-        matmul8_rows(&m->head, &ah, kept, logits, m->vocab, r0, r1);
+        matmul8_rows(&m->head, &ah, kept, logits, m->vocab, voc0, voc1);
         barrier_wait(&bar, nt, &sense, 0);
         mark(PH_HEAD, &last);
     }
