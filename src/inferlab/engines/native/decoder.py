@@ -6,7 +6,8 @@ Packed layout, per matrix W [n, k] cut into blocks of 32 along k:
   its low nibble and element j + 16 in its high one; per block a scale and an offset in fp16, as
   a Q4_1 file stores them (so weights that came from one stay exact);
 - 8-bit (Q8_0's rule, blockquant.symmetric8), for the LM head and the token table: 32 signed
-  bytes per block and a float scale."""
+  bytes per block and a scale in fp16, as a Q8_0 file stores it.
+The KV cache (fp16) lives here too, as numpy arrays the C side writes in place."""
 
 from __future__ import annotations
 

@@ -7,12 +7,13 @@ part of the dot product, multiplied by the exact fp32 sum of the block's inputs.
 
 Weights:  4-bit matrices [n, k/32] blocks of 16 bytes (byte j = element j in the low nibble,
           element j + 16 in the high one), scale d and offset m per block in fp16, as a Q4_1
-          GGUF stores them; 8-bit matrices (Q8_0 rule: w = q * d, q in -127..127, d fp32) for
+          GGUF stores them; 8-bit matrices (Q8_0 rule: w = q * d, q in -127..127, d fp16) for
           the LM head and the token table.
 Activations are quantized per block of 32 to int8 (scale max|x| / 127) right before each
-product, as llama.cpp and ONNX Runtime's accuracy_level 4 do; everything else is fp32.
-One OpenMP parallel region per forward pass: products split by rows, attention by heads;
-thread 0 keeps a clock per phase (phase_seconds), the engine's counters and profiler. */
+product, as llama.cpp and ONNX Runtime's accuracy_level 4 do; the KV cache is fp16; everything
+else is fp32. One OpenMP parallel region per forward pass: products split by rows, attention
+by positions, threads meeting at a spin barrier that reads ahead; thread 0 keeps a clock per
+phase (phase_seconds; spans for the profiler's timeline), the engine's counters and profiler. */
 
 #include <immintrin.h>
 #include <math.h>
