@@ -1,4 +1,4 @@
-"""inferlab's own decoder (engines/native/q4_decoder.c), compiled on this machine for this CPU.
+"""inferlab's own decoder (engines/native/q4_*.c), compiled on this machine for this CPU.
 
 The same weights as `onnx-int4` (4-bit by GGUF Q4_1's rule, the LM head 8-bit by Q8_0's; exact
 for the bundled model, whose GGUF holds exactly those), but each product takes the block

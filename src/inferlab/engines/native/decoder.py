@@ -1,4 +1,4 @@
-"""The Python side of q4_decoder.c: pack a Llama model's weights into its layout (once, cached
+"""The Python side of the C decoder (q4_*.c): pack a Llama model's weights into its layout (once, cached
 as one file), then prefill and decode through it with the KV cache kept in place.
 
 Packed layout, per matrix W [n, k] cut into blocks of 32 along k:

@@ -1,7 +1,7 @@
-"""Compile q4_decoder.c for this CPU and load it.
+"""Compile the decoder (the q4_*.c files here) for this CPU and load it.
 
 The library is built on first use with the machine's C compiler (about 2 s) for the CPU it runs
-on (-march=native), and cached under a key made of the source, the compiler's version and this
+on (-march=native), and cached under a key made of the sources, the compiler's version and this
 CPU's flags: a build made on another CPU is never loaded (machines here change between Intel and
 AMD, and code compiled for one can die with "Illegal instruction" on the other)."""
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import glob
 import hashlib
 import os
 import shutil
@@ -18,7 +19,9 @@ from ... import defaults
 from ...fsutil import build_folder
 from ...native_build import cpu_flags
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "q4_decoder.c")
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = sorted(glob.glob(os.path.join(HERE, "q4_*.c")))  # one library from every file
+HEADERS = sorted(glob.glob(os.path.join(HERE, "q4_*.h")))
 NEEDED_FLAGS = ("avx2", "fma", "f16c")  # the kernels are written with AVX2 and FMA intrinsics
 COMPILER_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 LIBRARIES = ("-lm",)
@@ -50,8 +53,9 @@ def _compiler_version(cc: str) -> list[str]:
 def _build_key(cc: str) -> str:
     version = _compiler_version(cc)
     h = hashlib.sha256()
-    with open(SOURCE, "rb") as f:
-        h.update(f.read())
+    for path in (*SOURCES, *HEADERS):
+        with open(path, "rb") as f:
+            h.update(os.path.basename(path).encode() + b"\0" + f.read())
     for part in (*version, *COMPILER_FLAGS, *sorted(cpu_flags())):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
@@ -67,10 +71,10 @@ def library_path() -> tuple[str, bool]:
 
     def build(tmp):
         out = os.path.join(tmp, "libq4_decoder.so")
-        done = subprocess.run([cc, *COMPILER_FLAGS, "-o", out, SOURCE, *LIBRARIES], capture_output=True, text=True, check=False)
+        done = subprocess.run([cc, *COMPILER_FLAGS, "-o", out, *SOURCES, *LIBRARIES], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise NativeBuildError(f"compiling {os.path.basename(SOURCE)} failed: {last}")
+            raise NativeBuildError(f"compiling the native decoder failed: {last}")
 
     hit = build_folder(dest, build)
     return os.path.join(dest, "libq4_decoder.so"), hit
