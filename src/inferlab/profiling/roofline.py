@@ -164,10 +164,13 @@ def verdict(m, roof: dict | None, sweep_ratio: float | None,
         if not low_bit(m):
             return sentence, "read fewer bytes per step: int8/int4 weights, or a smaller model"
         # already low-bit: what is left is the rate its threads read memory at
+        # (measured on native-int4: its 4-bit kernel spends nearly as long unpacking and
+        # multiplying as reading, and the two overlap only in part)
         return sentence, (f"its weights are already low-bit, so the rest is how fast its threads "
-                          f"stream memory (the probe's best: {roof['bandwidth_gb_s']:.1f} GB/s): more "
-                          f"memory-level parallelism in its kernels, fewer bits only where the quality "
-                          f"gate allows, or a machine with more memory bandwidth")
+                          f"stream and unpack them (the probe's best: {roof['bandwidth_gb_s']:.1f} GB/s): "
+                          f"fewer instructions per weight and more memory-level parallelism in its "
+                          f"kernels, fewer bits only where the quality gate allows, or a machine with "
+                          f"more memory bandwidth")
     if overhead >= defaults.VERDICT_OVERHEAD:
         return (f"decode is {overhead:.0%} framework overhead: the step spends "
                 f"{overhead_ms:.1f} ms of {wall:.1f} ms outside any operator{eff_text}",
