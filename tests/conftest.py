@@ -32,22 +32,26 @@ def _run_from_repo(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _quick_hardware_probe(request, monkeypatch):
-    """The in-run probe is a process of its own that imports torch (~3 s, twice a run). Tests
-    marked real_probe run it (32 MB instead of 256); the others record fixed limits."""
-    from inferlab import defaults
-    from inferlab.runner import Session
+    """The in-run probe is a process of its own that imports torch (~1 s a run). Tests marked
+    real_probe run it (32 MB instead of 256); the others record fixed limits."""
+    from inferlab import defaults, runner
 
     if request.node.get_closest_marker("real_probe"):
         monkeypatch.setattr(defaults, "PROBE_BYTES", 32 << 20)
         return
 
-    def fixed_probe(session, when):
-        session.results.probes.append({"threads": session.config.threads, "when": when,
-                                       "bandwidth_bytes_per_s": 20e9, "gemm_flops_per_s": 200e9,
-                                       "method": "fixed figures (tests)"})
-        session.save()
+    class FixedProbe:
+        def __init__(self, threads, nbytes, timeout_s):
+            self.threads = threads
 
-    monkeypatch.setattr(Session, "probe", fixed_probe)
+        def measure(self):
+            return {"threads": self.threads, "bandwidth_bytes_per_s": 20e9,
+                    "gemm_flops_per_s": 200e9, "method": "fixed figures (tests)"}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(runner, "ProbeProcess", FixedProbe)
 
 
 @pytest.fixture(scope="session")

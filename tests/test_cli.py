@@ -97,6 +97,12 @@ def test_failing_and_hanging_engines_are_isolated(tiny_models, tmp_path, monkeyp
     (["--threads", "100000"], "--threads must be between 1 and"),
     (["--min-top1", "1.5"], "must be between 0 and 1"),
     (["--warmup", "-1"], "must be at least 0"),
+    (["--min-time", "nan"], "must be a finite number"),
+    (["--timeout", "inf"], "must be a finite number"),
+    (["--max-kl", "NaN"], "must be a finite number"),
+    (["--repeats", "5000000", "--max-repeats", "5000000"], "--repeats 5e+06 is beyond what a run can finish"),
+    (["--warmup", "2000000"], "--warmup 2e+06 is beyond what a run can finish"),
+    (["--profile-steps", "1000000"], "--profile-steps 1e+06 is beyond"),
 ])
 def test_bad_inputs_exit_2_with_one_line(args, message, tmp_path, capsys):
     assert run_cli("run", "--output", tmp_path / "r", "--quiet", *args) == 2

@@ -5,7 +5,7 @@ import pytest
 from inferlab.engines import engine_class
 from inferlab.harness import generate
 from inferlab.models import resolve
-from inferlab.runner import decode_text, tokenize_prompt
+from inferlab.prompts import decode_text, tokenize_prompt
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +23,12 @@ def test_bundled_model_resolves_to_a_cached_llama_folder(smollm2):
 
 
 def test_bundled_model_answers_coherently(smollm2):
-    ids, templated = tokenize_prompt(smollm2, "What is the capital of France?", chat_template=True)
+    ids, templated = tokenize_prompt(smollm2.path, "What is the capital of France?", chat_template=True)
     assert templated
     engine = engine_class("kv-cache")(smollm2, threads=2)
     engine.load()
     assert engine.info()["parameters"] == 134_515_008
-    text = decode_text(smollm2, generate(engine, ids, 8).tokens)
+    text = decode_text(smollm2.path, generate(engine, ids, 8).tokens)
     assert "Paris" in text
 
 
@@ -41,7 +41,7 @@ def test_llama_cpp_runs_the_bundled_gguf(smollm2, method):
 
     from inferlab.quality import kl_per_position, log_softmax
 
-    ids, _ = tokenize_prompt(smollm2, "What is the capital of France?", chat_template=True)
+    ids, _ = tokenize_prompt(smollm2.path, "What is the capital of France?", chat_template=True)
     engine = engine_class(method)(smollm2, threads=2)
     engine.prepare()
     engine.load()

@@ -7,6 +7,7 @@ results file); 130 interrupted (results measured so far are saved)."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -37,6 +38,8 @@ def _number(convert, minimum, what):
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not {what}: {text}") from None
+        if not math.isfinite(value):  # float() takes "nan" and "inf"
+            raise argparse.ArgumentTypeError(f"must be a finite number: {text}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text}")
         return value
@@ -54,8 +57,45 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _int_list(minimum: int):
+    """An argparse type: a llama-bench list (`1,2,4`, `1-8+1`, `1-64*2`), each value >= minimum."""
+    def parse(text: str) -> list[int]:
+        from .int_lists import parse_int_list
+
+        try:
+            values = parse_int_list(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"every value must be at least {minimum}: {text}")
+        return values
+    return parse
+
+
+def add_sweep_axes(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("the sweep's axes (lists: 1,2,4 or 1-8+1 or 1-64*2; every combination runs)")
+    g.add_argument("--prompt-tokens", type=_int_list(1), default=list(defaults.SWEEP_PROMPT_TOKENS),
+                   help="prompts of exactly these many tokens, cut from --text-file or CPython's "
+                        "pydoc_data.topics (default "
+                        f"{','.join(map(str, defaults.SWEEP_PROMPT_TOKENS))})")
+    g.add_argument("--new-tokens", type=_int_list(2), default=[defaults.SWEEP_NEW_TOKENS],
+                   help=f"generated tokens (default {defaults.SWEEP_NEW_TOKENS})")
+    g.add_argument("--depth", type=_int_list(0), default=[0],
+                   help="tokens already in the cache before the prompt, filled untimed (llama-bench's "
+                        "'@ d1024'; default 0)")
+    g.add_argument("--threads", type=_int_list(1), default=[defaults.default_threads()],
+                   help="thread counts (default: usable cores); each method loads once per count")
+    g.add_argument("--batch", type=_int_list(1), default=[1],
+                   help="sequences decoded together (default 1); a method that cannot batch "
+                        "is skipped in those cells, with the reason")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the cells, their count and an estimated time; measure nothing")
+    g.add_argument("--resume", metavar="FOLDER",
+                   help="measure only the cells missing from this sweep's folder (same options)")
+
+
 def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = True,
-                        with_profile_switch: bool = True) -> None:
+                        with_profile_switch: bool = True, sweep: bool = False) -> None:
     g = p.add_argument_group("model and methods")
     g.add_argument("--model", default=defaults.DEFAULT_MODEL,
                    help="bundled 'smollm2-135m' (default), 'gpt2-random', a local Hugging Face "
@@ -64,16 +104,19 @@ def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = 
                    help="comma-separated methods, or 'all' (default: "
                         f"{','.join(defaults.DEFAULT_METHODS)}: the reference, the original "
                         "baseline and the best of each engine family; see `inferlab methods`)")
-    g = p.add_argument_group("workload")
-    src = g.add_mutually_exclusive_group()
-    src.add_argument("--prompt", default=defaults.DEFAULT_PROMPT, help="prompt text")
-    src.add_argument("--prompt-file", help="read the prompt from this text file")
-    g.add_argument("--no-chat-template", action="store_true",
-                   help="feed the prompt as raw text even if the tokenizer has a chat template")
-    g.add_argument("--new-tokens", type=_positive_int, default=defaults.DEFAULT_NEW_TOKENS,
-                   help=f"exactly this many generated tokens (default {defaults.DEFAULT_NEW_TOKENS})")
-    g.add_argument("--threads", type=_positive_int, default=defaults.default_threads(),
-                   help="intra-op threads for every engine (default: usable cores)")
+    if sweep:
+        add_sweep_axes(p)
+    else:
+        g = p.add_argument_group("workload")
+        src = g.add_mutually_exclusive_group()
+        src.add_argument("--prompt", default=defaults.DEFAULT_PROMPT, help="prompt text")
+        src.add_argument("--prompt-file", help="read the prompt from this text file")
+        g.add_argument("--no-chat-template", action="store_true",
+                       help="feed the prompt as raw text even if the tokenizer has a chat template")
+        g.add_argument("--new-tokens", type=_positive_int, default=defaults.DEFAULT_NEW_TOKENS,
+                       help=f"exactly this many generated tokens (default {defaults.DEFAULT_NEW_TOKENS})")
+        g.add_argument("--threads", type=_positive_int, default=defaults.default_threads(),
+                       help="intra-op threads for every engine (default: usable cores)")
     g = p.add_argument_group("measuring protocol")
     g.add_argument("--warmup", type=_number(int, 0, "an integer"), default=defaults.DEFAULT_WARMUP,
                    help=f"untimed generations before timing (default {defaults.DEFAULT_WARMUP})")
@@ -103,15 +146,16 @@ def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = 
                    help=f"budget: top-1 agreement, a fraction (default {b['min_top1']:g})")
     g.add_argument("--text-file",
                    help="UTF-8 text for perplexity and KL (default: CPython's pydoc_data.topics)")
-    g = p.add_argument_group("profiling (a separate pass, never timed with the benchmark)")
-    if with_profile_switch:
-        g.add_argument("--profile", action="store_true",
-                       help="add a profiling pass per method: operator/phase breakdown, traces, "
-                            "roofline (profiling_report.md)")
-    g.add_argument("--profile-steps", type=_positive_int, default=defaults.PROFILE_DECODE_STEPS,
-                   help=f"decode steps profiled after the prefill (default {defaults.PROFILE_DECODE_STEPS})")
-    g.add_argument("--profile-detail", action="store_true",
-                   help="record shapes, stacks and memory in the traces (much larger files)")
+    if not sweep:
+        g = p.add_argument_group("profiling (a separate pass, never timed with the benchmark)")
+        if with_profile_switch:
+            g.add_argument("--profile", action="store_true",
+                           help="add a profiling pass per method: operator/phase breakdown, traces, "
+                                "roofline (profiling_report.md)")
+        g.add_argument("--profile-steps", type=_positive_int, default=defaults.PROFILE_DECODE_STEPS,
+                       help=f"decode steps profiled after the prefill (default {defaults.PROFILE_DECODE_STEPS})")
+        g.add_argument("--profile-detail", action="store_true",
+                       help="record shapes, stacks and memory in the traces (much larger files)")
     p.add_argument("--output", default=defaults.RESULTS_DIR,
                    help="folder under which each run gets a new folder (default results/)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -128,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="only the profiling pass: where time goes per operator, "
                                        "phase and model part, and the distance to the hardware limit")
     add_measure_options(p, with_quality_switch=False, with_profile_switch=False)
+    p = sub.add_parser("sweep", help="benchmark methods over every combination of prompt length, "
+                                     "new tokens, context depth, threads and batch (cells)")
+    add_measure_options(p, with_profile_switch=False, sweep=True)
     p = sub.add_parser("report", help="redraw report.md, report.html and charts from a results.json")
     p.add_argument("results", help="path to a results.json (or its folder)")
     sub.add_parser("methods", help="list the methods")
@@ -161,8 +208,8 @@ def config_from_args(args):
 
 def cmd_run(args) -> int:
     from .models import ModelError
-    from .report import write_reports
     from .report.markdown import console_table
+    from .report.tables import time_line
     from .runner import Display, run
 
     try:
@@ -175,15 +222,83 @@ def cmd_run(args) -> int:
         results, folder = run(config, Display(quiet=args.quiet))
     except (ModelError, ValueError) as e:
         return _fail(str(e))
-    write_reports(results, folder)
+    write_reports_timed(results, folder)
     print(console_table(results))
-    print(f"\nresults: {os.path.join(folder, 'results.json')}\nreport:  {os.path.join(folder, 'report.md')}")
+    print(f"\n{time_line(results)}")
+    print(f"results: {os.path.join(folder, 'results.json')}\nreport:  {os.path.join(folder, 'report.md')}")
     if os.path.exists(os.path.join(folder, "profiling_report.md")):
         print(f"profile: {os.path.join(folder, 'profiling_report.md')}")
     if results.status == "interrupted":
         print("inferlab: interrupted; the results measured so far are saved", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK if all(m.status in ("ok", "skipped") for m in results.methods) else EXIT_METHOD_FAILED
+
+
+def sweep_config_from_args(args):
+    from .sweep import SweepConfig
+
+    return SweepConfig(
+        model=args.model, methods=args.methods, warmup=args.warmup, min_repeats=args.repeats,
+        max_repeats=args.max_repeats, min_time_s=args.min_time, timeout_s=args.timeout,
+        output_dir=args.output, quality=not args.no_quality, text_file=args.text_file,
+        protocol=args.protocol, max_ppl_increase=args.max_ppl_increase, max_kl_mean=args.max_kl,
+        min_top1=args.min_top1, prompt_token_list=args.prompt_tokens, new_token_list=args.new_tokens,
+        depth_list=args.depth, thread_list=args.threads, batch_list=args.batch, resume=args.resume)
+
+
+def cmd_sweep(args) -> int:
+    from .models import ModelError
+    from .progress import SweepProgress
+    from .report.sweep import console_cells
+    from .report.tables import time_line
+    from .runner import Display
+    from .sweep import estimate_seconds, run_sweep
+
+    try:
+        config = sweep_config_from_args(args)
+        config.validate()
+    except ValueError as e:
+        return _fail(str(e))
+    if args.dry_run:
+        cells = config.cells()
+        for cell in cells:
+            print(f"{cell.key}: {', '.join(cell.methods)}")
+        print(f"{len(cells)} cells x {len(config.methods)} methods; estimated "
+              f"{estimate_seconds(config, cells) / 60:.0f} minutes (a rough figure: "
+              "it assumes SmolLM2-like speeds)")
+        return EXIT_OK
+    interrupt_on_termination()
+    try:
+        results, folder = run_sweep(config, Display(quiet=args.quiet),
+                                    lambda todo, done: SweepProgress(todo, done, args.quiet))
+    except (ModelError, ValueError) as e:
+        return _fail(str(e))
+    write_reports_timed(results, folder)
+    print(console_cells(results))
+    print(f"\n{time_line(results)}")
+    print(f"results: {os.path.join(folder, 'results.json')}\ncells:   {os.path.join(folder, 'cells.csv')}"
+          f"\nreport:  {os.path.join(folder, 'report.md')}")
+    if results.status == "interrupted":
+        print(f"inferlab: interrupted; the cells measured so far are saved (resume with --resume {folder})",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    statuses = [m.status for c in results.cells for m in c.methods]
+    return EXIT_OK if all(s in ("ok", "skipped") for s in statuses) else EXIT_METHOD_FAILED
+
+
+def write_reports_timed(results, folder: str) -> None:
+    """Write the reports, then save results.json again with the time they took."""
+    import time
+
+    from .report import write_reports
+    from .results import save
+
+    t0 = time.perf_counter()
+    write_reports(results, folder)
+    spent = time.perf_counter() - t0
+    results.timings["report"] = spent
+    results.timings["total"] = results.timings.get("total", 0.0) + spent
+    save(results, os.path.join(folder, "results.json"))
 
 
 def interrupt_on_termination() -> None:
@@ -233,8 +348,8 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     skip_unused_imports()
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "quality": cmd_run, "profile": cmd_run, "report": cmd_report,
-               "methods": cmd_methods}[args.command]
+    handler = {"run": cmd_run, "quality": cmd_run, "profile": cmd_run, "sweep": cmd_sweep,
+               "report": cmd_report, "methods": cmd_methods}[args.command]
     try:
         return handler(args)
     except BrokenPipeError:  # the reader left (`inferlab methods | head`): nothing more to say

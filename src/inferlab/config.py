@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
 from . import defaults
+
+
+# the command-line option of each RunConfig field that validate() may name
+OPTION_NAMES = {"warmup": "--warmup", "min_repeats": "--repeats", "max_repeats": "--max-repeats",
+                "profile_steps": "--profile-steps", "min_time_s": "--min-time",
+                "timeout_s": "--timeout", "new_tokens": "--new-tokens"}
 
 
 @dataclass
@@ -66,6 +73,11 @@ class RunConfig:
             raise ValueError("--repeats must be >= 1 and --max-repeats >= --repeats")
         if self.warmup < 0 or self.min_time_s < 0 or self.timeout_s <= 0:
             raise ValueError("--warmup and --min-time must be >= 0, --timeout > 0")
+        for name, limit in defaults.LIMITS.items():
+            value = getattr(self, name)
+            if not math.isfinite(value) or value > limit:
+                raise ValueError(f"{OPTION_NAMES[name]} {value:g} is beyond what a run can finish "
+                                 f"(at most {limit:g})")
         if not (self.speed or self.quality or self.profile):
             raise ValueError("nothing to do: speed, quality and profiling are all off")
         if self.profile_steps < 1:

@@ -30,6 +30,10 @@ DEFAULT_MAX_REPEATS = 30  # ... but never more than this many
 # prompt + new tokens and the quality windows fit; a longer sequence is refused with a message
 KV_SLOTS = 2048
 DEFAULT_METHOD_TIMEOUT_S = 600.0  # a method's process is killed after this (hang guard)
+# the largest counts and times accepted: beyond them a run could not finish in a working day
+# (30,000 runs of a 1 s generation = 8 hours); refused before anything loads
+LIMITS = {"warmup": 1000, "min_repeats": 30_000, "max_repeats": 30_000, "profile_steps": 1000,
+          "min_time_s": 8 * 3600.0, "timeout_s": 24 * 3600.0, "new_tokens": 1 << 20}
 DEFAULT_SEED = 0
 PROTOCOLS = ("interleaved", "sequential")  # runner.py: how timed runs of several methods alternate
 DEFAULT_PROTOCOL = "interleaved"
@@ -56,8 +60,12 @@ PROBE_BYTES = 256 << 20  # streamed per bandwidth probe: far beyond the caches (
 
 # --- profiling ------------------------------------------------------------------------------
 PROFILE_DECODE_STEPS = 3  # profiled decode steps after one prefill: keeps traces small
-SWEEP_CONTEXTS = (32, 128, 512)  # context lengths for the with/without KV cache question
+SWEEP_CONTEXTS = (32, 128, 512)  # profiling's context lengths (not `inferlab sweep`'s)  # context lengths for the with/without KV cache question
 SWEEP_METHODS = ("kv-cache", "eager-nocache")
+
+# --- `inferlab sweep` (sweep.py): the axes' defaults ------------------------------------------
+SWEEP_PROMPT_TOKENS = (32, 512)
+SWEEP_NEW_TOKENS = 32
 
 # --- bottleneck verdict (profiling/roofline.py) --------------------------------------------
 VERDICT_MEMORY_BOUND = 0.6  # decode efficiency at or above this: memory-bound near the floor
@@ -84,7 +92,8 @@ CONFIDENCE = 0.95
 
 # --- files ----------------------------------------------------------------------------------
 RESULTS_DIR = "results"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: sweeps' cells, where the time went (2: no cells, no timings)
+READABLE_SCHEMA_VERSIONS = (2, 3)
 
 
 def cache_dir() -> str:

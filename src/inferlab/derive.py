@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import defaults
 from .analysis import comparisons
+from .derive_cells import cell_rows, crossovers
 from .profiling.roofline import ceiling_warnings, rooflines, sweep_growth, verdict
 from .stats import summarize, too_few_runs
 
@@ -36,13 +37,21 @@ def derive(results) -> dict:
                                      (results.machine or {}).get("cpu_flags", []))
             entry["bottleneck"] = {"sentence": sentence, "next_step": step}
         methods[m.method] = entry
-    return {
+    out = {
         "methods": methods,
         "ceiling": ceiling,
         "ranking": ranking(results, methods),
         "versus_llama_cpp": versus_llama_cpp(results, methods),
         "warnings": warnings(results, methods, ceiling),
     }
+    if results.cells:
+        rows = cell_rows(results)
+        failed = {m.method for m in results.methods if verdict_of(m) == "FAIL"}
+        out.update(cells=rows, crossovers=crossovers(rows, failed))
+        out["warnings"] += [w for r in rows for w in r["warnings"]]
+        out["warnings"] += [f"{r['method']} [{r['key']}]: {r['status']}: {r['error']}"
+                            for r in rows if r["status"] not in ("ok", "skipped")]
+    return out
 
 
 def witness(m, tpot, ttft) -> dict | None:

@@ -36,13 +36,17 @@ class Generation:
 
 
 def generate(engine: Engine, prompt_ids: list[int], new_tokens: int,
-             around: Callable[[str], ContextManager] | None = None) -> Generation:
+             around: Callable[[str], ContextManager] | None = None,
+             after_context: bool = False) -> Generation:
     """Exactly `new_tokens` greedy tokens, no early stop on EOS. `around(phase)` ("prefill" or
-    "decode") wraps each engine call: how profilers label and observe the same loop."""
+    "decode") wraps each engine call: how profilers label and observe the same loop. With
+    after_context the prompt continues the sequence already in the engine's cache (a sweep's
+    depth: the context was filled before, untimed) instead of starting a new one."""
     wrap = around or _nothing
+    first_call = engine.append if after_context else engine.prefill
     t0 = clock()
     with wrap("prefill"):
-        token = argmax(engine.prefill(prompt_ids))
+        token = argmax(first_call(prompt_ids))
     stamps = [clock()]
     tokens = [token]
     for _ in range(new_tokens - 1):
@@ -63,14 +67,14 @@ def _nothing(phase: str) -> ContextManager:
 
 
 def generate_timed(engine: Engine, prompt_ids: list[int], new_tokens: int,
-                   timed: bool = True) -> Generation:
+                   timed: bool = True, after_context: bool = False) -> Generation:
     """`generate`, with the garbage collector paused in a timed run: a collection inside it
     would be charged to one token."""
     gc.collect()
     if not timed:
-        return generate(engine, prompt_ids, new_tokens)
+        return generate(engine, prompt_ids, new_tokens, after_context=after_context)
     gc.disable()
     try:
-        return generate(engine, prompt_ids, new_tokens)
+        return generate(engine, prompt_ids, new_tokens, after_context=after_context)
     finally:
         gc.enable()

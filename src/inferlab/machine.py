@@ -62,3 +62,28 @@ def describe() -> dict:
         "libraries": versions(),
         "thread_env": {v: os.environ.get(v) for v in THREAD_VARS if os.environ.get(v)},
     }
+
+
+def conditions() -> dict:
+    """What can change on a machine while a sweep runs, read cheaply: load average, memory
+    available and the CPUs' mean clock (MHz, where /proc/cpuinfo says)."""
+    out: dict = {}
+    try:
+        out["load_average_1m"] = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    out["memory_available_bytes"] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            mhz = [float(line.split(":", 1)[1]) for line in f if line.startswith("cpu MHz")]
+        if mhz:
+            out["cpu_mhz_mean"] = sum(mhz) / len(mhz)
+    except (OSError, ValueError):
+        pass
+    return out

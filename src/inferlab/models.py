@@ -4,13 +4,13 @@ folder's content hash, so a changed model never reuses a stale export."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
 from dataclasses import asdict, dataclass
 
 from . import defaults
+from .content_keys import content_key, remembered
 from .fsutil import build_folder
 
 BUNDLED_NAME = "smollm2-135m"
@@ -90,11 +90,19 @@ def _ref(spec, name, folder, source, meaningful) -> ModelRef:
 
 
 def _check_causal_lm(folder: str) -> None:
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise ModelError(f"not a Hugging Face model folder (no config.json): {folder}")
+    # importing transformers to read the config takes seconds: its verdict is kept per config
+    remembered("causal-lm model_type", [config_path], lambda: _causal_lm_type(folder))
+    if not any(f.endswith(WEIGHT_SUFFIXES) for f in os.listdir(folder)):
+        raise ModelError(f"no weight files (*.safetensors, *.bin) in {folder}")
+
+
+def _causal_lm_type(folder: str) -> str:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise ModelError(f"not a Hugging Face model folder (no config.json): {folder}")
     try:
         config = AutoConfig.from_pretrained(folder)
     except Exception as e:  # noqa: BLE001 - any parse failure is a bad model for the user
@@ -103,37 +111,21 @@ def _check_causal_lm(folder: str) -> None:
         raise ModelError(
             f"not a causal language model: {folder} has model_type '{config.model_type}'"
         )
-    if not any(f.endswith(WEIGHT_SUFFIXES) for f in os.listdir(folder)):
-        raise ModelError(f"no weight files (*.safetensors, *.bin) in {folder}")
+    return config.model_type
 
 
 def content_hash(folder: str) -> str:
-    """sha256 over config.json and the weight files, names included."""
-    h = hashlib.sha256()
+    """sha256 over config.json and the weight files, names included (kept in the cache while
+    the files are unchanged: content_keys.py)."""
     names = sorted(
         f for f in os.listdir(folder) if f == "config.json" or f.endswith(WEIGHT_SUFFIXES)
     )
-    for name in names:
-        h.update(name.encode())
-        _hash_file_into(h, os.path.join(folder, name))
-    return h.hexdigest()[:16]
-
-
-def _file_hash(path: str) -> str:
-    h = hashlib.sha256()
-    _hash_file_into(h, path)
-    return h.hexdigest()[:16]
-
-
-def _hash_file_into(h, path: str) -> None:
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
+    return content_key([os.path.join(folder, n) for n in names])
 
 
 def _convert_gguf(gguf_path: str, stem: str) -> str:
     """Dequantize a GGUF once (about 30 s) into a float32 Hugging Face folder."""
-    dest = os.path.join(models_cache(), f"{stem}-{_file_hash(gguf_path)}")
+    dest = os.path.join(models_cache(), f"{stem}-{content_key([gguf_path], named=False)}")
 
     def build(tmp):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -264,7 +256,12 @@ def gguf_source_path(ref: ModelRef) -> str | None:
 
 
 def gguf_file_type(path: str) -> str | None:
-    """A GGUF file's quantization type name (general.file_type), e.g. "Q4_1"."""
+    """A GGUF file's quantization type name (general.file_type), e.g. "Q4_1" (kept per file:
+    the reader parses every tensor's header, 2.7 s for the bundled model)."""
+    return remembered("gguf file_type", [path], lambda: _read_gguf_file_type(path))
+
+
+def _read_gguf_file_type(path: str) -> str | None:
     from gguf import GGUFReader, LlamaFileType
 
     field = GGUFReader(path).fields.get("general.file_type")

@@ -6,11 +6,16 @@ Bandwidth is the faster of a plain reduction (torch.sum: pure streaming reads) a
 (torch.mv, a decode step's shape): on the project machines the GEMV kernel read at 10-16 GB/s
 where the reduction reached 19-34 GB/s, so the GEMV alone would understate the limit. The
 machine's speed drifts within a day, so the runner probes before and after the timed runs and
-reports the range; nothing is cached between runs."""
+reports the range; nothing is cached between runs.
+
+A run keeps one probe process (`ProbeProcess`): it imports torch (about 1 s) while the runner
+resolves the model, then waits, idle, for each request; a probe itself then takes about 0.3 s."""
 
 from __future__ import annotations
 
 import json
+import select
+import subprocess
 import sys
 import time
 
@@ -36,7 +41,7 @@ def measure(threads: int, nbytes: int = defaults.PROBE_BYTES) -> dict:
     torch.set_num_threads(threads)
     cols = 4096
     rows = max(nbytes // (4 * cols), 1)
-    w = torch.rand(rows, cols)
+    w = torch.empty(rows, cols).fill_(1.0)  # every page written once; rand would cost 0.3 s more
     x = torch.rand(cols)
     gemv = w.numel() * 4 / _best(lambda: torch.mv(w, x), REPEATS)
     reduction = w.numel() * 4 / _best(lambda: w.sum(), REPEATS)
@@ -55,5 +60,46 @@ def measure(threads: int, nbytes: int = defaults.PROBE_BYTES) -> dict:
     }
 
 
+class ProbeProcess:
+    """The run's probe process: `measure()` asks it for one probe and returns its JSON object,
+    or {"error": ...} when the process died or took longer than timeout_s."""
+
+    def __init__(self, threads: int, nbytes: int, timeout_s: float):
+        self.timeout_s = timeout_s
+        self.proc = subprocess.Popen([sys.executable, "-m", "inferlab.probe", "serve", str(threads),
+                                      str(nbytes)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+
+    def measure(self) -> dict:
+        try:
+            self.proc.stdin.write("probe\n")
+            self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout_s)
+            line = self.proc.stdout.readline() if ready else ""
+            return json.loads(line) if line else {"error": "bandwidth probe failed: no answer"}
+        except (OSError, ValueError) as e:
+            return {"error": f"bandwidth probe failed: {type(e).__name__}"}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+def serve(threads: int, nbytes: int) -> None:
+    import torch  # noqa: F401 - imported now, while the runner resolves the model
+
+    for _ in sys.stdin:
+        print(json.dumps(measure(threads, nbytes)), flush=True)
+
+
 if __name__ == "__main__":
-    print(json.dumps(measure(int(sys.argv[1]), int(sys.argv[2]))))
+    if sys.argv[1] == "serve":
+        serve(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        print(json.dumps(measure(int(sys.argv[1]), int(sys.argv[2]))))

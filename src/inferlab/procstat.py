@@ -41,3 +41,15 @@ def machine_cpu_seconds() -> tuple[float, float] | None:
     v += [0] * (8 - len(v))
     user, nice, system, _idle, _iowait, irq, softirq, steal = v[:8]
     return (user + nice + system + irq + softirq) / USER_HZ, steal / USER_HZ
+
+
+def reset_peak_memory() -> bool:
+    """Start this process's high-water mark (VmHWM) anew from its resident size now, so that a
+    worker reused across a sweep's cells reports each cell's own peak. Linux: writing 5 to
+    /proc/self/clear_refs. False where the kernel does not offer it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

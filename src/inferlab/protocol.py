@@ -40,11 +40,15 @@ class Load:
 @dataclass
 class Generate:
     """One greedy generation of exactly `new_tokens` tokens; `timed` ones run with the garbage
-    collector paused (a collection would be charged to one token)."""
+    collector paused (a collection would be charged to one token). With `context_ids` the
+    cache is filled with them first, untimed, and the prompt continues that sequence (a
+    sweep's depth). `reset_peak` starts the process's peak-memory mark anew (a sweep's cell)."""
 
     prompt_ids: list[int]
     new_tokens: int
     timed: bool = True
+    context_ids: list[int] = field(default_factory=list)
+    reset_peak: bool = False
 
 
 @dataclass

@@ -10,6 +10,14 @@ from . import defaults
 from .fsutil import write_json_atomic
 
 
+# where the wall time of a run goes (RunResults.timings): resolving the model, the prompt and the
+# quality plan; building artifacts; the bandwidth probes; the reference's own process; loading;
+# first calls and warm-up; timed generations; a sweep's cells (their loads, first calls and
+# timed generations together); the quality pass; profiling; writing the reports
+RUN_PHASES = ("resolve", "prepare", "probes", "reference", "load", "warmup", "timed", "cells",
+              "quality", "profile", "report")
+
+
 class ResultsError(ValueError):
     """A results file that cannot be read (CLI: one line, exit 2)."""
 
@@ -97,6 +105,66 @@ class MethodResult:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One workload point of a sweep: plain data, the unit of measuring, storing, resuming and
+    (later) of sending to another host. `depth` tokens are in the cache before the prompt;
+    `batch` sequences run at once."""
+
+    prompt_tokens: int
+    new_tokens: int
+    depth: int = 0
+    threads: int = 1
+    batch: int = 1
+    methods: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Unique within a sweep: what resuming matches cells by."""
+        return f"{self.test} t{self.threads} b{self.batch}"
+
+    @property
+    def test(self) -> str:
+        """llama-bench's name of the work: 'pp512+tg32', with ' @ d1024' after a context."""
+        depth = f" @ d{self.depth}" if self.depth else ""
+        return f"pp{self.prompt_tokens}+tg{self.new_tokens}{depth}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["methods"] = list(self.methods)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Cell":
+        return cls(**{**d, "methods": tuple(d.get("methods", ()))})
+
+
+@dataclass
+class CellResult:
+    """What one cell measured: per method the same record a run keeps (its timed runs, memory,
+    other load, counters, status), and the machine's state around it."""
+
+    cell: Cell
+    status: str = "running"  # running | complete | interrupted
+    methods: list[MethodResult] = field(default_factory=list)
+    conditions: dict[str, Any] = field(default_factory=dict)  # machine.conditions() before/after
+    seconds: float | None = None  # wall time the cell took, loading excluded
+
+    def method(self, name: str) -> MethodResult | None:
+        return next((m for m in self.methods if m.method == name), None)
+
+    def to_dict(self) -> dict:
+        return {"cell": self.cell.to_dict(), "status": self.status,
+                "methods": [m.to_dict() for m in self.methods], "conditions": self.conditions,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CellResult":
+        return cls(cell=Cell.from_dict(d["cell"]), status=d.get("status", "running"),
+                   methods=[MethodResult.from_dict(m) for m in d.get("methods", [])],
+                   conditions=d.get("conditions") or {}, seconds=d.get("seconds"))
+
+
 @dataclass
 class RunResults:
     config: dict[str, Any]
@@ -104,9 +172,14 @@ class RunResults:
     model: dict[str, Any]
     prompt_tokens: int
     methods: list[MethodResult] = field(default_factory=list)
+    # a sweep: its axes (SweepConfig.axes) and its cells; a run has neither
+    sweep: dict[str, Any] | None = None
+    cells: list[CellResult] = field(default_factory=list)
     reference_tokens: list[int] | None = None
     quality_setup: dict[str, Any] | None = None  # text, windows, budget (quality.py)
     probes: list[dict[str, Any]] = field(default_factory=list)  # bandwidth / GEMM peak (probe.py)
+    # wall seconds by phase (RUN_PHASES), and the whole run's as "total"
+    timings: dict[str, float] = field(default_factory=dict)
     derived: dict[str, Any] = field(default_factory=dict)  # derive.py: refreshed at every save
     status: str = "running"  # running | complete | interrupted
     created: str = ""
@@ -119,19 +192,21 @@ class RunResults:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["methods"] = [m.to_dict() for m in self.methods]
+        d["cells"] = [c.to_dict() for c in self.cells]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunResults":
         version = d.get("schema_version")
-        if version != defaults.SCHEMA_VERSION:
+        if version not in defaults.READABLE_SCHEMA_VERSIONS:
             raise ResultsError(
-                f"results schema version {version!r} is not supported "
-                f"(this inferlab reads version {defaults.SCHEMA_VERSION})"
+                f"results schema version {version!r} is not supported (this inferlab reads "
+                f"versions {', '.join(map(str, defaults.READABLE_SCHEMA_VERSIONS))})"
             )
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
         d["methods"] = [MethodResult.from_dict(m) for m in d.get("methods", [])]
+        d["cells"] = [CellResult.from_dict(c) for c in d.get("cells", [])]
         return cls(**d)
 
 

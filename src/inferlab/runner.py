@@ -10,6 +10,7 @@ Memory stays honest in both: every method is its own process, with its own count
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -18,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from . import __version__, defaults, machine
+from . import __version__, defaults, machine, reference_tokens
 from . import protocol as p
 from .analysis import first_divergence
 from .checks import check_lengths, check_output_location
@@ -26,8 +27,9 @@ from .config import RunConfig
 from .engines import default_methods, engine_class, engine_path, has_prepare
 from .models import (ModelRef, architecture, gguf_file_type, gguf_source_path, parameter_count,
                      resolve)
+from .probe import ProbeProcess
 from .procstat import machine_cpu_seconds
-from .prompts import encode_prompt, load_tokenizer
+from .prompts import decode_text, load_tokenizer, tokenize_prompt
 from .results import MethodResult, RunResults, save
 from .worker_handle import WorkerError, WorkerHandle
 
@@ -58,23 +60,44 @@ def new_results_folder(base: str, model_name: str) -> str:
     raise RuntimeError(f"cannot create a new results folder under {base}")
 
 
-def tokenize_prompt(model: ModelRef, prompt: str, chat_template: bool) -> tuple[list[int], bool]:
-    return encode_prompt(load_tokenizer(model.path), prompt, chat_template)
-
-
-def decode_text(model: ModelRef, tokens: list[int]) -> str:
-    try:
-        return load_tokenizer(model.path).decode(tokens, skip_special_tokens=False)
-    except Exception:  # noqa: BLE001 - e.g. gpt2-random ids outside the borrowed vocabulary
-        return ""
-
-
 def needs_more_runs(result: MethodResult, config: RunConfig) -> bool:
     """Repeat until both the minimum count and the minimum timed seconds are reached, up to the
     cap (METRICS.md "Statistics")."""
     n = len(result.runs)
     timed = sum(r.e2e_s for r in result.runs)
     return n < config.max_repeats and (n < config.min_repeats or timed < config.min_time_s)
+
+
+def request_generation(worker: WorkerHandle, request: p.Generate,
+                       timeout_s: float) -> tuple[p.Generated, tuple[float, float] | None]:
+    """Ask a worker for one generation. Returns its reply and the (CPU, steal) seconds that
+    other processes and the hypervisor took meanwhile (None without /proc/stat). Raises
+    WorkerError."""
+    own0, machine0 = time.process_time(), machine_cpu_seconds()
+    out = worker.request(request, timeout_s)
+    machine1 = machine_cpu_seconds()
+    if not (machine0 and machine1):
+        return out, None
+    own = out.cpu_s + (time.process_time() - own0)
+    return out, (machine1[0] - machine0[0] - own, machine1[1] - machine0[1])
+
+
+def record_generation(r: MethodResult, out: p.Generated, timed: bool,
+                      others: tuple[float, float] | None) -> None:
+    """Keep what one generation measured in the method's record: a timed one's clocks,
+    counters, competing load and whether its tokens matched the first call's."""
+    r.peak_rss_bytes = out.peak_rss_bytes
+    if not timed:
+        return
+    r.runs.append(out.sample)
+    if out.counters:
+        r.engine_counters.append(out.counters)
+    if others is not None:
+        r.other_cpu_s = (r.other_cpu_s or 0.0) + others[0]
+        r.steal_s = (r.steal_s or 0.0) + others[1]
+    r.timed_wall_s = (r.timed_wall_s or 0.0) + out.sample.e2e_s
+    if out.tokens != r.tokens:
+        r.deterministic = False
 
 
 @dataclass
@@ -102,9 +125,10 @@ class Session:
     """One run's workers, results and file."""
 
     def __init__(self, config: RunConfig, model: ModelRef, prompt_ids: list[int],
-                 results: RunResults, folder: str, show: Display):
+                 results: RunResults, folder: str, show: Display, prober: ProbeProcess | None):
         self.config, self.model, self.prompt_ids = config, model, prompt_ids
-        self.results, self.show = results, show
+        self.results, self.show, self.prober = results, show, prober
+        self.in_phase: str | None = None
         self.path = os.path.join(folder, "results.json")
         self.workdir = os.path.join(folder, ".work")
         self.logdir = os.path.join(folder, "logs")
@@ -113,6 +137,21 @@ class Session:
         os.makedirs(self.logdir)
         self.plan: dict | None = None
         self.open: list[WorkerHandle] = []
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Charge the wall time inside to `name` in results.timings (RUN_PHASES); a phase
+        inside another (the reference's loading) counts for the outer one only."""
+        if self.in_phase is not None:
+            yield
+            return
+        self.in_phase, t0 = name, time.perf_counter()
+        try:
+            yield
+        finally:
+            timings = self.results.timings
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+            self.in_phase = None
 
     # --- workers --------------------------------------------------------------------------
     def _start(self, method: str) -> WorkerHandle:
@@ -154,7 +193,8 @@ class Session:
             return
         worker = self._start(run.method)
         try:
-            out = worker.request(p.Prepare(), self.config.timeout_s)
+            with self.phase("prepare"):
+                out = worker.request(p.Prepare(), self.config.timeout_s)
             run.result.prepare_s, run.result.prepare_cache_hit = out.seconds, out.cache_hit
         except WorkerError as e:
             self._fail(run, "prepare", e)
@@ -164,7 +204,8 @@ class Session:
     def load(self, run: MethodRun) -> None:
         run.worker = self._start(run.method)
         try:
-            out = run.worker.request(p.Load(), self.config.timeout_s)
+            with self.phase("load"):
+                out = run.worker.request(p.Load(), self.config.timeout_s)
         except WorkerError as e:
             return self._fail(run, "load", e)
         r = run.result
@@ -175,27 +216,13 @@ class Session:
     def generate(self, run: MethodRun, timed: bool) -> p.Generated | None:
         """One generation; a timed one is charged with the CPU time other processes took."""
         request = p.Generate(self.prompt_ids, self.config.new_tokens, timed)
-        own0, machine0 = time.process_time(), machine_cpu_seconds()
         try:
-            out = run.worker.request(request, self.config.timeout_s)
+            with self.phase("timed" if timed else "warmup"):
+                out, others = request_generation(run.worker, request, self.config.timeout_s)
         except WorkerError as e:
             self._fail(run, "timed run" if timed else "first call", e)
             return None
-        machine1 = machine_cpu_seconds()
-        r = run.result
-        r.peak_rss_bytes = out.peak_rss_bytes
-        if timed:
-            r.runs.append(out.sample)
-            if out.counters:
-                r.engine_counters.append(out.counters)
-            if machine0 and machine1:
-                busy = machine1[0] - machine0[0]
-                own = out.cpu_s + (time.process_time() - own0)
-                r.other_cpu_s = (r.other_cpu_s or 0.0) + busy - own
-                r.steal_s = (r.steal_s or 0.0) + machine1[1] - machine0[1]
-            r.timed_wall_s = (r.timed_wall_s or 0.0) + out.sample.e2e_s
-            if out.tokens != r.tokens:
-                r.deterministic = False
+        record_generation(run.result, out, timed, others)
         return out
 
     def warm(self, run: MethodRun) -> None:
@@ -205,7 +232,7 @@ class Session:
             return
         r = run.result
         r.first_call_s, r.tokens, r.deterministic = out.sample.e2e_s, out.tokens, True
-        r.text = decode_text(self.model, out.tokens)
+        r.text = decode_text(self.model.path, out.tokens)
         for i in range(1, self.config.warmup):  # the first call counts as the first warmup run
             self.show(f"{run.method}: warmup {i + 1}/{self.config.warmup}")
             out = self.generate(run, timed=False)
@@ -215,6 +242,8 @@ class Session:
         r.steady_rss_bytes = out.rss_bytes  # weights a framework maps lazily are in by now
         if run.is_reference:
             self.results.reference_tokens = r.tokens
+            reference_tokens.store(self.model.content_hash, self.prompt_ids, self.config.new_tokens,
+                                   self.config.threads, r.tokens)
 
     def timed_rounds(self, runs: list[MethodRun]) -> None:
         """Round after round, one timed generation of each method that still needs runs."""
@@ -237,7 +266,8 @@ class Session:
         if self.plan is None or not run.live:
             return
         try:
-            out = run.worker.request(p.Evaluate(self.plan, run.is_reference), self.config.timeout_s)
+            with self.phase("quality"):
+                out = run.worker.request(p.Evaluate(self.plan, run.is_reference), self.config.timeout_s)
             run.result.quality = out.quality
         except WorkerError as e:
             run.result.quality = {"verdict": "error", "reasons": [f"quality pass {e.status}: {e.message}"]}
@@ -290,7 +320,8 @@ class Session:
         request = p.Profile(self.prompt_ids, opts.profile_steps, opts.profile_detail, sweep,
                             os.path.join(self.tracedir, f"trace_{run.method}.json"))
         try:
-            out = worker.request(request, opts.timeout_s)
+            with self.phase("profile"):
+                out = worker.request(request, opts.timeout_s)
             r.profile = out.profile
             if r.weight_bytes is None:
                 r.weight_bytes, r.file_bytes = out.info.weight_bytes, out.info.file_bytes
@@ -307,19 +338,11 @@ class Session:
             self._stop(worker)
 
     def probe(self, when: str) -> None:
-        """Bandwidth and GEMM peak, measured now in a process of its own while every worker
+        """Bandwidth and GEMM peak, measured now in the probe's process while every worker
         waits: the machine's speed drifts, so the run probes before and after its measurements."""
-        import json
-        import subprocess
-
         self.show(f"hardware limits: streaming bandwidth and GEMM peak ({when})")
-        cmd = [sys.executable, "-m", "inferlab.probe", str(self.config.threads),
-               str(defaults.PROBE_BYTES)]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=self.config.timeout_s)
-            data = json.loads(done.stdout.strip().splitlines()[-1])
-        except (subprocess.TimeoutExpired, ValueError, IndexError) as e:
-            data = {"error": f"bandwidth probe failed: {type(e).__name__}"}
+        with self.phase("probes"):
+            data = self.prober.measure()
         self.results.probes.append({**data, "when": when})
         self.save()
 
@@ -353,11 +376,23 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
     show = show or Display()
     config.validate()
     check_output_location(config.output_dir)
+    t0 = time.perf_counter()
+    # started first: it imports torch while the model is resolved
+    prober = (ProbeProcess(config.threads, defaults.PROBE_BYTES, config.timeout_s)
+              if config.speed or config.profile else None)
+    try:
+        return _run(config, show, prober, t0)
+    finally:
+        if prober is not None:
+            prober.close()
+
+
+def _run(config: RunConfig, show, prober: ProbeProcess | None, t0: float) -> tuple[RunResults, str]:
     show(f"resolving model {config.model}")
     model = resolve(config.model)
     if config.methods == list(defaults.DEFAULT_METHODS):  # the default list, fitted to the model
         config.methods = default_methods(model)
-    prompt_ids, templated = tokenize_prompt(model, config.prompt, config.chat_template)
+    prompt_ids, templated = tokenize_prompt(model.path, config.prompt, config.chat_template)
     check_lengths(model, len(prompt_ids), config)
     folder = new_results_folder(config.output_dir, model.name)
     results = RunResults(
@@ -370,12 +405,13 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         inferlab_version=__version__,
     )
-    session = Session(config, model, prompt_ids, results, folder, show)
+    session = Session(config, model, prompt_ids, results, folder, show, prober)
     try:
         session.plan = quality_plan(model, config, session.workdir) if config.quality else None
     except ValueError:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    results.timings["resolve"] = time.perf_counter() - t0  # with the prompt and the quality plan
     if session.plan:
         plan = session.plan
         results.quality_setup = {k: plan[k] for k in ("context", "prefix", "text_source",
@@ -393,8 +429,14 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
         runs.append(MethodRun(result))
     reference = []
     if defaults.REFERENCE_METHOD not in order and (config.speed or session.plan):
-        reference = [MethodRun(MethodResult(method=defaults.REFERENCE_METHOD, status="running"),
-                               listed=False)]
+        # without the quality pass only its tokens are wanted, and they may be in the cache
+        cached = None if session.plan else reference_tokens.load(
+            model.content_hash, prompt_ids, config.new_tokens, config.threads)
+        if cached:
+            results.reference_tokens = cached
+        else:
+            reference = [MethodRun(MethodResult(method=defaults.REFERENCE_METHOD, status="running"),
+                                   listed=False)]
     try:
         session.save()
         for run_ in reference + runs:
@@ -405,7 +447,8 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
         if config.speed or session.plan:
             if reference:
                 show(f"reference ({defaults.REFERENCE_METHOD}): tokens and distributions to compare with")
-                session.measure(reference)  # a failure turns the comparisons off (Session._fail)
+                with session.phase("reference"):
+                    session.measure(reference)  # a failure turns the comparisons off (Session._fail)
             if config.protocol == "interleaved":
                 session.measure(runs)
             else:
@@ -430,5 +473,6 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
         session.close_all()
         shutil.rmtree(session.workdir, ignore_errors=True)
     session.score_agreement()
+    results.timings["total"] = time.perf_counter() - t0
     session.save()
     return results, folder

@@ -147,3 +147,15 @@ def too_few_runs(n: int, name: str) -> str | None:
         return (f"{name}: only {n} timed runs (< {defaults.WARN_MIN_SAMPLES}); "
                 "raise --repeats or --min-time")
     return None
+
+
+def median_interval(samples, seed: int = defaults.DEFAULT_SEED) -> tuple[float, float] | None:
+    """A percentile-bootstrap interval of the median (defaults.CONFIDENCE); None without
+    samples. With one sample it is that sample twice: nothing is known about the spread."""
+    x = np.asarray(list(samples), dtype=float)
+    if x.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    boot = np.median(rng.choice(x, size=(defaults.BOOTSTRAP_RESAMPLES, x.size), replace=True), axis=1)
+    alpha = (1 - defaults.CONFIDENCE) / 2
+    return float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha))

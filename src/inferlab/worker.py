@@ -17,7 +17,7 @@ import warnings
 
 from . import protocol as p
 from .lean_imports import skip_unused_imports
-from .procstat import process_memory
+from .procstat import process_memory, reset_peak_memory
 
 PROGRESS = "@@"  # stderr lines starting with this are progress for the parent's display
 REPLY_FD_ENV = "INFERLAB_REPLY_FD"
@@ -84,9 +84,14 @@ class Worker:
     def on_generate(self, request: p.Generate) -> p.Generated:
         from .harness import generate_timed
 
+        if request.reset_peak:
+            reset_peak_memory()
+        if request.context_ids:  # untimed, and outside the engine's own counters
+            self.engine.prefill(request.context_ids)
         self.engine.reset_counters()
         cpu0 = time.process_time()  # the whole process, every thread
-        g = generate_timed(self.engine, request.prompt_ids, request.new_tokens, request.timed)
+        g = generate_timed(self.engine, request.prompt_ids, request.new_tokens, request.timed,
+                           after_context=bool(request.context_ids))
         cpu_s = time.process_time() - cpu0
         counters = self.engine.counters()
         rss, hwm = process_memory()

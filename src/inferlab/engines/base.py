@@ -24,6 +24,9 @@ class Engine(ABC):
     # True when every decode step recomputes the whole sequence (no cache): one call over a
     # window then gives each step's logits, and quality scores it that way (quality.py)
     steps_are_full_forwards: ClassVar[bool] = False
+    # sequences one prefill or decode call can carry; a sweep's cell of a larger batch is
+    # skipped for the method, with that reason
+    max_batch: ClassVar[int] = 1
 
     def __init__(self, model: ModelRef, threads: int):
         self.model_ref = model
@@ -55,6 +58,11 @@ class Engine(ABC):
     @abstractmethod
     def decode(self, token_id: int) -> Any:
         """Append one token to the sequence; return the next-token logits (1-D)."""
+
+    def append(self, token_ids: list[int]) -> Any:
+        """Continue the current sequence with several tokens in one call (a prompt after a
+        context already in the cache: a sweep's depth); return the next-token logits (1-D)."""
+        raise EngineUnsupported(f"{self.name} cannot continue a sequence with several tokens")
 
     def reset_counters(self) -> None:
         """Zero the engine's own performance counters, if it keeps any (before a generation)."""

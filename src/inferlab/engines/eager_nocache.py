@@ -24,5 +24,8 @@ class EagerNoCache(TorchEngine):
         return self._last_logits(all_logits)
 
     def decode(self, token_id):
-        self.ids.append(int(token_id))
+        return self.append([token_id])
+
+    def append(self, token_ids):
+        self.ids.extend(int(t) for t in token_ids)
         return self._last_logits()

@@ -21,8 +21,11 @@ class KVCache(TorchEngine):
 
     @torch.inference_mode()
     def decode(self, token_id):
-        out = self.model(
-            input_ids=torch.tensor([[int(token_id)]]), past_key_values=self.past, use_cache=True
-        )
+        return self.append([token_id])
+
+    @torch.inference_mode()
+    def append(self, token_ids):
+        out = self.model(input_ids=torch.tensor([[int(t) for t in token_ids]]),
+                         past_key_values=self.past, use_cache=True, logits_to_keep=1)
         self.past = out.past_key_values
         return out.logits[0, -1]

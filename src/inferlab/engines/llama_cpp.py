@@ -123,6 +123,9 @@ class LlamaCpp(Engine):
     def decode(self, token_id):
         return self._run([int(token_id)], False)
 
+    def append(self, token_ids):
+        return self._run(list(token_ids), False)
+
     def reset_counters(self) -> None:
         self.lib.llama_perf_context_reset(self.ctx)
 

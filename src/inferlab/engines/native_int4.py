@@ -76,6 +76,13 @@ class NativeInt4(Engine):
         self.clock["decode_tokens"] += 1
         return logits
 
+    def append(self, token_ids):
+        self._book("decode")
+        logits = self.decoder.append(token_ids)
+        self._book("prefill")  # several tokens in one call: the prefill's work
+        self.clock["prefill_tokens"] += len(token_ids)
+        return logits
+
     def _book(self, phase: str) -> None:
         """The decoder's clock since the last booking, to `phase` (read between calls, not
         after every step: see NativeDecoder.phase_seconds)."""

@@ -192,6 +192,9 @@ class OrtEngine(Engine):
     def decode(self, token_id):
         return self.ort.decode(token_id)
 
+    def append(self, token_ids):
+        return self.ort.append(token_ids)
+
     @cached_property
     def graph_stats(self) -> dict:
         """Initializer bytes, op counts and lookup-only bytes of the graph, kept when it was
@@ -251,3 +254,6 @@ class OrtCausalLM:
 
     def decode(self, token_id: int) -> np.ndarray:
         return self._run([int(token_id)], self.past)[-1]
+
+    def append(self, ids: list[int]) -> np.ndarray:
+        return self._run([int(t) for t in ids], self.past)[-1]

@@ -70,6 +70,9 @@ class FusedOrtDecoder:
     def decode(self, token_id: int) -> np.ndarray:
         return self._run([int(token_id)], False)[-1]
 
+    def append(self, ids: list[int]) -> np.ndarray:
+        return self._run([int(t) for t in ids], False)[-1]
+
 
 class OnnxInt4(OrtEngine):
     name = "onnx-int4"

@@ -117,6 +117,9 @@ class OpenVino(Engine):
     def decode(self, token_id):
         return self._run([int(token_id)], False)[-1]
 
+    def append(self, token_ids):
+        return self._run([int(t) for t in token_ids], False)[-1]
+
     def info(self) -> dict:
         import openvino as ov
 

@@ -92,7 +92,10 @@ class OrtGenAI(Engine):
         return np.asarray(self.generator.get_logits()).reshape(-1).copy()
 
     def decode(self, token_id):
-        self.generator.append_tokens([[int(token_id)]])
+        return self.append([token_id])
+
+    def append(self, token_ids):
+        self.generator.append_tokens([[int(t) for t in token_ids]])
         return np.asarray(self.generator.get_logits()).reshape(-1).copy()
 
     def info(self) -> dict:

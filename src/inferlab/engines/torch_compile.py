@@ -91,6 +91,16 @@ class TorchCompile(KVCache):
             self._forward(self.ids[:-1], 0, 1)
         return self.step(torch.tensor([[int(token_id)]]), torch.tensor([position]))
 
+    @torch.inference_mode()
+    def append(self, token_ids):
+        """Several tokens after the sequence so far, run eagerly like the prompt."""
+        start = len(self.ids)
+        self.ids.extend(int(t) for t in token_ids)
+        if len(self.ids) > self.cache.max_cache_len:  # a bigger cache, refilled eagerly
+            self._use_cache(len(self.ids) + 1)
+            return self._forward(self.ids, 0, 1)[-1]
+        return self._forward(self.ids[start:], start, 1)[-1]
+
     def details(self) -> dict:  # read after load, before any sequence: the set-up, not its state
         return {**super().details(), "compiled": "decode step (torch.compile, inductor)",
                 "static_cache": f"{MIN_CACHE_SLOTS} positions, doubled when a sequence outgrows "

@@ -18,8 +18,14 @@ def _write_text(path: str, text: str) -> None:
 
 def write_reports(results: RunResults, folder: str) -> list[str]:
     """Write charts, report.md and report.html into folder; returns the paths written."""
-    from . import profiling
+    from . import profiling, sweep
 
+    if results.sweep:  # a sweep (perhaps interrupted before its first cell)
+        drawn = sweep.draw(results, folder)
+        md = sweep.render(results, drawn)
+        _write_text(os.path.join(folder, "report.md"), md)
+        _write_text(os.path.join(folder, "report.html"), to_html(md))
+        return [os.path.join(folder, n) for n in ["report.md", "report.html", *drawn]]
     drawn = charts.draw_all(results, folder)
     md = markdown.render(results, drawn)
     _write_text(os.path.join(folder, "report.md"), md)

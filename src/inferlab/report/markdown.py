@@ -14,6 +14,7 @@ from .tables import (
     detail_lines,
     quality_rows,
     ranking,
+    time_line,
     versus_llama_cpp,
     witness_rows,
 )
@@ -62,8 +63,58 @@ PROTOCOL_TEXT = {
 }
 
 
+def quality_section(results: RunResults) -> list[str]:
+    """The quality table and how it was measured (a run's and a sweep's report)."""
+    qrows = quality_rows(results)
+    if not qrows:
+        return []
+    model = results.model
+    qs = results.quality_setup or {}
+    b = qs.get("budget", {})
+    return [
+        "## Quality against the fp32 reference",
+        "",
+        *reference_note(model.get("gguf_type"),
+                        [m.method for m in results.methods if m.details.get("weights_exact")]),
+        f"Text: {qs.get('text_source')}; {qs.get('windows')} non-overlapping windows of "
+        f"{qs.get('context')} tokens (stride {qs.get('context')}), each scored as the method "
+        f"generates: its first {qs.get('prefix')} tokens in one call, the rest one token at a "
+        f"time; perplexity over every next-token prediction in them (exp of mean NLL, natural "
+        f"log, per token). Intervals: 95 %, bootstrap over blocks of "
+        f"{defaults.QUALITY_BLOCK} positions; a verdict is marked marginal when an interval "
+        f"contains its budget line. KL is "
+        f"KL(reference || method) in nats per position. Greedy: {qs.get('greedy_prompts')} "
+        f"prompts x {qs.get('greedy_new_tokens')} tokens, index of the first token that "
+        f"differs from the reference's. Budget for PASS: perplexity at most "
+        f"+{b.get('max_ppl_increase', 0):.0%}, mean KL at most {b.get('max_kl_mean')} nats, "
+        f"top-1 agreement at least {b.get('min_top1', 0):.0%}.",
+        "",
+        md_table(QUALITY_COLUMNS, qrows),
+        "",
+    ]
+
+
+def environment_section(results: RunResults) -> list[str]:
+    """Model, machine, libraries and where the time went (a run's and a sweep's report)."""
+    mach, model = results.machine, results.model
+    return [
+        "## Environment",
+        "",
+        f"- model: `{model['spec']}` ({model['source']}), content hash {model['content_hash']}",
+        f"- CPU: {mach.get('cpu')}, {mach.get('usable_cpus')} usable of {mach.get('logical_cpus')} "
+        f"logical CPUs; flags: {', '.join(mach.get('cpu_flags', []))}",
+        f"- memory: {(mach.get('memory_bytes') or 0) / 2**30:.1f} GiB; OS: {mach.get('os')}; "
+        f"Python {mach.get('python')}",
+        "- libraries: " + ", ".join(f"{k} {v}" for k, v in mach.get("libraries", {}).items() if v),
+        f"- thread variables: {mach.get('thread_env') or 'none set'}",
+        "- where the run's wall time went, in seconds (writing this report aside): "
+        + time_line(results, with_report=False),
+        "",
+    ]
+
+
 def render(results: RunResults, charts: list[str] | None = None) -> str:
-    cfg, mach, model = results.config, results.machine, results.model
+    cfg, model = results.config, results.model
     parts = [
         f"# inferlab report: {model['name']}",
         "",
@@ -109,31 +160,7 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
                                    if judged else " (fastest first; quality not judged)"), ""]
         parts += ranked + [""]
     parts += versus_llama_cpp(results)
-    qrows = quality_rows(results)
-    if qrows:
-        qs = results.quality_setup or {}
-        b = qs.get("budget", {})
-        parts += [
-            "## Quality against the fp32 reference",
-            "",
-            *reference_note(model.get("gguf_type"),
-                            [m.method for m in results.methods if m.details.get("weights_exact")]),
-            f"Text: {qs.get('text_source')}; {qs.get('windows')} non-overlapping windows of "
-            f"{qs.get('context')} tokens (stride {qs.get('context')}), each scored as the method "
-            f"generates: its first {qs.get('prefix')} tokens in one call, the rest one token at a "
-            f"time; perplexity over every next-token prediction in them (exp of mean NLL, natural "
-            f"log, per token). Intervals: 95 %, bootstrap over blocks of "
-            f"{defaults.QUALITY_BLOCK} positions; a verdict is marked marginal when an interval "
-            f"contains its budget line. KL is "
-            f"KL(reference || method) in nats per position. Greedy: {qs.get('greedy_prompts')} "
-            f"prompts x {qs.get('greedy_new_tokens')} tokens, index of the first token that "
-            f"differs from the reference's. Budget for PASS: perplexity at most "
-            f"+{b.get('max_ppl_increase', 0):.0%}, mean KL at most {b.get('max_kl_mean')} nats, "
-            f"top-1 agreement at least {b.get('min_top1', 0):.0%}.",
-            "",
-            md_table(QUALITY_COLUMNS, qrows),
-            "",
-        ]
+    parts += quality_section(results)
     warns = results.derived.get("warnings") or []
     parts += ["## Warnings", ""] + ([f"- {w}" for w in warns] or ["- none"]) + [""]
     parts += ["## Cold start", "", md_table(COLD_COLUMNS, cold_start_rows(results)), ""]
@@ -148,17 +175,5 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
             parts.append(f"- **{m.method}**: {text[:300]}")
     if charts:
         parts += ["", "## Charts", ""] + [f"![{c}]({c})" for c in charts]
-    parts += [
-        "",
-        "## Environment",
-        "",
-        f"- model: `{model['spec']}` ({model['source']}), content hash {model['content_hash']}",
-        f"- CPU: {mach.get('cpu')}, {mach.get('usable_cpus')} usable of {mach.get('logical_cpus')} "
-        f"logical CPUs; flags: {', '.join(mach.get('cpu_flags', []))}",
-        f"- memory: {(mach.get('memory_bytes') or 0) / 2**30:.1f} GiB; OS: {mach.get('os')}; "
-        f"Python {mach.get('python')}",
-        "- libraries: " + ", ".join(f"{k} {v}" for k, v in mach.get("libraries", {}).items() if v),
-        f"- thread variables: {mach.get('thread_env') or 'none set'}",
-        "",
-    ]
+    parts += [""] + environment_section(results)
     return "\n".join(parts)

@@ -233,3 +233,15 @@ def versus_llama_cpp(results: RunResults) -> list[str]:
                      f"Run with --profile (or `inferlab profile --methods {v['method']}`) for "
                      "where its step goes.")
     return [" ".join(lines), ""]
+
+
+def time_line(results: RunResults, with_report: bool = True) -> str:
+    """Where the run's wall time went, one line: 'time 12.3 s: resolve 0.5, load 0.3, ...'.
+    A report leaves out its own writing (with_report=False): redrawn, it reads the same."""
+    from ..results import RUN_PHASES
+
+    t = dict(results.timings)
+    if not with_report:
+        t["total"] = t.get("total", 0.0) - t.pop("report", 0.0)
+    parts = [f"{name} {t[name]:.1f}" for name in RUN_PHASES if t.get(name)]
+    return f"time {t.get('total', 0.0):.1f} s: " + ", ".join(parts)

@@ -284,3 +284,6 @@ class NativeDecoder:
 
     def decode(self, token_id: int) -> np.ndarray:
         return self._run([int(token_id)], False)[-1]
+
+    def append(self, ids: list[int]) -> np.ndarray:
+        return self._run([int(t) for t in ids], False)[-1]

@@ -1,0 +1,85 @@
+"""What a sweep's cells give, computed once per save and stored under derived["cells"] and
+derived["crossovers"]: one row per cell and method (the figures of cells.csv and the report's
+table), and where the fastest method changes along an axis, in words."""
+
+from __future__ import annotations
+
+from itertools import groupby
+
+from .stats import median_interval, summarize, too_few_runs
+
+# the axes a crossover is looked for along, and the figure that ranks methods there:
+# end to end over prompt lengths; the decode step over context depth and thread count
+CROSSOVER_AXES = (("n_prompt", "e2e_ms", "prompt tokens", "end to end"),
+                  ("n_depth", "tpot_ms", "tokens of context", "per decoded token"),
+                  ("n_threads", "tpot_ms", "threads", "per decoded token"))
+AXES = ("n_prompt", "n_gen", "n_depth", "n_threads", "n_batch")
+
+
+def cell_rows(results) -> list[dict]:
+    rows = []
+    for c in results.cells:
+        cell = c.cell
+        for m in c.methods:
+            row = {"method": m.method, "test": cell.test, "key": cell.key,
+                   "n_prompt": cell.prompt_tokens, "n_gen": cell.new_tokens, "n_depth": cell.depth,
+                   "n_threads": cell.threads, "n_batch": cell.batch, "status": m.status,
+                   "error": m.error, "runs": len(m.runs), "warnings": []}
+            if m.ok and m.runs:
+                row.update(_figures(m, cell))
+            rows.append(row)
+    return rows
+
+
+def _figures(m, cell) -> dict:
+    ttft, tpot = m.samples("ttft_s"), m.samples("tpot_s")
+    s = {name: summarize(m.samples(name), f"{m.method} {name} [{cell.key}]")
+         for name in ("ttft_s", "tpot_s", "e2e_s", "decode_tps")}
+    ttft_ci, tpot_ci = median_interval(ttft), median_interval(tpot)
+    warnings = [w for name in ("ttft_s", "tpot_s", "e2e_s") for w in s[name].warnings]
+    if w := too_few_runs(len(m.runs), f"{m.method} [{cell.key}]"):
+        warnings.append(w)
+    if m.deterministic is False:
+        warnings.append(f"{m.method} [{cell.key}]: repeated runs produced different tokens")
+    return {
+        "ttft_ms": s["ttft_s"].median * 1e3, "ttft_ms_lo": ttft_ci[0] * 1e3, "ttft_ms_hi": ttft_ci[1] * 1e3,
+        "tpot_ms": s["tpot_s"].median * 1e3, "tpot_ms_lo": tpot_ci[0] * 1e3, "tpot_ms_hi": tpot_ci[1] * 1e3,
+        "e2e_ms": s["e2e_s"].median * 1e3,
+        # llama-bench's pp: prompt tokens per second of the prefill (TTFT); its tg: decode
+        "pp_tps": cell.prompt_tokens / s["ttft_s"].median,
+        "tg_tps": s["decode_tps"].median,
+        "tg_tps_total": s["decode_tps"].median * cell.batch,
+        "steady_rss_mb": m.steady_rss_bytes / 1e6 if m.steady_rss_bytes else None,
+        "peak_rss_mb": m.peak_rss_bytes / 1e6 if m.peak_rss_bytes else None,
+        "first_divergence": m.first_divergence,
+        "warnings": warnings,
+    }
+
+
+def crossovers(rows: list[dict], excluded: set[str]) -> list[str]:
+    """Sentences naming, along each swept axis with the other axes held, where the fastest
+    method changes: 'pp…: native-int4 is fastest end to end up to 512 prompt tokens; from
+    1024, openvino-int8'. Methods in `excluded` (failed the quality gate) never win."""
+    measured = [r for r in rows if r.get("e2e_ms") is not None and r["method"] not in excluded]
+    out = []
+    for axis, figure, unit, how in CROSSOVER_AXES:
+        held = [a for a in AXES if a != axis]
+
+        def key(r, held=held):
+            return tuple(r[a] for a in held)
+
+        for fixed, group in groupby(sorted(measured, key=key), key=key):
+            group = list(group)
+            points = sorted({r[axis] for r in group})
+            if len(points) < 2:
+                continue
+            winners = [(x, min((r for r in group if r[axis] == x), key=lambda r: r[figure])["method"])
+                       for x in points]
+            runs = [(w, [x for x, _ in g]) for w, g in groupby(winners, key=lambda t: t[1])]
+            if len(runs) < 2:
+                continue
+            where = ", ".join(f"{a} {v}" for a, v in zip(held, fixed))
+            parts = [f"{runs[0][0]} is fastest {how} up to {runs[0][1][-1]} {unit}"]
+            parts += [f"from {xs[0]}, {w}" for w, xs in runs[1:]]
+            out.append(f"{'; '.join(parts)} ({where})")
+    return out

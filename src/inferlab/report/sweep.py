@@ -1,0 +1,132 @@
+"""A sweep's report: its cells as a table (console and Markdown), the crossovers in words, and
+charts of each rate against the axis that was swept, one line per method. Reads
+derived["cells"] and derived["crossovers"] only."""
+
+from __future__ import annotations
+
+import os
+
+from ..results import RunResults
+from .tables import mbytes
+
+CELL_COLUMNS = ("test", "threads", "batch", "method", "status", "pp tok/s", "tg tok/s",
+                "tg tok/s total", "TTFT ms [95 % CI]", "TPOT ms [95 % CI]", "E2E ms", "peak RSS MB",
+                "runs")
+
+
+def _num(value, fmt="{:.1f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def cell_table_rows(results: RunResults) -> list[list[str]]:
+    rows = []
+    for r in (results.derived or {}).get("cells", []):
+        measured = r.get("e2e_ms") is not None
+XX
+        rows.append([
+            r["test"], str(r["n_threads"]), str(r["n_batch"]), r["method"], status,
+            _num(r.get("pp_tps"), "{:.0f}"), _num(r.get("tg_tps")), _num(r.get("tg_tps_total")),
+            f"{r['ttft_ms']:.1f} [{r['ttft_ms_lo']:.1f}-{r['ttft_ms_hi']:.1f}]" if measured else "-",
+            f"{r['tpot_ms']:.2f} [{r['tpot_ms_lo']:.2f}-{r['tpot_ms_hi']:.2f}]" if measured else "-",
+            _num(r.get("e2e_ms")), _num(r.get("peak_rss_mb"), "{:.0f}"), str(r["runs"]),
+        ])
+    return rows
+
+
+def console_cells(results: RunResults) -> str:
+    rows = cell_table_rows(results)
+    widths = [max(len(x) for x in [c] + [r[i] for r in rows]) for i, c in enumerate(CELL_COLUMNS)]
+
+    def fmt(row):
+        return "  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip()
+
+    lines = [fmt(CELL_COLUMNS), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    lines += [""] + [f"crossover: {c}" for c in (results.derived or {}).get("crossovers", [])]
+    return "\n".join(lines).rstrip()
+
+
+def render(results: RunResults, charts: list[str]) -> str:
+    from .markdown import environment_section, md_table, quality_section
+
+    cfg, axes = results.config, (results.sweep or {}).get("axes", {})
+    done = sum(c.status == "complete" for c in results.cells)
+    parts = [
+        f"# inferlab sweep: {results.model['name']}",
+        "",
+        f"Sweep {results.created}, status **{results.status}**, {done} cells measured, inferlab "
+        f"{results.inferlab_version}, results schema {results.schema_version}.",
+        "",
+        "Axes (every combination): " + "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in axes.items())
+        + f". Prompts of exactly that many tokens cut from {results.sweep.get('prompt_text')}; "
+        "'@ dN': N tokens of the same text were in the cache before the prompt (filled untimed). "
+        "Each method loaded once per thread count in its own process; in each cell one untimed "
+        f"first call, then rounds of one timed generation per method in rotating order, until "
+        f"at least {cfg['min_repeats']} runs and {cfg['min_time_s']:g} s (cap {cfg['max_repeats']}). "
+        "pp tok/s = prompt tokens / median TTFT (llama-bench's pp); tg tok/s = median decode rate "
+        "of one sequence, 'total' over the batch. Intervals: 95 % bootstrap of the median. "
+        "Definitions: METRICS.md.",
+        "",
+    ]
+    crossings = (results.derived or {}).get("crossovers", [])
+    parts += ["## Crossovers", ""] + ([f"- {c}" for c in crossings]
+                                      or ["- none: the same method is fastest at every point swept"]) + [""]
+    parts += ["## Cells", "", md_table(CELL_COLUMNS, cell_table_rows(results)), ""]
+    parts += quality_section(results)
+    sizes = [f"- **{m.method}**: weights {mbytes(m.weight_bytes)} MB, load {m.load_s or 0:.2f} s; "
+             f"{m.summary}" for m in results.methods]
+    parts += ["## Methods", ""] + sizes + [""]
+    warns = (results.derived or {}).get("warnings") or []
+    parts += ["## Warnings", ""] + ([f"- {w}" for w in warns] or ["- none"]) + [""]
+    if charts:
+        parts += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
+    parts += environment_section(results)
+    return "\n".join(parts)
+
+
+# chart file -> (x axis, y figure, labels); the other axes are held at one value per line set
+CHARTS = {
+    "sweep_prefill_vs_prompt.png": ("n_prompt", "pp_tps", "prompt tokens", "prefill tokens/s"),
+    "sweep_decode_vs_depth.png": ("n_depth", "tg_tps", "context depth (tokens in the cache)",
+                                  "decode tokens/s per sequence"),
+    "sweep_decode_vs_threads.png": ("n_threads", "tg_tps", "threads", "decode tokens/s per sequence"),
+    "sweep_total_vs_batch.png": ("n_batch", "tg_tps_total", "batch size", "decode tokens/s, all sequences"),
+    "sweep_tpot_vs_batch.png": ("n_batch", "tpot_ms", "batch size", "TPOT ms per sequence"),
+}
+AXES = ("n_prompt", "n_gen", "n_depth", "n_threads", "n_batch")
+
+
+def draw(results: RunResults, folder: str) -> list[str]:
+    """One chart per axis that has at least two values; the other axes at their first value
+    (the smallest depth and batch, the largest thread count), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .charts import _save
+
+    rows = [r for r in (results.derived or {}).get("cells", []) if r.get("e2e_ms") is not None]
+    written = []
+    for name, (axis, figure, xlabel, ylabel) in CHARTS.items():
+        points = sorted({r[axis] for r in rows})
+        if len(points) < 2:
+            continue
+        held = {a: _held_value(rows, a) for a in AXES if a != axis}
+        chosen = [r for r in rows if all(r[a] == v for a, v in held.items())]
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for method in dict.fromkeys(r["method"] for r in chosen):
+            line = sorted((r[axis], r[figure]) for r in chosen if r["method"] == method)
+            ax.plot([x for x, _ in line], [y for _, y in line], marker="o", label=method)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(", ".join(f"{a[2:]} {v}" for a, v in held.items()), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        _save(fig, os.path.join(folder, name))
+        written.append(name)
+    return written
+
+
+def _held_value(rows: list[dict], axis: str):
+    values = sorted({r[axis] for r in rows})
+    return values[-1] if axis == "n_threads" else values[0]

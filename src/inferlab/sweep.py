@@ -1,0 +1,455 @@
+"""`inferlab sweep`: every combination of prompt length, new tokens, context depth, threads and
+batch, for every method, measured with the run's protocol and stored as cells.
+
+The seam: a cell (results.Cell) is plain data; `measure_cell` turns one into a CellResult on
+whatever host runs it, with the workers of a `WorkerPool` (one process per method and thread
+count, loaded once and reused across that thread count's cells); an executor only decides
+where and in which order cells run (`LocalExecutor`: here, one after another) and hands each
+result to the driver, which saves it at once. Inside a cell the methods take turns, one timed
+generation each, and the order rotates every round (A B C, B C A, C A B), so no method always
+follows the same neighbour."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import __version__, defaults, machine
+from . import protocol as p
+from .analysis import first_divergence
+from .checks import check_output_location, context_window
+from .config import RunConfig
+from .engines import default_methods, engine_class, engine_path, has_prepare
+from .models import ModelRef, parameter_count, resolve
+from .probe import ProbeProcess
+from .progress import SweepProgress
+from .results import Cell, CellResult, MethodResult, RunResults, ResultsError, load, save
+from .runner import needs_more_runs, new_results_folder, quality_plan, record_generation, request_generation
+from .worker_handle import WorkerError, WorkerHandle
+from .workload import TextTokens, text_tokens
+
+# rough costs for --dry-run's estimate (SmolLM2 on two cores, between the fastest and the
+# slowest default methods): per prompt or context token, per new token, per load
+ESTIMATE_PREFILL_S = 0.002
+ESTIMATE_DECODE_S = 0.015
+ESTIMATE_LOAD_S = 3.0
+
+
+@dataclass
+class SweepConfig(RunConfig):
+    """run's options (same meaning) and the sweep's axes. RunConfig.new_tokens and .threads
+    hold the largest of their lists: the quality pass runs at that thread count."""
+
+    prompt_token_list: list[int] = field(default_factory=lambda: list(defaults.SWEEP_PROMPT_TOKENS))
+    new_token_list: list[int] = field(default_factory=lambda: [defaults.SWEEP_NEW_TOKENS])
+    depth_list: list[int] = field(default_factory=lambda: [0])
+    thread_list: list[int] = field(default_factory=lambda: [defaults.default_threads()])
+    batch_list: list[int] = field(default_factory=lambda: [1])
+    resume: str | None = None
+
+    def __post_init__(self):
+        self.new_tokens = max(self.new_token_list)
+        self.threads = max(self.thread_list)
+
+    def axes(self) -> dict:
+        return {"prompt_tokens": self.prompt_token_list, "new_tokens": self.new_token_list,
+                "depth": self.depth_list, "threads": self.thread_list, "batch": self.batch_list}
+
+    def cells(self) -> list[Cell]:
+        """Every combination, grouped by thread count (each group loads the methods once)."""
+        return [Cell(prompt, new, depth, threads, batch, tuple(self.methods))
+                for threads, batch, depth, prompt, new in itertools.product(
+                    sorted(self.thread_list), self.batch_list, self.depth_list,
+                    self.prompt_token_list, self.new_token_list)]
+
+    def validate(self) -> None:
+        super().validate()
+        for name, values in self.axes().items():
+            if not values:
+                raise ValueError(f"--{name.replace('_', '-')}: the list is empty")
+        if min(self.new_token_list) < 2:
+            raise ValueError("--new-tokens must be at least 2 (ITL needs two tokens)")
+        if min(self.prompt_token_list) < 1:
+            raise ValueError("--prompt-tokens must be at least 1")
+        if min(self.batch_list) < 1 or min(self.thread_list) < 1:
+            raise ValueError("--batch and --threads must be at least 1")
+
+    def check_lengths(self, model: ModelRef) -> None:
+        """The longest sequence must fit the model's context window and the KV slots that
+        engines reserve: refused before anything loads."""
+        longest = max(self.depth_list) + max(self.prompt_token_list) + max(self.new_token_list)
+        window = context_window(model)
+        limit = min(window or defaults.KV_SLOTS, defaults.KV_SLOTS)
+        if longest > limit:
+            what = (f"the model's context window of {window} tokens" if window and window <= defaults.KV_SLOTS
+                    else f"the {defaults.KV_SLOTS} KV slots engines reserve")
+            raise ValueError(f"--depth {max(self.depth_list)} + --prompt-tokens {max(self.prompt_token_list)} "
+                             f"+ --new-tokens {max(self.new_token_list)} = {longest} tokens exceed {what}")
+
+    def identity(self) -> dict:
+        """What a resumed sweep must share with the folder it resumes: its cells and how each
+        is measured (output, display and resume options aside)."""
+        d = self.to_dict()
+        for key in ("output_dir", "resume", "timeout_s"):
+            d.pop(key, None)
+        return d
+
+
+# --- measuring a cell (runs wherever the cell is sent) ----------------------------------------
+@dataclass
+class CellSpec:
+    """What measuring any cell needs beyond the cell itself: plain data, like the cell."""
+
+    model: ModelRef
+    text: TextTokens
+    config: RunConfig  # repeats, minimum time, timeout
+
+
+class WorkerPool:
+    """This host's loaded workers, one process per (method, threads). A load failure is kept
+    and answered again, so a broken method is not reloaded for every cell."""
+
+    def __init__(self, model: ModelRef, logdir: str, timeout_s: float):
+        self.model, self.logdir, self.timeout_s = model, logdir, timeout_s
+        self.workers: dict[tuple[str, int], WorkerHandle] = {}
+        self.loaded: dict[tuple[str, int], p.Loaded] = {}
+        self.failures: dict[tuple[str, int], WorkerError] = {}
+
+    def get(self, method: str, threads: int) -> WorkerHandle:
+        key = (method, threads)
+        if key in self.failures:
+            raise self.failures[key]
+        if key not in self.workers:
+            self.release(keep_threads=threads)  # one thread count loaded at a time: memory
+            start = p.Start(method=method, engine=engine_path(method), model=self.model, threads=threads)
+            worker = WorkerHandle(start, os.path.join(self.logdir, f"{method}-t{threads}.log"))
+            try:
+                self.loaded[key] = worker.request(p.Load(), self.timeout_s)
+            except WorkerError as e:
+                worker.kill()
+                self.failures[key] = e
+                raise
+            self.workers[key] = worker
+        return self.workers[key]
+
+    def drop(self, method: str, threads: int, error: WorkerError) -> None:
+        """A worker that failed mid-cell is gone (or unusable): later cells get its error."""
+        worker = self.workers.pop((method, threads), None)
+        if worker is not None:
+            worker.kill()
+        self.failures[(method, threads)] = error
+
+    def release(self, keep_threads: int | None = None) -> None:
+        for key in [k for k in self.workers if k[1] != keep_threads]:
+            self.workers.pop(key).close()
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            worker.kill()
+        self.workers.clear()
+
+
+def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool) -> CellResult:
+    """One cell, every method: a first call each (untimed, its peak memory mark reset), then
+    rounds of one timed generation per method in rotating order until each has its runs."""
+    t0 = time.perf_counter()
+    out = CellResult(cell=cell, conditions={"before": machine.conditions()})
+    context, prompt = spec.text.sequence(cell)
+    request = p.Generate(prompt, cell.new_tokens, context_ids=context)
+    live: list[MethodResult] = []
+    for method in cell.methods:
+        r = MethodResult(method=method, status="running", threads=cell.threads)
+        out.methods.append(r)
+        if cell.batch > engine_class(method).max_batch:
+            r.status, r.error = "skipped", (f"batch {cell.batch}: {method} decodes one sequence at "
+                                            "a time (no batched decode for this engine yet)")
+            continue
+        try:
+            worker = pool.get(method, cell.threads)
+            first, _ = request_generation(worker, p.Generate(prompt, cell.new_tokens, timed=False,
+                                                             context_ids=context, reset_peak=True),
+                                          spec.config.timeout_s)
+        except WorkerError as e:
+            _fail(r, e, pool, cell)
+            continue
+        r.first_call_s, r.tokens, r.deterministic = first.sample.e2e_s, first.tokens, True
+        r.steady_rss_bytes, r.peak_rss_bytes = first.rss_bytes, first.peak_rss_bytes
+        live.append(r)
+    for rnd in itertools.count():
+        todo = [r for r in live if r.status == "running" and needs_more_runs(r, spec.config)]
+        if not todo:
+            break
+        shift = rnd % len(todo)
+        for r in todo[shift:] + todo[:shift]:
+            try:
+                reply, others = request_generation(pool.get(r.method, cell.threads), request,
+                                                   spec.config.timeout_s)
+            except WorkerError as e:
+                _fail(r, e, pool, cell)
+                continue
+            record_generation(r, reply, True, others)
+    for r in out.methods:
+        if r.status == "running":
+            r.status = "ok"
+    reference = out.method(defaults.REFERENCE_METHOD)
+    if reference is not None and reference.ok:
+        for r in out.methods:
+            if r.ok:
+                r.first_divergence = first_divergence(r.tokens, reference.tokens)
+    out.conditions["after"] = machine.conditions()
+    out.status, out.seconds = "complete", time.perf_counter() - t0
+    return out
+
+
+def _fail(r: MethodResult, e: WorkerError, pool: WorkerPool, cell: Cell) -> None:
+    r.status, r.error = e.status, e.message
+    if e.status != "skipped":
+        pool.drop(r.method, cell.threads, e)
+
+
+class LocalExecutor:
+    """Runs cells here, one after another, in the order given (grouped by thread count)."""
+
+    def __init__(self, pool: WorkerPool):
+        self.pool = pool
+
+    def run(self, cells: list[Cell], spec: CellSpec, done: Callable[[CellResult], None],
+            starting: Callable[[Cell], None] = lambda cell: None) -> None:
+        for cell in cells:
+            starting(cell)
+            done(measure_cell(cell, spec, self.pool))
+
+
+# --- the driver ------------------------------------------------------------------------------
+def plan(config: SweepConfig) -> list[Cell]:
+    config.validate()
+    return config.cells()
+
+
+def estimate_seconds(config: SweepConfig, cells: list[Cell]) -> float:
+    """An order of magnitude for --dry-run (ESTIMATE_* above): each method's first call, its
+    timed runs (at least --repeats and --min-time) and a load per thread count."""
+    total = ESTIMATE_LOAD_S * len(config.methods) * len(config.thread_list)
+    for cell in cells:
+        one = (cell.depth + cell.prompt_tokens) * ESTIMATE_PREFILL_S + cell.new_tokens * ESTIMATE_DECODE_S
+        timed = min(max(config.min_repeats * one, config.min_time_s), config.max_repeats * one)
+        total += len(cell.methods) * (one * max(config.warmup, 1) + timed)
+    return total
+
+
+def resumed_results(config: SweepConfig, model: ModelRef) -> RunResults:
+    """The results of the folder to resume; refuses one of another sweep or model."""
+    path = os.path.join(config.resume, "results.json")
+    try:
+        old = load(path)
+    except ResultsError as e:
+        raise ValueError(f"--resume {config.resume}: {e}") from None
+    if not old.sweep:
+        raise ValueError(f"--resume {config.resume}: not a sweep's results (a run's)")
+    if old.model.get("content_hash") != model.content_hash:
+        raise ValueError(f"--resume {config.resume}: measured another model "
+                         f"({old.model.get('name')}, content {old.model.get('content_hash')})")
+    mine, theirs = config.identity(), (old.sweep or {}).get("identity", {})
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if differ:
+        raise ValueError(f"--resume {config.resume}: another configuration "
+                         f"({', '.join(differ)} differ); run the same sweep command to resume it")
+    return old
+
+
+def run_sweep(config: SweepConfig, show, progress_factory: Callable[[int, int], SweepProgress]
+              ) -> tuple[RunResults, str]:
+    """Measure every cell not measured yet; save after each. Returns results and folder."""
+    config.validate()
+    check_output_location(config.output_dir)
+    t0 = time.perf_counter()
+    prober = ProbeProcess(config.threads, defaults.PROBE_BYTES, config.timeout_s)
+    try:
+        return _run_sweep(config, show, progress_factory, prober, t0)
+    finally:
+        prober.close()
+
+
+def _run_sweep(config: SweepConfig, show, progress_factory, prober, t0) -> tuple[RunResults, str]:
+    from .prompts import load_tokenizer
+
+    show(f"resolving model {config.model}")
+    model = resolve(config.model)
+    if config.methods == list(defaults.DEFAULT_METHODS):
+        config.methods = default_methods(model)
+    config.check_lengths(model)
+    text, source = _prompt_text(config)
+    spec = CellSpec(model, text_tokens(load_tokenizer(model.path), text, source), config)
+    if config.resume:
+        results = resumed_results(config, model)
+        folder = config.resume
+        results.cells = [c for c in results.cells if c.status == "complete"]
+        results.status = "running"
+    else:
+        folder = new_results_folder(config.output_dir, model.name)
+        results = RunResults(
+            config=config.to_dict(), machine=machine.describe(),
+            model={**model.to_dict(), "parameters": parameter_count(model.path)},
+            prompt_tokens=max(config.prompt_token_list),
+            sweep={"axes": config.axes(), "identity": config.identity(), "prompt_text": source},
+            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            inferlab_version=__version__)
+        results.methods = [MethodResult(method=m, status="running", summary=engine_class(m).summary)
+                           for m in config.methods]
+    path = os.path.join(folder, "results.json")
+    timings = results.timings
+    timings["resolve"] = timings.get("resolve", 0.0) + time.perf_counter() - t0
+    done_keys = {c.cell.key for c in results.cells}
+    todo = [c for c in config.cells() if c.key not in done_keys]
+    logdir = os.path.join(folder, "logs")
+    os.makedirs(logdir, exist_ok=True)
+    workdir = os.path.join(folder, ".work")
+    shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(workdir)
+    pool = WorkerPool(model, logdir, config.timeout_s)
+
+    def charge(phase: str, since: float) -> None:
+        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - since
+
+    def probe(when: str) -> None:
+        since = time.perf_counter()
+        results.probes.append({**prober.measure(), "when": when})
+        charge("probes", since)
+
+    try:
+        save(results, path)
+        since = time.perf_counter()
+        for m in results.methods:
+            _prepare(m, model, logdir, config.timeout_s)
+        charge("prepare", since)
+        save(results, path)
+        probe("before the measurements")
+        progress = progress_factory(len(todo), len(config.cells()) - len(todo))
+
+        def done(cell_result: CellResult) -> None:
+            results.cells.append(cell_result)
+            _keep_load_info(results, pool, cell_result.cell.threads)
+            save(results, path)
+            write_cells_csv(results, folder)
+            progress.advance(cell_result)
+
+        since = time.perf_counter()
+        LocalExecutor(pool).run(todo, spec, done, progress.starting)
+        charge("cells", since)
+        progress.close()
+        if config.quality:
+            since = time.perf_counter()
+            _judge_quality(results, model, config, pool, workdir, show)
+            charge("quality", since)
+        probe("after the measurements")
+        for m in results.methods:
+            if m.status == "running":
+                m.status = "ok" if any((c.method(m.method) or m).ok for c in results.cells) else "failed"
+                if m.status == "failed" and not m.error:
+                    m.error = next((c.method(m.method).error for c in results.cells
+                                    if c.method(m.method) and c.method(m.method).error), None)
+        results.status = "complete"
+    except KeyboardInterrupt:
+        results.status = "interrupted"
+    finally:
+        pool.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    timings["total"] = timings.get("total", 0.0) + time.perf_counter() - t0
+    save(results, path)
+    write_cells_csv(results, folder)
+    return results, folder
+
+
+def _prompt_text(config: SweepConfig) -> tuple[str, str]:
+    from . import quality
+
+    if config.text_file:
+        try:
+            with open(config.text_file, encoding="utf-8") as f:
+                return f.read(), config.text_file
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read --text-file {config.text_file}: {e}") from None
+    return quality.default_text()
+
+
+def _prepare(m: MethodResult, model: ModelRef, logdir: str, timeout_s: float) -> None:
+    """A method's one-time conversion in a process of its own (as in a run)."""
+    if not has_prepare(m.method):
+        return
+    start = p.Start(method=m.method, engine=engine_path(m.method), model=model, threads=1)
+    worker = WorkerHandle(start, os.path.join(logdir, f"{m.method}.log"))
+    try:
+        out = worker.request(p.Prepare(), timeout_s)
+        m.prepare_s, m.prepare_cache_hit = out.seconds, out.cache_hit
+    except WorkerError as e:
+        m.status, m.error = e.status, f"prepare: {e.message}" if e.status != "skipped" else e.message
+    finally:
+        worker.close()
+
+
+def _keep_load_info(results: RunResults, pool: WorkerPool, threads: int) -> None:
+    """What each method's load said (sizes, details, load time), once per method."""
+    for m in results.methods:
+        loaded = pool.loaded.get((m.method, threads))
+        if loaded is not None and m.load_s is None:
+            m.load_s, m.threads = loaded.load_s, threads
+            m.weight_bytes, m.file_bytes = loaded.info.weight_bytes, loaded.info.file_bytes
+            m.parameters, m.details = loaded.info.parameters, loaded.info.details
+        failure = pool.failures.get((m.method, threads))
+        if failure is not None and m.status == "running" and failure.status == "skipped":
+            m.status, m.error = "skipped", failure.message
+
+
+def _judge_quality(results: RunResults, model: ModelRef, config: SweepConfig, pool: WorkerPool,
+                   workdir: str, show) -> None:
+    """Each method judged once per sweep, at the largest thread count, reference first."""
+    plan_ = quality_plan(model, config, workdir)
+    results.quality_setup = {k: plan_[k] for k in ("context", "prefix", "text_source",
+                                                    "greedy_new_tokens", "budget", "reference")}
+    order = [defaults.REFERENCE_METHOD] + [m.method for m in results.methods
+                                           if m.method != defaults.REFERENCE_METHOD]
+    for method in order:
+        record = results.method(method)
+        if record is not None and record.status not in ("running", "ok"):
+            continue
+        show(f"{method}: quality")
+        try:
+            worker = pool.get(method, config.threads)
+            out = worker.request(p.Evaluate(plan_, method == defaults.REFERENCE_METHOD), config.timeout_s)
+        except WorkerError as e:
+            if method == defaults.REFERENCE_METHOD:
+                show(f"the reference failed ({e.message}): no quality comparisons in this sweep")
+                return
+            if record is not None:
+                record.quality = {"verdict": "error", "reasons": [f"quality pass {e.status}: {e.message}"]}
+            continue
+        if record is not None:
+            record.quality = out.quality
+
+
+# --- cells.csv -------------------------------------------------------------------------------
+CSV_COLUMNS = ("model", "method", "test", "n_prompt", "n_gen", "n_depth", "n_threads", "n_batch",
+               "status", "runs", "pp_tps", "tg_tps", "tg_tps_total", "ttft_ms", "ttft_ms_lo",
+               "ttft_ms_hi", "tpot_ms", "tpot_ms_lo", "tpot_ms_hi", "e2e_ms", "steady_rss_mb",
+               "peak_rss_mb", "first_divergence", "warnings", "error")
+
+
+def write_cells_csv(results: RunResults, folder: str) -> str:
+    """One row per cell and method, llama-bench-like columns; numbers from derived["cells"]."""
+    import csv
+
+    path = os.path.join(folder, "cells.csv")
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in (results.derived or {}).get("cells", []):
+            writer.writerow({k: row.get(k) for k in CSV_COLUMNS}
+                            | {"model": results.model.get("name"), "warnings": " | ".join(row["warnings"])})
+    os.replace(tmp, path)
+    return path
