@@ -18,11 +18,14 @@ def _num(value, fmt="{:.1f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def cell_table_rows(results: RunResults) -> list[list[str]]:
+def cell_table_rows(results: RunResults, reasons: bool = True) -> list[list[str]]:
+    """The cells' figures as text; `reasons` adds why a method did not run to its status."""
     rows = []
     for r in (results.derived or {}).get("cells", []):
         measured = r.get("e2e_ms") is not None
-XX
+        status = r["status"]
+        if reasons and r.get("error"):
+            status = f"{status}: {r['error']}"
         rows.append([
             r["test"], str(r["n_threads"]), str(r["n_batch"]), r["method"], status,
             _num(r.get("pp_tps"), "{:.0f}"), _num(r.get("tg_tps")), _num(r.get("tg_tps_total")),
@@ -34,7 +37,7 @@ XX
 
 
 def console_cells(results: RunResults) -> str:
-    rows = cell_table_rows(results)
+    rows = cell_table_rows(results, reasons=False)
     widths = [max(len(x) for x in [c] + [r[i] for r in rows]) for i, c in enumerate(CELL_COLUMNS)]
 
     def fmt(row):
