@@ -57,7 +57,12 @@ def test_contract(loaded, method, arch):
     assert window.shape == (len(PROMPT), vocab)
     # int8 engines quantize activations per call, so the row depends a little on the others
     atol = 1e-3 if method in FP32_METHODS else 0.05
-    assert np.allclose(window[-1], np.asarray(engine.prefill(PROMPT)), atol=atol)
+    whole = np.asarray(engine.prefill(PROMPT))
+    assert np.allclose(window[-1], whole, atol=atol)
+    # a sweep's depth: the prompt's tail continues a sequence already in the cache
+    engine.prefill(PROMPT[:4])
+    continued = np.asarray(engine.append(PROMPT[4:]))
+    assert continued.shape == (vocab,) and np.allclose(continued, whole, atol=atol)
     info = engine.info()
     assert info["weight_bytes"] > 0 and info["file_bytes"] > 0
     assert isinstance(info["details"], dict)

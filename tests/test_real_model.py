@@ -57,6 +57,10 @@ def test_llama_cpp_runs_the_bundled_gguf(smollm2, method):
     kl = kl_per_position(log_softmax(np.asarray(ref.prefill(ids, all_logits=True))),
                          log_softmax(np.asarray(engine.prefill(ids, all_logits=True))))
     assert kl.shape == (len(ids),) and kl.mean() < 0.05
+    # a sweep's depth: the prompt's tail continues the sequence already in its cache
+    whole = np.asarray(engine.prefill(ids))
+    engine.prefill(ids[:5])
+    assert np.allclose(np.asarray(engine.append(ids[5:])), whole, atol=0.05)
     assert engine.info()["details"]["dtype"] == "GGUF " + method.split("-")[-1].upper()
 
 

@@ -316,6 +316,7 @@ def interrupt_on_termination() -> None:
 def cmd_report(args) -> int:
     from .report import write_reports
     from .report.markdown import console_table
+    from .report.sweep import console_cells
     from .results import ResultsError, load
 
     path = args.results
@@ -326,7 +327,7 @@ def cmd_report(args) -> int:
     except ResultsError as e:
         return _fail(str(e))
     written = write_reports(results, os.path.dirname(os.path.abspath(path)))
-    print(console_table(results))
+    print(console_cells(results) if results.sweep else console_table(results))
     print("\nwrote: " + ", ".join(written))
     return EXIT_OK
 

@@ -154,11 +154,13 @@ class WorkerPool:
         self.workers.clear()
 
 
-def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool) -> CellResult:
+def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult | None = None) -> CellResult:
     """One cell, every method: a first call each (untimed, its peak memory mark reset), then
-    rounds of one timed generation per method in rotating order until each has its runs."""
+    rounds of one timed generation per method in rotating order until each has its runs. Fills
+    `out` as it goes (what an interrupted cell measured stays in it)."""
     t0 = time.perf_counter()
-    out = CellResult(cell=cell, conditions={"before": machine.conditions()})
+    out = out or CellResult(cell=cell)
+    out.conditions["before"] = machine.conditions()
     context, prompt = spec.text.sequence(cell)
     request = p.Generate(prompt, cell.new_tokens, context_ids=context)
     live: list[MethodResult] = []
@@ -222,7 +224,17 @@ class LocalExecutor:
             starting: Callable[[Cell], None] = lambda cell: None) -> None:
         for cell in cells:
             starting(cell)
-            done(measure_cell(cell, spec, self.pool))
+            result = CellResult(cell=cell)
+            try:
+                measure_cell(cell, spec, self.pool, result)
+            except KeyboardInterrupt:
+                result.status = "interrupted"
+                for m in result.methods:
+                    if m.status == "running":
+                        m.status = "interrupted"
+                done(result)
+                raise
+            done(result)
 
 
 # --- the driver ------------------------------------------------------------------------------

@@ -1,0 +1,221 @@
+"""inferlab sweep: lists, cells, the protocol inside a cell, cells.csv, resuming, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from inferlab import engines
+from inferlab.int_lists import parse_int_list
+from inferlab.results import Cell, load
+from inferlab.sweep import SweepConfig
+from tests.test_cli import only_run_folder, run_cli
+
+QUICK = ["--new-tokens", "3", "--repeats", "2", "--min-time", "0", "--warmup", "1",
+         "--threads", "1", "--no-quality", "--quiet"]
+
+
+@pytest.mark.parametrize("text, values", [
+    ("1,2,4", [1, 2, 4]), ("1-8+1", list(range(1, 9))), ("1-64*2", [1, 2, 4, 8, 16, 32, 64]),
+    ("4,1-3+1,4", [4, 1, 2, 3]), ("0,1024", [0, 1024]), ("7-7+3", [7]), ("2-9+3", [2, 5, 8]),
+])
+def test_llama_bench_lists(text, values):
+    assert parse_int_list(text) == values
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "empty"), ("1,,2", "empty"), ("8-1+1", "reversed"), ("1-8+0", "never reaches"),
+    ("0-8*2", "never reaches"), ("1-8*1", "never reaches"), ("x", "not a number"),
+    ("1.5", "not a number"), ("-2", "not a number"), ("1-100000+1", "more than"),
+])
+def test_bad_lists_say_what_is_wrong(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_int_list(text)
+
+
+def test_every_combination_is_a_cell_grouped_by_threads():
+    config = SweepConfig(methods=["kv-cache"], prompt_token_list=[8, 32], new_token_list=[4],
+                         depth_list=[0, 16], thread_list=[2, 1], batch_list=[1, 4])
+    cells = config.cells()
+    assert len(cells) == 16 and len({c.key for c in cells}) == 16
+    assert [c.threads for c in cells] == [1] * 8 + [2] * 8  # one load per thread count
+    assert Cell(512, 32, 1024, 2, 4).test == "pp512+tg32 @ d1024"
+    assert Cell(512, 32, 0, 2, 4).key == "pp512+tg32 t2 b4"
+    assert config.threads == 2 and config.new_tokens == 4  # the quality pass's settings
+
+
+def test_sweep_end_to_end(tiny_models, tmp_path, capsys):
+    import pandas as pd
+
+    out = tmp_path / "s"
+    code = run_cli("sweep", "--model", tiny_models["llama"], "--methods", "kv-cache,eager-nocache",
+                   "--prompt-tokens", "4,12", "--depth", "0,6", "--batch", "1,2", "--output", out, *QUICK)
+    assert code == 0
+    folder = only_run_folder(out)
+    r = load(os.path.join(folder, "results.json"))
+    assert r.status == "complete" and r.schema_version == 3 and len(r.cells) == 8
+    for c in r.cells:
+        assert c.status == "complete" and c.conditions["before"] and c.conditions["after"]
+        for m in c.methods:
+            if c.cell.batch > 1:  # no engine batches yet: skipped, with the reason
+                assert m.status == "skipped" and "one sequence at a time" in m.error
+                continue
+            assert m.ok and len(m.runs) == 2 and len(m.tokens) == 3
+            assert m.peak_rss_bytes >= m.steady_rss_bytes > 0
+            assert m.first_divergence == 3  # the same greedy tokens as kv-cache in this cell
+    # a deeper context changes what is generated: the cache really held it
+    by_test = {c.cell.key: c for c in r.cells}
+    assert by_test["pp4+tg3 t1 b1"].method("kv-cache").tokens != by_test["pp4+tg3 @ d6 t1 b1"].method("kv-cache").tokens
+    csv = pd.read_csv(os.path.join(folder, "cells.csv"))
+    assert len(csv) == 16 and set(csv["method"]) == {"kv-cache", "eager-nocache"}
+    ok = csv[csv["status"] == "ok"]
+    assert (ok["pp_tps"] > 0).all() and (ok["tg_tps"] > 0).all() and (ok["ttft_ms_lo"] <= ok["ttft_ms"]).all()
+    assert list(csv["test"][:2]) == ["pp4+tg3", "pp4+tg3"] and "pp4+tg3 @ d6" in set(csv["test"])
+    md = open(os.path.join(folder, "report.md")).read()
+    assert "## Crossovers" in md and "## Cells" in md and "skipped: batch 2" in md
+    for chart in ("sweep_prefill_vs_prompt.png", "sweep_decode_vs_depth.png"):
+        assert os.path.getsize(os.path.join(folder, chart)) > 0
+    assert "pp4+tg3 @ d6" in capsys.readouterr().out
+
+
+def test_a_failing_method_fails_its_cells_and_the_others_go_on(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setitem(engines.REGISTRY, "raising", "tests.fake_engines:Raising")
+    out = tmp_path / "s"
+    code = run_cli("sweep", "--model", tiny_models["llama"], "--methods", "raising,kv-cache",
+                   "--prompt-tokens", "4,8", "--output", out, *QUICK)
+    assert code == 1
+    r = load(os.path.join(only_run_folder(out), "results.json"))
+    assert r.status == "complete" and len(r.cells) == 2
+    for c in r.cells:
+        assert c.method("kv-cache").ok
+        assert c.method("raising").status == "failed" and "always fails to load" in c.method("raising").error
+    assert r.method("raising").status == "failed"
+
+
+SWEEP_IN_CHILD = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from inferlab import cli, defaults; defaults.PROBE_BYTES = 32 << 20; "
+    "sys.exit(cli.main(sys.argv[1:]))"
+)
+
+
+def test_an_interrupted_sweep_resumes_with_only_the_missing_cells(tiny_models, tmp_path, request):
+    out = tmp_path / "s"
+    args = ["sweep", "--model", tiny_models["llama"], "--methods", "kv-cache",
+            "--prompt-tokens", "4,8,12,16", "--new-tokens", "3", "--repeats", "40", "--max-repeats",
+            "40", "--min-time", "0", "--threads", "1", "--no-quality", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-c", SWEEP_IN_CHILD, *args, "--output", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    request.addfinalizer(proc.kill)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # stop it once its first cell is saved
+        time.sleep(0.3)
+        paths = [os.path.join(out, d, "results.json") for d in os.listdir(out)] if out.exists() else []
+        if paths and os.path.exists(paths[0]) and json.load(open(paths[0]))["cells"]:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    folder = only_run_folder(out)
+    first = load(os.path.join(folder, "results.json"))
+    assert first.status == "interrupted"
+    complete = {c.cell.key: c for c in first.cells if c.status == "complete"}
+    assert 1 <= len(complete) < 4
+    assert "--resume" in err
+    assert run_cli(*args, "--resume", folder) == 0
+    second = load(os.path.join(folder, "results.json"))
+    assert second.status == "complete" and len(second.cells) == 4
+    assert sorted(c.cell.key for c in second.cells) == sorted(c.key for c in SweepConfig(
+        methods=["kv-cache"], prompt_token_list=[4, 8, 12, 16], new_token_list=[3], thread_list=[1]).cells())
+    for c in second.cells:  # cells measured before the interrupt are kept as they were
+        if c.cell.key in complete:
+            assert c.method("kv-cache").runs == complete[c.cell.key].method("kv-cache").runs
+
+
+def test_resume_refuses_another_sweep_or_model(tiny_models, tmp_path, capsys):
+    out = tmp_path / "s"
+    base = ["sweep", "--methods", "kv-cache", "--prompt-tokens", "4", *QUICK]
+    assert run_cli(*base, "--model", tiny_models["llama"], "--output", out) == 0
+    folder = only_run_folder(out)
+    capsys.readouterr()
+    assert run_cli("sweep", "--methods", "kv-cache", "--prompt-tokens", "4,8", *QUICK,
+                   "--model", tiny_models["llama"], "--resume", folder) == 2
+    assert "another configuration (axes, identity" not in capsys.readouterr().err  # names fields
+    assert run_cli("sweep", "--methods", "kv-cache", "--prompt-tokens", "4,8", *QUICK,
+                   "--model", tiny_models["llama"], "--resume", folder) == 2
+    assert "prompt_token_list differ" in capsys.readouterr().err
+    assert run_cli(*base, "--model", tiny_models["gpt2"], "--resume", folder) == 2
+    assert "measured another model" in capsys.readouterr().err
+    assert run_cli(*base, "--model", tiny_models["llama"], "--resume", tmp_path / "nothing") == 2
+    assert "results file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt-tokens", "8-1+1"], "reversed"),
+    (["--prompt-tokens", "0"], "at least 1"),
+    (["--new-tokens", "1"], "at least 2"),
+    (["--depth", "100000"], "exceed"),
+    (["--batch", "0"], "at least 1"),
+    (["--threads", "1,100000"], "--threads must be between 1 and"),
+    (["--methods", "kv-cache,warp-drive"], "unknown method"),
+    (["--min-time", "inf"], "finite"),
+])
+def test_bad_sweep_inputs_exit_2_with_one_line(tiny_models, args, message, tmp_path, capsys):
+    assert run_cli("sweep", "--model", tiny_models["llama"], "--output", tmp_path / "s", "--quiet",
+                   *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]
+    assert not (tmp_path / "s").exists() or not os.listdir(tmp_path / "s")
+
+
+def test_dry_run_lists_the_cells_and_measures_nothing(tmp_path, capsys):
+    assert run_cli("sweep", "--methods", "kv-cache,onnx", "--prompt-tokens", "32,512",
+                   "--depth", "0,1024", "--threads", "1", "--batch", "1,4", "--dry-run",
+                   "--output", tmp_path / "s") == 0
+    out = capsys.readouterr().out
+    assert "pp512+tg32 @ d1024 t1 b4: kv-cache, onnx" in out and "8 cells x 2 methods" in out
+    assert not (tmp_path / "s").exists()
+
+
+def test_methods_take_turns_in_a_rotating_order(tiny_refs):
+    """Inside a cell: an untimed first call each, then one timed generation per method per
+    round, the order shifted by one each round."""
+    from inferlab import protocol as p
+    from inferlab.config import RunConfig
+    from inferlab.results import RunSample
+    from inferlab.sweep import CellSpec, measure_cell
+    from inferlab.workload import TextTokens
+
+    calls = []
+
+    class Worker:
+        def __init__(self, method):
+            self.method = method
+
+        def request(self, message, timeout_s):
+            calls.append((self.method, message.timed))
+            return p.Generated(sample=RunSample(0.01, 0.03, [0.01, 0.01]), tokens=[1, 2, 3],
+                               cpu_s=0.0, rss_bytes=1, peak_rss_bytes=2)
+
+    class Pool:
+        def get(self, method, threads):
+            return Worker(method)
+
+    cell = Cell(4, 3, 0, 1, 1, ("a", "b", "c"))
+    spec = CellSpec(tiny_refs["llama"], TextTokens(list(range(50)), "test"),
+                    RunConfig(min_repeats=3, max_repeats=3, min_time_s=0))
+    engines.REGISTRY.update(a="tests.fake_engines:Raising", b="tests.fake_engines:Raising",
+                            c="tests.fake_engines:Raising")
+    try:
+        result = measure_cell(cell, spec, Pool())
+    finally:
+        for name in "abc":
+            engines.REGISTRY.pop(name)
+    assert calls[:3] == [("a", False), ("b", False), ("c", False)]
+    assert [m for m, _ in calls[3:]] == list("abc" "bca" "cab")
+    assert all(timed for _, timed in calls[3:])
+    assert all(len(m.runs) == 3 and m.ok for m in result.methods)
