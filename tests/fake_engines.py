@@ -58,3 +58,12 @@ class Hog(_Fake):
         self.kept = big[: 12 << 20].copy()  # ~100 MB stay resident
         del big
 
+
+
+class OneAtATime(_Fake):
+    """Runs (always token 0), but cannot batch: a sweep skips it at batch > 1."""
+
+    name = "one-at-a-time"
+
+    def append(self, token_ids):
+        return np.zeros(8, dtype=np.float32)

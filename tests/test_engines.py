@@ -69,6 +69,29 @@ def test_contract(loaded, method, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", method_names())
+def test_each_row_of_a_batch_is_its_sequence_alone(loaded, method, arch):
+    """A batch of equally long prompts: each row's logits, after the prefill and after a
+    decode step, are those of its sequence run alone (up to the batched arithmetic)."""
+    engine = loaded(method, arch)
+    if engine.max_batch < 2:
+        pytest.skip(f"{method} decodes one sequence at a time")
+    prompts = [PROMPT, PROMPT[::-1], [11] * len(PROMPT)]
+    alone_first, alone_next = [], []
+    for prompt in prompts:
+        first = np.asarray(engine.prefill(prompt))
+        alone_first.append(first)
+        alone_next.append(np.asarray(engine.decode(argmax(first))))
+    # int8 engines quantize activations per call: the batch's rows share one scale
+    atol = 1e-3 if method in FP32_METHODS else 0.1
+    batch_first = np.asarray(engine.prefill_batch(prompts))
+    assert batch_first.shape == (3, 320)
+    assert np.allclose(batch_first, alone_first, atol=atol)
+    batch_next = np.asarray(engine.append_batch([[argmax(f)] for f in alone_first]))
+    assert np.allclose(batch_next, alone_next, atol=atol)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 # torch-compile: its growth test compares its tokens with the reference's (one compile less)
 @pytest.mark.parametrize("method", sorted(FP32_METHODS - {"kv-cache", "torch-compile"}))
 def test_fp32_methods_reproduce_the_reference_tokens(loaded, method, arch):

@@ -69,3 +69,26 @@ def test_the_bundled_gguf_type_is_read_from_the_file(smollm2):
 
     assert gguf_file_type(gguf_source_path(smollm2)) == "Q4_1"
     assert gguf_source_path(resolve("gpt2-random")) is None
+
+
+def test_llama_cpp_batch_rows_are_their_sequences_alone(smollm2):
+    """Several sequences in one llama_batch (n_seq_max): each row as its sequence alone."""
+    import numpy as np
+
+    from inferlab.harness import argmax
+
+    engine = engine_class("llama-cpp-q8_0")(smollm2, threads=2)
+    engine.prepare()
+    engine.load()
+    prompts = [[1, 504, 3458, 282, 4649, 314], [1, 422, 7552, 314, 253, 1823], [2, 33, 44, 55, 66, 77]]
+    alone_first, alone_next = [], []
+    for prompt in prompts:
+        first = np.asarray(engine.prefill(prompt))
+        alone_first.append(first)
+        alone_next.append(np.asarray(engine.decode(argmax(first))))
+    batch_first = engine.prefill_batch(prompts)
+    assert batch_first.shape == (3, len(alone_first[0]))
+    assert np.allclose(batch_first, alone_first, atol=0.05)
+    batch_next = engine.append_batch([[argmax(f)] for f in alone_first])
+    assert np.allclose(batch_next, alone_next, atol=0.05)
+    assert np.allclose(engine.prefill(prompts[1]), alone_first[1], atol=0.05)  # batch 1 again

@@ -48,12 +48,14 @@ def test_every_combination_is_a_cell_grouped_by_threads():
     assert config.threads == 2 and config.new_tokens == 4  # the quality pass's settings
 
 
-def test_sweep_end_to_end(tiny_models, tmp_path, capsys):
+def test_sweep_end_to_end(tiny_models, tmp_path, capsys, monkeypatch):
     import pandas as pd
 
+    monkeypatch.setitem(engines.REGISTRY, "one-at-a-time", "tests.fake_engines:OneAtATime")
     out = tmp_path / "s"
-    code = run_cli("sweep", "--model", tiny_models["llama"], "--methods", "kv-cache,eager-nocache",
-                   "--prompt-tokens", "4,12", "--depth", "0,6", "--batch", "1,2", "--output", out, *QUICK)
+    code = run_cli("sweep", "--model", tiny_models["llama"], "--methods",
+                   "kv-cache,eager-nocache,one-at-a-time", "--prompt-tokens", "4,12", "--depth", "0,6",
+                   "--batch", "1,2", "--output", out, *QUICK)
     assert code == 0
     folder = only_run_folder(out)
     r = load(os.path.join(folder, "results.json"))
@@ -61,23 +63,30 @@ def test_sweep_end_to_end(tiny_models, tmp_path, capsys):
     for c in r.cells:
         assert c.status == "complete" and c.conditions["before"] and c.conditions["after"]
         for m in c.methods:
-            if c.cell.batch > 1:  # no engine batches yet: skipped, with the reason
+            if c.cell.batch > 1 and m.method == "one-at-a-time":
                 assert m.status == "skipped" and "one sequence at a time" in m.error
                 continue
             assert m.ok and len(m.runs) == 2 and len(m.tokens) == 3
             assert m.peak_rss_bytes >= m.steady_rss_bytes > 0
-            assert m.first_divergence == 3  # the same greedy tokens as kv-cache in this cell
+            if m.method != "one-at-a-time":
+                assert m.first_divergence == 3  # the same greedy tokens as kv-cache in this cell
+            # each sequence of a batch generates what it generates alone
+            assert m.batch_divergence == ([3, 3] if c.cell.batch == 2 else None)
     # a deeper context changes what is generated: the cache really held it
-    by_test = {c.cell.key: c for c in r.cells}
-    assert by_test["pp4+tg3 t1 b1"].method("kv-cache").tokens != by_test["pp4+tg3 @ d6 t1 b1"].method("kv-cache").tokens
+    by_key = {c.cell.key: c for c in r.cells}
+    assert (by_key["pp4+tg3 t1 b1"].method("kv-cache").tokens
+            != by_key["pp4+tg3 @ d6 t1 b1"].method("kv-cache").tokens)
     csv = pd.read_csv(os.path.join(folder, "cells.csv"))
-    assert len(csv) == 16 and set(csv["method"]) == {"kv-cache", "eager-nocache"}
+    assert len(csv) == 24 and set(csv["method"]) == {"kv-cache", "eager-nocache", "one-at-a-time"}
     ok = csv[csv["status"] == "ok"]
     assert (ok["pp_tps"] > 0).all() and (ok["tg_tps"] > 0).all() and (ok["ttft_ms_lo"] <= ok["ttft_ms"]).all()
-    assert list(csv["test"][:2]) == ["pp4+tg3", "pp4+tg3"] and "pp4+tg3 @ d6" in set(csv["test"])
+    batched = ok[ok["n_batch"] == 2]
+    assert len(batched) == 8 and (batched["tg_tps_total"] == 2 * batched["tg_tps"]).all()
+    assert list(csv["test"][:3]) == ["pp4+tg3"] * 3 and "pp4+tg3 @ d6" in set(csv["test"])
     md = open(os.path.join(folder, "report.md")).read()
     assert "## Crossovers" in md and "## Cells" in md and "skipped: batch 2" in md
-    for chart in ("sweep_prefill_vs_prompt.png", "sweep_decode_vs_depth.png"):
+    for chart in ("sweep_prefill_vs_prompt.png", "sweep_decode_vs_depth.png",
+                  "sweep_total_vs_batch.png", "sweep_tpot_vs_batch.png"):
         assert os.path.getsize(os.path.join(folder, chart)) > 0
     assert "pp4+tg3 @ d6" in capsys.readouterr().out
 
@@ -198,7 +207,7 @@ def test_methods_take_turns_in_a_rotating_order(tiny_refs):
 
         def request(self, message, timeout_s):
             calls.append((self.method, message.timed))
-            return p.Generated(sample=RunSample(0.01, 0.03, [0.01, 0.01]), tokens=[1, 2, 3],
+            return p.Generated(sample=RunSample(0.01, 0.03, [0.01, 0.01]), tokens=[1, 2, 3], sequences=[],
                                cpu_s=0.0, rss_bytes=1, peak_rss_bytes=2)
 
     class Pool:

@@ -20,8 +20,10 @@ def start(method, ref):
 
 
 def test_messages_round_trip_with_their_types(tiny_refs):
-    for message in (start("hog", tiny_refs["llama"]), p.Generate([1, 2, 3], 4, timed=False),
-                    p.Generated(RunSample(0.1, 0.5, [0.1, 0.2]), [4, 5], 0.3, 1 << 19, 1 << 20),
+    for message in (start("hog", tiny_refs["llama"]), p.Generate([[1, 2, 3]], 4, timed=False),
+                    p.Generate([[1, 2], [3, 4]], 4, contexts=[[5], [6]], reset_peak=True),
+                    p.Generated(RunSample(0.1, 0.5, [0.1, 0.2]), [4, 5], [[4, 5], [6, 7]], 0.3,
+                                1 << 19, 1 << 20),
                     p.Loaded(1.5, p.EngineInfo(10, 20, 30, {"a": 1})), p.Failed("E: x")):
         back = p.decode(p.encode(message))
         assert back == message and type(back) is type(message)
@@ -32,7 +34,7 @@ def memory_of_hog(ref, log) -> tuple[int, int]:
     worker = WorkerHandle(start("hog", ref), str(log))
     try:
         worker.request(p.Load(), 60)
-        generated = worker.request(p.Generate([1, 2], 2), 60)
+        generated = worker.request(p.Generate([[1, 2]], 2), 60)
     finally:
         worker.close()
     return generated.rss_bytes, generated.peak_rss_bytes
@@ -58,13 +60,13 @@ def test_engine_errors_and_crashes_become_one_line_worker_errors(tiny_refs, tmp_
     worker = WorkerHandle(start("crashing", tiny_refs["llama"]), str(tmp_path / "c.log"))
     worker.request(p.Load(), 60)
     with pytest.raises(WorkerError, match="SIGSEGV") as e:
-        worker.request(p.Generate([1], 3), 60)
+        worker.request(p.Generate([[1]], 3), 60)
     assert e.value.status == "failed"
     worker.close()
     worker = WorkerHandle(start("hanging", tiny_refs["llama"]), str(tmp_path / "h.log"))
     worker.request(p.Load(), 60)
     with pytest.raises(WorkerError, match="timeout") as e:
-        worker.request(p.Generate([1], 3), 2)
+        worker.request(p.Generate([[1]], 3), 2)
     assert e.value.status == "timeout" and worker.proc.poll() is not None  # killed
 
 
@@ -78,7 +80,7 @@ def test_a_worker_dies_with_its_runner(tiny_refs, tmp_path):
         ref = ModelRef.from_dict({tiny_refs['llama'].to_dict()!r})
         w = WorkerHandle(p.Start("hanging", "tests.fake_engines:Hanging", ref, 1), {str(tmp_path / 'w.log')!r})
         w.request(p.Load(), 60)
-        w._send(p.Generate([1], 3))  # hangs inside decode
+        w._send(p.Generate([[1]], 3))  # hangs inside decode
         print(w.pid, flush=True)
         time.sleep(600)
     """)
@@ -120,7 +122,7 @@ def test_each_engine_loads_only_its_own_framework(tiny_refs, tmp_path, method, t
     worker = WorkerHandle(s, str(tmp_path / "w.log"))
     try:
         worker.request(p.Load(), 120)
-        worker.request(p.Generate([1, 2, 3], 3), 60)
+        worker.request(p.Generate([[1, 2, 3]], 3), 60)
         assert _maps_torch(worker.pid) is torch_expected
     finally:
         worker.close()

@@ -39,19 +39,26 @@ def _figures(m, cell) -> dict:
     warnings = [w for name in ("ttft_s", "tpot_s", "e2e_s") for w in s[name].warnings]
     if w := too_few_runs(len(m.runs), f"{m.method} [{cell.key}]"):
         warnings.append(w)
+    changed = [(i, d) for i, d in enumerate(m.batch_divergence or []) if d < cell.new_tokens]
+    if changed:
+        warnings.append(f"{m.method} [{cell.key}]: batching changed the greedy tokens of "
+                        f"{len(changed)} of {cell.batch} sequences (from token "
+                        f"{min(d for _, d in changed)}): the batched arithmetic differs from batch 1")
     if m.deterministic is False:
         warnings.append(f"{m.method} [{cell.key}]: repeated runs produced different tokens")
     return {
         "ttft_ms": s["ttft_s"].median * 1e3, "ttft_ms_lo": ttft_ci[0] * 1e3, "ttft_ms_hi": ttft_ci[1] * 1e3,
         "tpot_ms": s["tpot_s"].median * 1e3, "tpot_ms_lo": tpot_ci[0] * 1e3, "tpot_ms_hi": tpot_ci[1] * 1e3,
         "e2e_ms": s["e2e_s"].median * 1e3,
-        # llama-bench's pp: prompt tokens per second of the prefill (TTFT); its tg: decode
-        "pp_tps": cell.prompt_tokens / s["ttft_s"].median,
+        # llama-bench's pp: prompt tokens per second of the prefill (TTFT; a batch: all its
+        # sequences' prompt tokens); its tg: decode of one sequence, and of the whole batch
+        "pp_tps": cell.prompt_tokens * cell.batch / s["ttft_s"].median,
         "tg_tps": s["decode_tps"].median,
         "tg_tps_total": s["decode_tps"].median * cell.batch,
         "steady_rss_mb": m.steady_rss_bytes / 1e6 if m.steady_rss_bytes else None,
         "peak_rss_mb": m.peak_rss_bytes / 1e6 if m.peak_rss_bytes else None,
         "first_divergence": m.first_divergence,
+        "batch_divergence": min(m.batch_divergence) if m.batch_divergence else None,
         "warnings": warnings,
     }
 

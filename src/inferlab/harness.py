@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ContextManager
 
 from .engines.base import Engine
@@ -19,10 +19,11 @@ def argmax(logits) -> int:
 
 @dataclass
 class Generation:
-    tokens: list[int]
-    ttft_s: float  # prefill + first argmax
-    itl_s: list[float]  # N-1 gaps between consecutive new tokens
+    tokens: list[int]  # the sequence's new tokens (a batch: its first sequence's)
+    ttft_s: float  # prefill + first argmax (a batch: of every sequence)
+    itl_s: list[float]  # N-1 gaps between consecutive new tokens (steps of the whole batch)
     e2e_s: float  # start to the N-th token
+    sequences: list[list[int]] = field(default_factory=list)  # a batch: every sequence's tokens
 
     @property
     def tpot_s(self) -> float:
@@ -42,16 +43,39 @@ def generate(engine: Engine, prompt_ids: list[int], new_tokens: int,
     "decode") wraps each engine call: how profilers label and observe the same loop. With
     after_context the prompt continues the sequence already in the engine's cache (a sweep's
     depth: the context was filled before, untimed) instead of starting a new one."""
-    wrap = around or _nothing
     first_call = engine.append if after_context else engine.prefill
+    return _greedy(lambda: argmax(first_call(prompt_ids)), lambda t: argmax(engine.decode(t)),
+                   new_tokens, around)
+
+
+def generate_batch(engine: Engine, prompts: list[list[int]], new_tokens: int,
+                   after_context: bool = False) -> Generation:
+    """The same loop over a batch of equally long prompts: one engine call per step for every
+    sequence; each sequence's next token is its own row's argmax."""
+    first_call = engine.append_batch if after_context else engine.prefill_batch
+
+    def rows(logits) -> list[int]:
+        return [argmax(row) for row in logits]
+
+    g = _greedy(lambda: rows(first_call(prompts)),
+                lambda tokens: rows(engine.append_batch([[t] for t in tokens])), new_tokens, None)
+    g.sequences = [list(seq) for seq in zip(*g.tokens)]
+    g.tokens = g.sequences[0]
+    return g
+
+
+def _greedy(first: Callable, step: Callable, new_tokens: int,
+            around: Callable[[str], ContextManager] | None) -> Generation:
+    """The loop and its clocks: first() gives the first token(s), step(last) the next."""
+    wrap = around or _nothing
     t0 = clock()
     with wrap("prefill"):
-        token = argmax(first_call(prompt_ids))
+        token = first()
     stamps = [clock()]
     tokens = [token]
     for _ in range(new_tokens - 1):
         with wrap("decode"):
-            token = argmax(engine.decode(token))
+            token = step(token)
         stamps.append(clock())
         tokens.append(token)
     return Generation(
@@ -66,15 +90,21 @@ def _nothing(phase: str) -> ContextManager:
     return contextlib.nullcontext()
 
 
-def generate_timed(engine: Engine, prompt_ids: list[int], new_tokens: int,
+def generate_timed(engine: Engine, prompts: list[list[int]], new_tokens: int,
                    timed: bool = True, after_context: bool = False) -> Generation:
-    """`generate`, with the garbage collector paused in a timed run: a collection inside it
-    would be charged to one token."""
+    """`generate` (one prompt) or `generate_batch` (several), with the garbage collector paused
+    in a timed run: a collection inside it would be charged to one token."""
     gc.collect()
+    if len(prompts) == 1:
+        def run():
+            return generate(engine, prompts[0], new_tokens, after_context=after_context)
+    else:
+        def run():
+            return generate_batch(engine, prompts, new_tokens, after_context=after_context)
     if not timed:
-        return generate(engine, prompt_ids, new_tokens, after_context=after_context)
+        return run()
     gc.disable()
     try:
-        return generate(engine, prompt_ids, new_tokens, after_context=after_context)
+        return run()
     finally:
         gc.enable()

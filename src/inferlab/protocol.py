@@ -39,15 +39,16 @@ class Load:
 
 @dataclass
 class Generate:
-    """One greedy generation of exactly `new_tokens` tokens; `timed` ones run with the garbage
-    collector paused (a collection would be charged to one token). With `context_ids` the
-    cache is filled with them first, untimed, and the prompt continues that sequence (a
-    sweep's depth). `reset_peak` starts the process's peak-memory mark anew (a sweep's cell)."""
+    """One greedy generation of exactly `new_tokens` tokens for each prompt of `prompts` (one:
+    batch 1; several of equal length: a batch); `timed` ones run with the garbage collector
+    paused (a collection would be charged to one token). With `contexts` (one per prompt) the
+    cache is filled with them first, untimed, and each prompt continues its sequence (a sweep's
+    depth). `reset_peak` starts the process's peak-memory mark anew (a sweep's cell)."""
 
-    prompt_ids: list[int]
+    prompts: list[list[int]]
     new_tokens: int
     timed: bool = True
-    context_ids: list[int] = field(default_factory=list)
+    contexts: list[list[int]] = field(default_factory=list)
     reset_peak: bool = False
 
 
@@ -99,7 +100,8 @@ class Loaded:
 @dataclass
 class Generated:
     sample: RunSample
-    tokens: list[int]
+    tokens: list[int]  # a batch: its first sequence's
+    sequences: list[list[int]]  # a batch: every sequence's tokens (empty at batch 1)
     cpu_s: float  # CPU time of the whole worker process (all threads) during the generation
     rss_bytes: int | None  # resident now (VmRSS)
     peak_rss_bytes: int | None  # the process's own high-water mark so far (VmHWM)

@@ -73,6 +73,9 @@ class MethodResult:
     details: dict[str, Any] = field(default_factory=dict)
     # against the reference
     first_divergence: int | None = None  # index of the first token differing (N if none)
+    # a sweep's batch > 1: per sequence, its first token differing from the same method's
+    # tokens for that sequence alone (batch 1); N if none
+    batch_divergence: list[int] | None = None
     quality: dict[str, Any] | None = None
     profile: dict[str, Any] | None = None  # profiling/breakdown.py per phase, sweep, trace
     profile_error: str | None = None

@@ -215,7 +215,7 @@ class Session:
 
     def generate(self, run: MethodRun, timed: bool) -> p.Generated | None:
         """One generation; a timed one is charged with the CPU time other processes took."""
-        request = p.Generate(self.prompt_ids, self.config.new_tokens, timed)
+        request = p.Generate([self.prompt_ids], self.config.new_tokens, timed)
         try:
             with self.phase("timed" if timed else "warmup"):
                 out, others = request_generation(run.worker, request, self.config.timeout_s)

@@ -161,8 +161,10 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
     t0 = time.perf_counter()
     out = out or CellResult(cell=cell)
     out.conditions["before"] = machine.conditions()
-    context, prompt = spec.text.sequence(cell)
-    request = p.Generate(prompt, cell.new_tokens, context_ids=context)
+    sequences = [spec.text.sequence(cell, i) for i in range(cell.batch)]
+    contexts = [c for c, _ in sequences] if cell.depth else []
+    prompts = [q for _, q in sequences]
+    request = p.Generate(prompts, cell.new_tokens, contexts=contexts)
     live: list[MethodResult] = []
     for method in cell.methods:
         r = MethodResult(method=method, status="running", threads=cell.threads)
@@ -173,9 +175,16 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
             continue
         try:
             worker = pool.get(method, cell.threads)
-            first, _ = request_generation(worker, p.Generate(prompt, cell.new_tokens, timed=False,
-                                                             context_ids=context, reset_peak=True),
+            first, _ = request_generation(worker, p.Generate(prompts, cell.new_tokens, timed=False,
+                                                             contexts=contexts, reset_peak=True),
                                           spec.config.timeout_s)
+            if cell.batch > 1:  # batching may change the arithmetic: each sequence alone
+                r.batch_divergence = []
+                for i, (context, prompt) in enumerate(sequences):
+                    alone, _ = request_generation(worker, p.Generate(
+                        [prompt], cell.new_tokens, timed=False, contexts=[context] if cell.depth else []),
+                        spec.config.timeout_s)
+                    r.batch_divergence.append(first_divergence(first.sequences[i], alone.tokens))
         except WorkerError as e:
             _fail(r, e, pool, cell)
             continue
@@ -448,7 +457,7 @@ def _judge_quality(results: RunResults, model: ModelRef, config: SweepConfig, po
 CSV_COLUMNS = ("model", "method", "test", "n_prompt", "n_gen", "n_depth", "n_threads", "n_batch",
                "status", "runs", "pp_tps", "tg_tps", "tg_tps_total", "ttft_ms", "ttft_ms_lo",
                "ttft_ms_hi", "tpot_ms", "tpot_ms_lo", "tpot_ms_hi", "e2e_ms", "steady_rss_mb",
-               "peak_rss_mb", "first_divergence", "warnings", "error")
+               "peak_rss_mb", "first_divergence", "batch_divergence", "warnings", "error")
 
 
 def write_cells_csv(results: RunResults, folder: str) -> str:

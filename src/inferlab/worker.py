@@ -86,19 +86,23 @@ class Worker:
 
         if request.reset_peak:
             reset_peak_memory()
-        if request.context_ids:  # untimed, and outside the engine's own counters
-            self.engine.prefill(request.context_ids)
+        contexts = [c for c in request.contexts if c]
+        if contexts:  # untimed, and outside the engine's own counters
+            if len(contexts) == 1:
+                self.engine.prefill(contexts[0])
+            else:
+                self.engine.prefill_batch(contexts)
         self.engine.reset_counters()
         cpu0 = time.process_time()  # the whole process, every thread
-        g = generate_timed(self.engine, request.prompt_ids, request.new_tokens, request.timed,
-                           after_context=bool(request.context_ids))
+        g = generate_timed(self.engine, request.prompts, request.new_tokens, request.timed,
+                           after_context=bool(contexts))
         cpu_s = time.process_time() - cpu0
         counters = self.engine.counters()
         rss, hwm = process_memory()
         from .results import RunSample
 
         return p.Generated(sample=RunSample(ttft_s=g.ttft_s, e2e_s=g.e2e_s, itl_s=g.itl_s),
-                           tokens=g.tokens, cpu_s=cpu_s, rss_bytes=rss, peak_rss_bytes=hwm,
+                           tokens=g.tokens, sequences=g.sequences, cpu_s=cpu_s, rss_bytes=rss, peak_rss_bytes=hwm,
                            counters=counters)
 
     def on_evaluate(self, request: p.Evaluate) -> p.Evaluated:

@@ -64,6 +64,17 @@ class Engine(ABC):
         context already in the cache: a sweep's depth); return the next-token logits (1-D)."""
         raise EngineUnsupported(f"{self.name} cannot continue a sequence with several tokens")
 
+    # a batch (engines whose max_batch > 1): sequences of equal length, so no padding
+    def prefill_batch(self, sequences: list[list[int]]) -> Any:
+        """Start len(sequences) new sequences at once; return the logits [batch, vocabulary]
+        of each one's last position."""
+        raise EngineUnsupported(f"{self.name} decodes one sequence at a time")
+
+    def append_batch(self, sequences: list[list[int]]) -> Any:
+        """Continue every sequence of the batch with its row of tokens (one token each: a
+        decode step); return the logits [batch, vocabulary] of each one's last position."""
+        raise EngineUnsupported(f"{self.name} decodes one sequence at a time")
+
     def reset_counters(self) -> None:
         """Zero the engine's own performance counters, if it keeps any (before a generation)."""
 

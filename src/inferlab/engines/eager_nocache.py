@@ -12,20 +12,30 @@ class EagerNoCache(TorchEngine):
     summary = "PyTorch fp32, no KV cache: each step reruns the whole sequence (original baseline)"
     steps_are_full_forwards = True
 
+    max_batch = 256
+
     @torch.inference_mode()
     def _last_logits(self, all_logits=False):
         # logits_to_keep=1: only the last position goes through the LM head, as in kv-cache
-        out = self.model(input_ids=torch.tensor([self.ids]), use_cache=False,
+        out = self.model(input_ids=torch.tensor(self.rows), use_cache=False,
                          logits_to_keep=0 if all_logits else 1)
-        return out.logits[0] if all_logits else out.logits[0, -1]
+        return out.logits if all_logits else out.logits[:, -1]
 
     def prefill(self, token_ids, all_logits=False):
-        self.ids = list(token_ids)
-        return self._last_logits(all_logits)
+        self.rows = [list(token_ids)]
+        return self._last_logits(all_logits)[0]
 
     def decode(self, token_id):
-        return self.append([token_id])
+        return self.append_batch([[token_id]])[0]
 
     def append(self, token_ids):
-        self.ids.extend(int(t) for t in token_ids)
+        return self.append_batch([token_ids])[0]
+
+    def prefill_batch(self, sequences):
+        self.rows = [list(s) for s in sequences]
+        return self._last_logits()
+
+    def append_batch(self, sequences):
+        for row, more in zip(self.rows, sequences):
+            row.extend(int(t) for t in more)
         return self._last_logits()

@@ -10,6 +10,7 @@ from .torch_engine import TorchEngine
 class KVCache(TorchEngine):
     name = "kv-cache"
     summary = "PyTorch fp32 with the KV cache (the reference for correctness and quality)"
+    max_batch = 256
 
     @torch.inference_mode()
     def prefill(self, token_ids, all_logits=False):
@@ -19,13 +20,22 @@ class KVCache(TorchEngine):
         self.past = out.past_key_values
         return out.logits[0] if all_logits else out.logits[0, -1]
 
-    @torch.inference_mode()
     def decode(self, token_id):
-        return self.append([token_id])
+        return self.append_batch([[token_id]])[0]
+
+    def append(self, token_ids):
+        return self.append_batch([token_ids])[0]
+
+    # a batch: one input row per sequence, all of one length (no padding, no attention mask)
+    @torch.inference_mode()
+    def prefill_batch(self, sequences):
+        out = self.model(input_ids=torch.tensor(sequences), use_cache=True, logits_to_keep=1)
+        self.past = out.past_key_values
+        return out.logits[:, -1]
 
     @torch.inference_mode()
-    def append(self, token_ids):
-        out = self.model(input_ids=torch.tensor([[int(t) for t in token_ids]]),
-                         past_key_values=self.past, use_cache=True, logits_to_keep=1)
+    def append_batch(self, sequences):
+        out = self.model(input_ids=torch.tensor(sequences), past_key_values=self.past,
+                         use_cache=True, logits_to_keep=1)
         self.past = out.past_key_values
-        return out.logits[0, -1]
+        return out.logits[:, -1]

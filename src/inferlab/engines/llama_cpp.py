@@ -36,6 +36,7 @@ def source_gguf(ref) -> str:
 
 class LlamaCpp(Engine):
     gguf_type: ClassVar[str]  # the llama.cpp type this method runs
+    max_batch = 16  # sequences of one context (n_seq_max), CONTEXT slots each
 
     @classmethod
     def applies_to(cls, model) -> bool:
@@ -84,47 +85,76 @@ class LlamaCpp(Engine):
         self.model = lib.llama_model_load_from_file(self.path.encode(), mparams)
         if not self.model:
             raise EngineError(f"llama.cpp could not load {self.path}")
+        self.n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self.model))
+        self.ctx, self.sequences = None, 0
+        self._context(1)
+
+    def _context(self, sequences: int) -> None:
+        """A context (and a llama_batch) for `sequences` sequences of CONTEXT slots each;
+        made anew only when a batch needs more sequences than the one there."""
+        lib = self.lib
+        if self.ctx and self.sequences >= sequences:
+            return
+        if self.ctx:
+            lib.llama_free(self.ctx)
+            lib.llama_batch_free(self.batch)
         cparams = lib.llama_context_default_params()
-        cparams.n_ctx = cparams.n_batch = CONTEXT
+        cparams.n_ctx = cparams.n_batch = CONTEXT * sequences
+        cparams.n_seq_max = sequences
         cparams.n_threads = cparams.n_threads_batch = self.threads
         cparams.no_perf = False  # keep llama.cpp's own clocks: the witness of ours
         self.ctx = lib.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             raise EngineError("llama.cpp could not create a context")
-        self.n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self.model))
-        self.batch = lib.llama_batch_init(CONTEXT, 0, 1)
-        self.length = 0
+        self.batch = lib.llama_batch_init(CONTEXT * sequences, 0, 1)
+        self.sequences, self.length = sequences, 0
 
-    def _run(self, tokens: list[int], all_logits: bool) -> np.ndarray:
-        lib, b, n = self.lib, self.batch, len(tokens)
+    def _run(self, rows: list[list[int]], all_logits: bool = False) -> np.ndarray:
+        """One llama_decode for every sequence (rows of equal length, sequence s = row s);
+        logits [rows, vocab] of each row's last token, or [tokens, vocab] of one row's all."""
+        lib, b, n = self.lib, self.batch, len(rows[0])
         if self.length + n > CONTEXT:
             raise EngineError(f"sequence longer than llama.cpp's context of {CONTEXT} tokens")
-        for i, t in enumerate(tokens):
-            b.token[i] = int(t)
-            b.pos[i] = self.length + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = all_logits or i == n - 1
-        b.n_tokens = n
+        k = 0
+        for s, row in enumerate(rows):
+            for i, t in enumerate(row):
+                b.token[k] = int(t)
+                b.pos[k] = self.length + i
+                b.n_seq_id[k] = 1
+                b.seq_id[k][0] = s
+                b.logits[k] = all_logits or i == n - 1
+                k += 1
+        b.n_tokens = k
         rc = lib.llama_decode(self.ctx, b)
         if rc != 0:
             raise EngineError(f"llama_decode returned {rc}")
         self.length += n
-        rows = range(n) if all_logits else [n - 1]
-        out = np.stack([np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, i),
-                                              shape=(self.n_vocab,)) for i in rows])
-        return out if all_logits else out[0].copy()
+        wanted = range(n) if all_logits else [(s + 1) * n - 1 for s in range(len(rows))]
+        return np.stack([np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, i),
+                                               shape=(self.n_vocab,)) for i in wanted])
 
-    def prefill(self, token_ids, all_logits=False):
+    def _clear(self) -> None:
         self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
         self.length = 0
-        return self._run(list(token_ids), all_logits)
+
+    def prefill(self, token_ids, all_logits=False):
+        self._clear()
+        out = self._run([list(token_ids)], all_logits)
+        return out if all_logits else out[0].copy()
 
     def decode(self, token_id):
-        return self._run([int(token_id)], False)
+        return self._run([[int(token_id)]])[0].copy()
 
     def append(self, token_ids):
-        return self._run(list(token_ids), False)
+        return self._run([list(token_ids)])[0].copy()
+
+    def prefill_batch(self, sequences):
+        self._context(len(sequences))
+        self._clear()
+        return self._run([list(s) for s in sequences])
+
+    def append_batch(self, sequences):
+        return self._run([list(s) for s in sequences])
 
     def reset_counters(self) -> None:
         self.lib.llama_perf_context_reset(self.ctx)

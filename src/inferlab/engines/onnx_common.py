@@ -169,6 +169,7 @@ class OrtEngine(Engine):
     (model path, threads, profile prefix) and offers prefill/decode."""
 
     driver: ClassVar[type]
+    max_batch = 256  # the exported graph's batch axis (a driver without one says 1)
 
     @abstractmethod
     def artifact(self) -> tuple[str, bool]:
@@ -195,6 +196,12 @@ class OrtEngine(Engine):
     def append(self, token_ids):
         return self.ort.append(token_ids)
 
+    def prefill_batch(self, sequences):
+        return self.ort.prefill_batch(sequences)
+
+    def append_batch(self, sequences):
+        return self.ort.append_batch(sequences)
+
     @cached_property
     def graph_stats(self) -> dict:
         """Initializer bytes, op counts and lookup-only bytes of the graph, kept when it was
@@ -218,22 +225,24 @@ class OrtCausalLM:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def _empty_past(self) -> dict[str, np.ndarray]:
+    def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
         past = {}
         for inp in self.past_inputs:
-            # shape like [batch, heads, past_len, head_dim]: symbolic dims -> 1 (batch) / 0 (len)
+            # shape like [batch, heads, past_len, head_dim]: symbolic dims -> batch / 0 (len)
             shape = [d if isinstance(d, int) else 0 for d in inp.shape]
-            shape[0] = 1
+            shape[0] = batch
             past[inp.name] = np.zeros(shape, dtype=np.float32)
         return past
 
-    def _run(self, ids: list[int], past: dict, keep_all: bool = False) -> np.ndarray:
-        n = len(ids)
-        feeds = {"input_ids": np.asarray([ids], dtype=np.int64)}
+    def _run(self, rows: list[list[int]], past: dict, keep_all: bool = False) -> np.ndarray:
+        """One call for every sequence (rows of equal length); logits [batch, positions, vocab]."""
+        batch, n = len(rows), len(rows[0])
+        feeds = {"input_ids": np.asarray(rows, dtype=np.int64)}
         if "attention_mask" in self.input_names:
-            feeds["attention_mask"] = np.ones((1, self.length + n), dtype=np.int64)
+            feeds["attention_mask"] = np.ones((batch, self.length + n), dtype=np.int64)
         if "position_ids" in self.input_names:
-            feeds["position_ids"] = np.arange(self.length, self.length + n, dtype=np.int64)[None]
+            positions = np.arange(self.length, self.length + n, dtype=np.int64)
+            feeds["position_ids"] = np.repeat(positions[None], batch, axis=0)
         if LOGITS_TO_KEEP in self.input_names:
             feeds[LOGITS_TO_KEEP] = np.asarray([0 if keep_all else 1], dtype=np.int64)
         feeds.update(past)
@@ -245,15 +254,22 @@ class OrtCausalLM:
             if name.startswith("present")
         }
         self.length += n
-        return named["logits"][0]
+        return named["logits"]
 
     def prefill(self, ids: list[int], all_logits: bool = False) -> np.ndarray:
         self.length = 0
-        logits = self._run(list(ids), self._empty_past(), keep_all=all_logits)
+        logits = self._run([list(ids)], self._empty_past(1), keep_all=all_logits)[0]
         return logits if all_logits else logits[-1]
 
     def decode(self, token_id: int) -> np.ndarray:
-        return self._run([int(token_id)], self.past)[-1]
+        return self._run([[int(token_id)]], self.past)[0, -1]
 
     def append(self, ids: list[int]) -> np.ndarray:
-        return self._run([int(t) for t in ids], self.past)[-1]
+        return self._run([[int(t) for t in ids]], self.past)[0, -1]
+
+    def prefill_batch(self, sequences: list[list[int]]) -> np.ndarray:
+        self.length = 0
+        return self._run([list(s) for s in sequences], self._empty_past(len(sequences)))[:, -1]
+
+    def append_batch(self, sequences: list[list[int]]) -> np.ndarray:
+        return self._run([list(s) for s in sequences], self.past)[:, -1]

@@ -81,6 +81,7 @@ class OnnxInt4(OrtEngine):
                "head, int8 compute; Llama-architecture models")
     layer_bits = 4
     driver = FusedOrtDecoder
+    max_batch = 1  # the graph's KV buffers are built for one sequence
 
     @classmethod
     def applies_to(cls, model) -> bool:

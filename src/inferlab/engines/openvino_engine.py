@@ -57,6 +57,7 @@ class OpenVino(Engine):
     weight_format: ClassVar[str]  # optimum-cli's --weight-format
     export_args: ClassVar[tuple[str, ...]] = ()
     variant: ClassVar[str]  # names the export in the cache key
+    max_batch = 256  # the stateful model's batch axis (beam_idx keeps each row's state)
 
     def artifact(self) -> tuple[str, bool]:
         tag = (f"{self.variant}-ov{metadata.version('openvino')}"
@@ -97,28 +98,38 @@ class OpenVino(Engine):
         self.inputs = {i.get_any_name() for i in self.compiled.inputs}
         self.length = 0
 
-    def _run(self, ids: list[int], keep_all: bool) -> np.ndarray:
-        n = len(ids)
-        feeds = {"input_ids": np.asarray([ids], np.int64),
-                 "attention_mask": np.ones((1, self.length + n), np.int64),
-                 "position_ids": np.arange(self.length, self.length + n, dtype=np.int64)[None],
-                 "beam_idx": np.zeros(1, np.int32),
+    def _run(self, rows: list[list[int]], keep_all: bool) -> np.ndarray:
+        """One call for every sequence (rows of equal length); logits [batch, positions, vocab]."""
+        batch, n = len(rows), len(rows[0])
+        positions = np.arange(self.length, self.length + n, dtype=np.int64)
+        feeds = {"input_ids": np.asarray(rows, np.int64),
+                 "attention_mask": np.ones((batch, self.length + n), np.int64),
+                 "position_ids": np.repeat(positions[None], batch, axis=0),
+                 "beam_idx": np.arange(batch, dtype=np.int32),  # each row keeps its own state
                  LOGITS_TO_KEEP: np.asarray([0 if keep_all else 1], np.int64)}
         self.request.infer({k: v for k, v in feeds.items() if k in self.inputs})
         self.length += n
-        return self.request.get_tensor("logits").data[0].copy()
+        return self.request.get_tensor("logits").data.copy()
 
     def prefill(self, token_ids, all_logits=False):
         self.request.reset_state()  # a new sequence: the KV state starts empty
         self.length = 0
-        logits = self._run(list(token_ids), all_logits)
+        logits = self._run([list(token_ids)], all_logits)[0]
         return logits if all_logits else logits[-1]
 
     def decode(self, token_id):
-        return self._run([int(token_id)], False)[-1]
+        return self._run([[int(token_id)]], False)[0, -1]
 
     def append(self, token_ids):
-        return self._run([int(t) for t in token_ids], False)[-1]
+        return self._run([[int(t) for t in token_ids]], False)[0, -1]
+
+    def prefill_batch(self, sequences):
+        self.request.reset_state()
+        self.length = 0
+        return self._run([list(s) for s in sequences], False)[:, -1]
+
+    def append_batch(self, sequences):
+        return self._run([list(s) for s in sequences], False)[:, -1]
 
     def info(self) -> dict:
         import openvino as ov

@@ -39,6 +39,7 @@ def builder_transformers_version() -> str:
 
 class OrtGenAI(Engine):
     precision: ClassVar[str]  # the builder's --precision
+    max_batch = 256  # GeneratorParams' batch_size
 
     def artifact(self) -> tuple[str, bool]:
         tag = (f"{self.precision}-genai{metadata.version('onnxruntime-genai')}"
@@ -80,12 +81,17 @@ class OrtGenAI(Engine):
         self.slots = min(defaults.KV_SLOTS, context)  # GenAI refuses a longer max_length
         self.generator = None
 
-    def prefill(self, token_ids, all_logits=False):
-        # a generator per sequence, as a served request gets: its KV buffers (self.slots long,
-        # shared between past and present) are allocated here, inside TTFT
+    def _start(self, batch: int) -> None:
+        # a generator per sequence (or batch), as a served request gets: its KV buffers
+        # (self.slots long per sequence, shared between past and present) are allocated here,
+        # inside TTFT
         params = self.og.GeneratorParams(self.model)
-        params.set_search_options(max_length=self.slots, do_sample=False)
+        params.set_search_options(max_length=self.slots, do_sample=False, batch_size=batch)
         self.generator = self.og.Generator(self.model, params)
+        self.batch = batch
+
+    def prefill(self, token_ids, all_logits=False):
+        self._start(1)
         self.generator.append_tokens([list(token_ids)])
         if all_logits:  # the builder's graph computes the LM head on every prompt position
             return np.asarray(self.generator.get_output("logits"))[0].copy()
@@ -95,8 +101,31 @@ class OrtGenAI(Engine):
         return self.append([token_id])
 
     def append(self, token_ids):
-        self.generator.append_tokens([[int(t) for t in token_ids]])
-        return np.asarray(self.generator.get_logits()).reshape(-1).copy()
+        return self.append_batch([token_ids])[0]
+
+    def prefill_batch(self, sequences):
+        self._start(len(sequences))
+        self.generator.append_tokens(np.asarray(sequences, dtype=np.int32))
+        return self._batch_logits()
+
+    def append_batch(self, sequences):
+        if self.batch == 1:
+            self.generator.append_tokens(np.asarray(sequences, dtype=np.int32))
+            return self._batch_logits()
+        # GenAI takes a batch's tokens once; after that its generator appends its own greedy
+        # choice (generate_next_token), which must be the one the harness made from the logits
+        if any(len(s) != 1 for s in sequences):
+            raise EngineUnsupported("ONNX Runtime GenAI takes a batch's tokens once: a context "
+                                    "(depth) before a batch's prompts is not possible")
+        self.generator.generate_next_token()
+        chosen = np.asarray(self.generator.get_next_tokens()).reshape(-1).tolist()
+        if chosen != [int(s[0]) for s in sequences]:
+            raise EngineError(f"ONNX Runtime GenAI's greedy tokens {chosen} differ from the "
+                              f"harness's {[s[0] for s in sequences]} (a tie in the logits?)")
+        return self._batch_logits()
+
+    def _batch_logits(self) -> np.ndarray:
+        return np.asarray(self.generator.get_logits()).reshape(self.batch, -1).copy()
 
     def info(self) -> dict:
         stats = read_graph_stats(self.folder)

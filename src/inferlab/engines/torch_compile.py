@@ -45,6 +45,7 @@ def private_inductor_cache() -> str:
 class TorchCompile(KVCache):
     name = "torch-compile"
     summary = "PyTorch fp32, static KV cache, decode step compiled by torch.compile (inductor)"
+    max_batch = 1  # its static cache and compiled step hold one sequence
 
     def load(self) -> None:
         super().load()
