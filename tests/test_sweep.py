@@ -172,6 +172,7 @@ def test_resume_refuses_another_sweep_or_model(tiny_models, tmp_path, capsys):
     (["--threads", "1,100000"], "--threads must be between 1 and"),
     (["--methods", "kv-cache,warp-drive"], "unknown method"),
     (["--min-time", "inf"], "finite"),
+    (["--batch", "4000000", "--new-tokens", "2", "--prompt-tokens", "1"], "would need up to"),
 ])
 def test_bad_sweep_inputs_exit_2_with_one_line(tiny_models, args, message, tmp_path, capsys):
     assert run_cli("sweep", "--model", tiny_models["llama"], "--output", tmp_path / "s", "--quiet",
@@ -228,3 +229,35 @@ def test_methods_take_turns_in_a_rotating_order(tiny_refs):
     assert [m for m, _ in calls[3:]] == list("abc" "bca" "cab")
     assert all(timed for _, timed in calls[3:])
     assert all(len(m.runs) == 3 and m.ok for m in result.methods)
+
+
+def _row(method, **figures):
+    base = {"method": method, "n_prompt": 32, "n_gen": 32, "n_depth": 0, "n_threads": 2, "n_batch": 1,
+            "e2e_ms": 100.0, "tpot_ms": 3.0}
+    return {**base, **figures}
+
+
+def test_crossovers_name_where_the_fastest_method_changes():
+    from inferlab.derive_cells import crossovers
+
+    rows = [_row("a", n_prompt=32, e2e_ms=100), _row("b", n_prompt=32, e2e_ms=150),
+            _row("a", n_prompt=512, e2e_ms=600), _row("b", n_prompt=512, e2e_ms=450),
+            _row("a", n_prompt=1024, e2e_ms=1400), _row("b", n_prompt=1024, e2e_ms=700)]
+    (sentence,) = crossovers(rows, excluded=set())
+    assert sentence.startswith("a is fastest end to end up to 32 prompt tokens; from 512, b")
+    assert crossovers(rows, excluded={"b"}) == []  # a method that failed the gate never wins
+    rows[2]["e2e_ms"] = 400  # a still wins at 512: the crossover moves
+    assert crossovers(rows, excluded=set())[0].startswith("a is fastest end to end up to 512")
+
+
+@pytest.mark.parametrize("gain, knee", [(0.099, True), (0.101, False)])
+def test_the_batch_knee_is_where_the_next_batch_adds_less_than_the_threshold(gain, knee):
+    from inferlab import defaults
+    from inferlab.derive_cells import knees
+
+    assert defaults.KNEE_GAIN == 0.10
+    rows = [_row("a", n_batch=1, tg_tps_total=100.0), _row("a", n_batch=2, tg_tps_total=180.0),
+            _row("a", n_batch=4, tg_tps_total=180.0 * (1 + gain))]
+    (sentence,) = knees(rows)
+    assert ("stops growing at batch 2" in sentence) == knee
+    assert ("still grows at batch 4" in sentence) == (not knee)

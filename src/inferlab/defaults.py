@@ -66,6 +66,7 @@ SWEEP_METHODS = ("kv-cache", "eager-nocache")
 # --- `inferlab sweep` (sweep.py): the axes' defaults ------------------------------------------
 SWEEP_PROMPT_TOKENS = (32, 512)
 SWEEP_NEW_TOKENS = 32
+KNEE_GAIN = 0.10  # a batch whose next size adds less total decode throughput than this: the knee
 
 # --- bottleneck verdict (profiling/roofline.py) --------------------------------------------
 VERDICT_MEMORY_BOUND = 0.6  # decode efficiency at or above this: memory-bound near the floor

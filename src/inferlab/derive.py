@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from . import defaults
 from .analysis import comparisons
-from .derive_cells import cell_rows, crossovers
+from .derive_cells import cell_rows, crossovers, knees
 from .profiling.roofline import ceiling_warnings, rooflines, sweep_growth, verdict
 from .stats import summarize, too_few_runs
 
@@ -47,7 +47,7 @@ def derive(results) -> dict:
     if results.cells:
         rows = cell_rows(results)
         failed = {m.method for m in results.methods if verdict_of(m) == "FAIL"}
-        out.update(cells=rows, crossovers=crossovers(rows, failed))
+        out.update(cells=rows, crossovers=crossovers(rows, failed), knees=knees(rows))
         out["warnings"] += [w for r in rows for w in r["warnings"]]
         out["warnings"] += [f"{r['method']} [{r['key']}]: {r['status']}: {r['error']}"
                             for r in rows if r["status"] not in ("ok", "skipped")]

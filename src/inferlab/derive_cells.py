@@ -63,6 +63,36 @@ def _figures(m, cell) -> dict:
     }
 
 
+def knees(rows: list[dict]) -> list[str]:
+    """Per method and workload, the batch size where total decode throughput stops growing:
+    the first batch after which the next one adds less than defaults.KNEE_GAIN."""
+    from . import defaults
+
+    measured = [r for r in rows if r.get("tg_tps_total") is not None]
+    held = ("method", "n_prompt", "n_gen", "n_depth", "n_threads")
+    out = []
+
+    def key(r):
+        return tuple(r[a] for a in held)
+
+    for fixed, group in groupby(sorted(measured, key=key), key=key):
+        line = sorted((r["n_batch"], r["tg_tps_total"]) for r in group)
+        if len(line) < 2:
+            continue
+        where = ", ".join(f"{a} {v}" for a, v in zip(held[1:], fixed[1:]))
+        knee = next((b for (b, t), (_, t_next) in zip(line, line[1:])
+                     if t_next < t * (1 + defaults.KNEE_GAIN)), None)
+        if knee is None:
+            out.append(f"{fixed[0]}: total decode throughput still grows at batch {line[-1][0]} "
+                       f"({line[-1][1]:.0f} tok/s; {where})")
+        else:
+            best = max(line, key=lambda bt: bt[1])
+            out.append(f"{fixed[0]}: total decode throughput stops growing at batch {knee} "
+                       f"(the next batch adds less than {defaults.KNEE_GAIN:.0%}; best {best[1]:.0f} "
+                       f"tok/s at batch {best[0]}; {where})")
+    return out
+
+
 def crossovers(rows: list[dict], excluded: set[str]) -> list[str]:
     """Sentences naming, along each swept axis with the other axes held, where the fastest
     method changes: 'pp…: native-int4 is fastest end to end up to 512 prompt tokens; from

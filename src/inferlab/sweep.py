@@ -25,7 +25,7 @@ from .analysis import first_divergence
 from .checks import check_output_location, context_window
 from .config import RunConfig
 from .engines import default_methods, engine_class, engine_path, has_prepare
-from .models import ModelRef, parameter_count, resolve
+from .models import ModelRef, architecture, parameter_count, resolve
 from .probe import ProbeProcess
 from .progress import SweepProgress
 from .results import Cell, CellResult, MethodResult, RunResults, ResultsError, load, save
@@ -90,6 +90,23 @@ class SweepConfig(RunConfig):
                     else f"the {defaults.KV_SLOTS} KV slots engines reserve")
             raise ValueError(f"--depth {max(self.depth_list)} + --prompt-tokens {max(self.prompt_token_list)} "
                              f"+ --new-tokens {max(self.new_token_list)} = {longest} tokens exceed {what}")
+
+    def check_memory(self, model: ModelRef, available: int | None) -> None:
+        """Refuse, before loading, a sweep whose largest cell cannot fit: every method of a
+        thread count is loaded at once, each with at most fp32 weights and an fp32 KV cache for
+        every sequence of the largest batch at the longest length (an upper bound)."""
+        arch = architecture(model.path)
+        if not arch or not available:
+            return
+        longest = max(self.depth_list) + max(self.prompt_token_list) + max(self.new_token_list)
+        kv = 2 * arch["layers"] * arch["kv_heads"] * arch["head_dim"] * 4 * longest * max(self.batch_list)
+        need = len(self.methods) * (arch["parameters"] * 4 + kv)
+        if need > available:
+            raise ValueError(
+                f"--batch {max(self.batch_list)} at {longest} tokens would need up to {need / 2**30:.1f} GiB "
+                f"({len(self.methods)} methods x ({arch['parameters'] * 4 / 2**30:.2f} GiB of fp32 weights "
+                f"+ {kv / 2**30:.2f} GiB of KV cache)) and {available / 2**30:.1f} GiB are available: "
+                "use a smaller --batch, shorter sequences or fewer methods")
 
     def identity(self) -> dict:
         """What a resumed sweep must share with the folder it resumes: its cells and how each
@@ -304,6 +321,7 @@ def _run_sweep(config: SweepConfig, show, progress_factory, prober, t0) -> tuple
     if config.methods == list(defaults.DEFAULT_METHODS):
         config.methods = default_methods(model)
     config.check_lengths(model)
+    config.check_memory(model, machine.conditions().get("memory_available_bytes"))
     text, source = _prompt_text(config)
     spec = CellSpec(model, text_tokens(load_tokenizer(model.path), text, source), config)
     if config.resume:

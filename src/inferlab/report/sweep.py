@@ -44,7 +44,9 @@ def console_cells(results: RunResults) -> str:
         return "  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip()
 
     lines = [fmt(CELL_COLUMNS), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
-    lines += [""] + [f"crossover: {c}" for c in (results.derived or {}).get("crossovers", [])]
+    derived = results.derived or {}
+    lines += [""] + [f"crossover: {c}" for c in derived.get("crossovers", [])]
+    lines += [f"batch knee: {k}" for k in derived.get("knees", [])]
     return "\n".join(lines).rstrip()
 
 
@@ -73,6 +75,9 @@ def render(results: RunResults, charts: list[str]) -> str:
     crossings = (results.derived or {}).get("crossovers", [])
     parts += ["## Crossovers", ""] + ([f"- {c}" for c in crossings]
                                       or ["- none: the same method is fastest at every point swept"]) + [""]
+    knees = (results.derived or {}).get("knees", [])
+    if knees:
+        parts += ["## Batch: where total throughput stops growing", ""] + [f"- {k}" for k in knees] + [""]
     parts += ["## Cells", "", md_table(CELL_COLUMNS, cell_table_rows(results)), ""]
     parts += quality_section(results)
     sizes = [f"- **{m.method}**: weights {mbytes(m.weight_bytes)} MB, load {m.load_s or 0:.2f} s; "
