@@ -67,3 +67,34 @@ class OneAtATime(_Fake):
 
     def append(self, token_ids):
         return np.zeros(8, dtype=np.float32)
+
+
+class Positional(_Fake):
+    """Its next token is (length + sum of the ids) mod 7 of the sequence in its cache: the
+    tokens show what the cache holds."""
+
+    name = "positional"
+
+    def load(self):
+        self.seq = []
+
+    def _logits(self):
+        out = np.zeros(8, dtype=np.float32)
+        out[(len(self.seq) + sum(self.seq)) % 7] = 1.0
+        return out
+
+    def prefill(self, token_ids, all_logits=False):
+        self.seq = list(token_ids)
+        return self._logits()
+
+    def decode(self, token_id):
+        self.seq.append(int(token_id))
+        return self._logits()
+
+    def append(self, token_ids):
+        self.seq += list(token_ids)
+        return self._logits()
+
+    def rewind(self, length):
+        self.seq = self.seq[:length]
+        return True

@@ -63,6 +63,10 @@ def test_contract(loaded, method, arch):
     engine.prefill(PROMPT[:4])
     continued = np.asarray(engine.append(PROMPT[4:]))
     assert continued.shape == (vocab,) and np.allclose(continued, whole, atol=atol)
+    # a sweep's next run at that depth: back to the context, then the same prompt again
+    engine.decode(argmax(continued))
+    if engine.rewind(4):
+        assert np.allclose(np.asarray(engine.append(PROMPT[4:])), continued, atol=1e-5)
     info = engine.info()
     assert info["weight_bytes"] > 0 and info["file_bytes"] > 0
     assert isinstance(info["details"], dict)
@@ -89,6 +93,9 @@ def test_each_row_of_a_batch_is_its_sequence_alone(loaded, method, arch):
     assert np.allclose(batch_first, alone_first, atol=atol)
     batch_next = np.asarray(engine.append_batch([[argmax(f)] for f in alone_first]))
     assert np.allclose(batch_next, alone_next, atol=atol)
+    if engine.rewind(len(PROMPT)):  # every sequence back to its prompt, then the same step
+        again = np.asarray(engine.append_batch([[argmax(f)] for f in alone_first]))
+        assert np.allclose(again, batch_next, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -92,3 +92,19 @@ def test_llama_cpp_batch_rows_are_their_sequences_alone(smollm2):
     batch_next = engine.append_batch([[argmax(f)] for f in alone_first])
     assert np.allclose(batch_next, alone_next, atol=0.05)
     assert np.allclose(engine.prefill(prompts[1]), alone_first[1], atol=0.05)  # batch 1 again
+
+
+def test_llama_cpp_rewinds_to_a_context(smollm2):
+    import numpy as np
+
+    from inferlab.harness import argmax
+
+    engine = engine_class("llama-cpp-q8_0")(smollm2, threads=2)
+    engine.prepare()
+    engine.load()
+    context, prompt = [1, 504, 3458, 282, 4649, 314, 422, 7552], [314, 253, 1823]
+    engine.prefill(context)
+    first = np.asarray(engine.append(prompt))
+    engine.decode(argmax(first))
+    assert engine.rewind(len(context))
+    assert np.allclose(np.asarray(engine.append(prompt)), first, atol=1e-4)

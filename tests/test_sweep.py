@@ -67,6 +67,7 @@ def test_sweep_end_to_end(tiny_models, tmp_path, capsys, monkeypatch):
                 assert m.status == "skipped" and "one sequence at a time" in m.error
                 continue
             assert m.ok and len(m.runs) == 2 and len(m.tokens) == 3
+            assert m.deterministic  # a depth's context rewound to between runs, not corrupted
             assert m.peak_rss_bytes >= m.steady_rss_bytes > 0
             if m.method != "one-at-a-time":
                 assert m.first_divergence == 3  # the same greedy tokens as kv-cache in this cell
@@ -261,3 +262,15 @@ def test_the_batch_knee_is_where_the_next_batch_adds_less_than_the_threshold(gai
     (sentence,) = knees(rows)
     assert ("stops growing at batch 2" in sentence) == knee
     assert ("still grows at batch 4" in sentence) == (not knee)
+
+
+def test_quality_is_judged_once_per_method_per_sweep(tiny_models, tmp_path):
+    out = tmp_path / "s"
+    assert run_cli("sweep", "--model", tiny_models["llama"], "--methods", "torch-int8,kv-cache",
+                   "--prompt-tokens", "4,8", "--new-tokens", "3", "--repeats", "2", "--min-time", "0",
+                   "--threads", "1", "--max-kl", "0.5", "--quiet", "--output", out) == 0
+    r = load(os.path.join(only_run_folder(out), "results.json"))
+    assert len(r.cells) == 2 and r.quality_setup["reference"] == "kv-cache"
+    for m in r.methods:
+        assert m.ok and m.quality["verdict"] in ("PASS", "FAIL") and m.quality["scored_tokens"] > 0
+    assert r.method("kv-cache").quality["kl_mean"] == pytest.approx(0, abs=1e-6)

@@ -126,3 +126,32 @@ def test_each_engine_loads_only_its_own_framework(tiny_refs, tmp_path, method, t
         assert _maps_torch(worker.pid) is torch_expected
     finally:
         worker.close()
+
+
+def test_a_context_is_rewound_to_between_runs_not_continued(tiny_refs, tmp_path):
+    """The same context twice: the second run starts again right after it (the engine's tokens
+    follow what its cache holds, so a cache left as the first run ended would show)."""
+    worker = WorkerHandle(start("positional", tiny_refs["llama"]), str(tmp_path / "w.log"))
+
+    def tokens(prompt, n, contexts=()):
+        return worker.request(p.Generate([prompt], n, contexts=list(contexts)), 60).tokens
+
+    def alone(ids, n):  # what the engine's rule gives for this sequence from scratch
+        out = []
+        for _ in range(n):
+            out.append((len(ids) + sum(ids)) % 7)
+            ids = ids + [out[-1]]
+        return out
+
+    try:
+        worker.request(p.Load(), 60)
+        first = tokens([9, 9], 4, [[1, 2, 3]])
+        assert first == alone([1, 2, 3, 9, 9], 4)
+        assert tokens([9, 9], 4, [[1, 2, 3]]) == first
+        # another context, then none, then the first again: each time what the cache must hold
+        assert tokens([9, 9], 2, [[1]]) == alone([1, 9, 9], 2)
+        assert tokens([5], 3) == alone([5], 3)
+        assert tokens([9, 9], 2, [[1]]) == alone([1, 9, 9], 2)
+        assert tokens([9, 9], 4, [[1, 2, 3]]) == first
+    finally:
+        worker.close()

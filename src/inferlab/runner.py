@@ -3,7 +3,7 @@ results.json after every step, so that an interrupted or crashing run loses noth
 
 Protocols (METRICS.md "Protocols"):
 - interleaved (default for several methods): every method's worker loads and stays loaded;
-  the runner asks each in turn for one timed generation (A B C A B C ...), so that the
+  the runner asks each in turn for one timed generation (A B C, B C A, C A B ...), so that the
   machine's drift spreads over all methods instead of favouring whichever ran first;
 - sequential: one method at a time, all its runs, then the next.
 Memory stays honest in both: every method is its own process, with its own counters."""
@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import os
 import re
 import shutil
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from . import __version__, defaults, machine, reference_tokens
 from . import protocol as p
@@ -98,6 +100,21 @@ def record_generation(r: MethodResult, out: p.Generated, timed: bool,
     r.timed_wall_s = (r.timed_wall_s or 0.0) + out.sample.e2e_s
     if out.tokens != r.tokens:
         r.deterministic = False
+
+
+def rotating_rounds(items: list, wants_more: Callable[[Any], bool], one_run: Callable[[Any], None],
+                    after_round: Callable[[], None] = lambda: None) -> None:
+    """The interleaved protocol: round after round, one timed generation of each item that
+    still wants runs, the order shifted by one each round (A B C, B C A, C A B ...) so that no
+    method always follows the same neighbour (whose caches and clocks it would inherit)."""
+    for rnd in itertools.count():
+        todo = [x for x in items if wants_more(x)]
+        if not todo:
+            return
+        shift = rnd % len(todo)
+        for x in todo[shift:] + todo[:shift]:
+            one_run(x)
+        after_round()
 
 
 @dataclass
@@ -247,19 +264,17 @@ class Session:
 
     def timed_rounds(self, runs: list[MethodRun]) -> None:
         """Round after round, one timed generation of each method that still needs runs."""
-        rnd = 0
-        while True:
-            todo = [r for r in runs if r.listed and r.live and needs_more_runs(r.result, self.config)]
-            if not todo:
-                return
-            rnd += 1
-            for run in todo:
-                n = len(run.result.runs)
-                self.show(f"{run.method}: timed run {n + 1} (round {rnd}; min "
-                          f"{self.config.min_repeats} runs, {self.config.min_time_s:g} s)")
-                self.generate(run, timed=True)
+        def one(run: MethodRun) -> None:
+            self.show(f"{run.method}: timed run {len(run.result.runs) + 1} (min "
+                      f"{self.config.min_repeats} runs, {self.config.min_time_s:g} s)")
+            self.generate(run, timed=True)
+
+        def after_round() -> None:
             self.score_agreement()
             self.save()
+
+        rotating_rounds(runs, lambda r: r.listed and r.live and needs_more_runs(r.result, self.config),
+                        one, after_round)
 
     def evaluate(self, run: MethodRun) -> None:
         """The quality pass. Its failure leaves the speed figures and says what failed."""

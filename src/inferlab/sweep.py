@@ -29,7 +29,8 @@ from .models import ModelRef, architecture, parameter_count, resolve
 from .probe import ProbeProcess
 from .progress import SweepProgress
 from .results import Cell, CellResult, MethodResult, RunResults, ResultsError, load, save
-from .runner import needs_more_runs, new_results_folder, quality_plan, record_generation, request_generation
+from .runner import (needs_more_runs, new_results_folder, quality_plan, record_generation,
+                     request_generation, rotating_rounds)
 from .worker_handle import WorkerError, WorkerHandle
 from .workload import TextTokens, text_tokens
 
@@ -195,6 +196,9 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
             first, _ = request_generation(worker, p.Generate(prompts, cell.new_tokens, timed=False,
                                                              contexts=contexts, reset_peak=True),
                                           spec.config.timeout_s)
+            for _ in range(spec.config.warmup - 1):  # the first call is the first warm-up run
+                request_generation(worker, p.Generate(prompts, cell.new_tokens, timed=False,
+                                                      contexts=contexts), spec.config.timeout_s)
             if cell.batch > 1:  # batching may change the arithmetic: each sequence alone
                 r.batch_divergence = []
                 for i, (context, prompt) in enumerate(sequences):
@@ -208,19 +212,15 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
         r.first_call_s, r.tokens, r.deterministic = first.sample.e2e_s, first.tokens, True
         r.steady_rss_bytes, r.peak_rss_bytes = first.rss_bytes, first.peak_rss_bytes
         live.append(r)
-    for rnd in itertools.count():
-        todo = [r for r in live if r.status == "running" and needs_more_runs(r, spec.config)]
-        if not todo:
-            break
-        shift = rnd % len(todo)
-        for r in todo[shift:] + todo[:shift]:
-            try:
-                reply, others = request_generation(pool.get(r.method, cell.threads), request,
-                                                   spec.config.timeout_s)
-            except WorkerError as e:
-                _fail(r, e, pool, cell)
-                continue
-            record_generation(r, reply, True, others)
+    def one_run(r: MethodResult) -> None:
+        try:
+            reply, others = request_generation(pool.get(r.method, cell.threads), request,
+                                               spec.config.timeout_s)
+        except WorkerError as e:
+            return _fail(r, e, pool, cell)
+        record_generation(r, reply, True, others)
+
+    rotating_rounds(live, lambda r: r.status == "running" and needs_more_runs(r, spec.config), one_run)
     for r in out.methods:
         if r.status == "running":
             r.status = "ok"

@@ -59,6 +59,7 @@ class Worker:
 
         self.start = start
         self.engine = import_engine(start.engine)(start.model, start.threads)
+        self.filled: list[list[int]] | None = None  # the contexts the cache starts with
 
     def handle(self, request):
         handler = getattr(self, "on_" + type(request).__name__.lower())
@@ -88,10 +89,9 @@ class Worker:
             reset_peak_memory()
         contexts = [c for c in request.contexts if c]
         if contexts:  # untimed, and outside the engine's own counters
-            if len(contexts) == 1:
-                self.engine.prefill(contexts[0])
-            else:
-                self.engine.prefill_batch(contexts)
+            self.fill(contexts)
+        else:
+            self.filled = None  # this generation's prefill replaces the cache
         self.engine.reset_counters()
         cpu0 = time.process_time()  # the whole process, every thread
         g = generate_timed(self.engine, request.prompts, request.new_tokens, request.timed,
@@ -105,16 +105,30 @@ class Worker:
                            tokens=g.tokens, sequences=g.sequences, cpu_s=cpu_s, rss_bytes=rss, peak_rss_bytes=hwm,
                            counters=counters)
 
+    def fill(self, contexts: list[list[int]]) -> None:
+        """Put the contexts in the cache: by rewinding to them when the cache already starts
+        with them (the same cell's previous run), else by a prefill."""
+        if contexts == self.filled and self.engine.rewind(len(contexts[0])):
+            return
+        self.filled = None  # a failure below leaves no claim on the cache
+        if len(contexts) == 1:
+            self.engine.prefill(contexts[0])
+        else:
+            self.engine.prefill_batch(contexts)
+        self.filled = contexts
+
     def on_evaluate(self, request: p.Evaluate) -> p.Evaluated:
         from .quality import evaluate
 
         progress("quality: perplexity, KL, top-1 and greedy agreement against the reference")
+        self.filled = None
         return p.Evaluated(quality=evaluate(self.engine, request.plan, request.is_reference))
 
     def on_profile(self, request: p.Profile) -> p.Profiled:
         from .profiling.run import profile_engine
 
         progress("profiling: loading")
+        self.filled = None
         self.engine.load()
         data = profile_engine(self.engine, self.start.method, request, progress)
         return p.Profiled(profile=data, info=self.info())

@@ -64,6 +64,12 @@ class Engine(ABC):
         context already in the cache: a sweep's depth); return the next-token logits (1-D)."""
         raise EngineUnsupported(f"{self.name} cannot continue a sequence with several tokens")
 
+    def rewind(self, length: int) -> bool:
+        """Keep the first `length` tokens of the current sequence(s) and drop the rest, as if
+        only those had been given (a sweep's depth: the context is filled once per cell, not
+        once per run). False when the engine cannot: the caller fills the context again."""
+        return False
+
     # a batch (engines whose max_batch > 1): sequences of equal length, so no padding
     def prefill_batch(self, sequences: list[list[int]]) -> Any:
         """Start len(sequences) new sequences at once; return the logits [batch, vocabulary]

@@ -31,6 +31,10 @@ class EagerNoCache(TorchEngine):
     def append(self, token_ids):
         return self.append_batch([token_ids])[0]
 
+    def rewind(self, length):
+        self.rows = [row[:length] for row in self.rows]
+        return True
+
     def prefill_batch(self, sequences):
         self.rows = [list(s) for s in sequences]
         return self._last_logits()

@@ -26,6 +26,10 @@ class KVCache(TorchEngine):
     def append(self, token_ids):
         return self.append_batch([token_ids])[0]
 
+    def rewind(self, length):
+        self.past.crop(length)  # transformers' DynamicCache: every layer's keys and values
+        return True
+
     # a batch: one input row per sequence, all of one length (no padding, no attention mask)
     @torch.inference_mode()
     def prefill_batch(self, sequences):

@@ -148,6 +148,11 @@ class LlamaCpp(Engine):
     def append(self, token_ids):
         return self._run([list(token_ids)])[0].copy()
 
+    def rewind(self, length):
+        self.lib.llama_memory_seq_rm(self.lib.llama_get_memory(self.ctx), -1, length, -1)
+        self.length = length
+        return True
+
     def prefill_batch(self, sequences):
         self._context(len(sequences))
         self._clear()

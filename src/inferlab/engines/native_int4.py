@@ -76,6 +76,9 @@ class NativeInt4(Engine):
         self.clock["decode_tokens"] += 1
         return logits
 
+    def rewind(self, length):
+        return self.decoder.rewind(length)
+
     def append(self, token_ids):
         self._book("decode")
         logits = self.decoder.append(token_ids)

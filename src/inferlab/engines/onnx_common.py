@@ -196,6 +196,9 @@ class OrtEngine(Engine):
     def append(self, token_ids):
         return self.ort.append(token_ids)
 
+    def rewind(self, length):
+        return self.ort.rewind(length)
+
     def prefill_batch(self, sequences):
         return self.ort.prefill_batch(sequences)
 
@@ -266,6 +269,11 @@ class OrtCausalLM:
 
     def append(self, ids: list[int]) -> np.ndarray:
         return self._run([[int(t) for t in ids]], self.past)[0, -1]
+
+    def rewind(self, length: int) -> bool:
+        self.past = {name: value[:, :, :length] for name, value in self.past.items()}
+        self.length = length
+        return True
 
     def prefill_batch(self, sequences: list[list[int]]) -> np.ndarray:
         self.length = 0

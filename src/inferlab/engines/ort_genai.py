@@ -103,6 +103,12 @@ class OrtGenAI(Engine):
     def append(self, token_ids):
         return self.append_batch([token_ids])[0]
 
+    def rewind(self, length):
+        if self.batch > 1:  # GenAI rewinds a batch to 0 only
+            return False
+        self.generator.rewind_to(length)
+        return True
+
     def prefill_batch(self, sequences):
         self._start(len(sequences))
         self.generator.append_tokens(np.asarray(sequences, dtype=np.int32))

@@ -102,6 +102,12 @@ class TorchCompile(KVCache):
             return self._forward(self.ids, 0, 1)[-1]
         return self._forward(self.ids[start:], start, 1)[-1]
 
+    def rewind(self, length):
+        # slots past `length` are written again before they are read: attention is masked by
+        # the cache positions given with each call
+        self.ids = self.ids[:length]
+        return True
+
     def details(self) -> dict:  # read after load, before any sequence: the set-up, not its state
         return {**super().details(), "compiled": "decode step (torch.compile, inductor)",
                 "static_cache": f"{MIN_CACHE_SLOTS} positions, doubled when a sequence outgrows "

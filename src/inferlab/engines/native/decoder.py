@@ -285,5 +285,9 @@ class NativeDecoder:
     def decode(self, token_id: int) -> np.ndarray:
         return self._run([int(token_id)], False)[-1]
 
+    def rewind(self, length: int) -> bool:
+        self.length = length  # later slots are overwritten before they are read
+        return True
+
     def append(self, ids: list[int]) -> np.ndarray:
         return self._run([int(t) for t in ids], False)[-1]
