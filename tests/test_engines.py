@@ -242,8 +242,8 @@ def test_methods_with_a_conversion_step_are_known_from_the_engine():
 @pytest.mark.parametrize("method", ["onnx", "onnx-int8"])
 def test_onnx_prefill_runs_the_lm_head_on_the_last_position_only(loaded, method):
     ort = loaded(method, "llama").ort
-    last = ort._run(PROMPT, ort._empty_past())
-    every = ort._run(PROMPT, ort._empty_past(), keep_all=True)
+    last = ort._run([PROMPT], ort._empty_past(1))[0]
+    every = ort._run([PROMPT], ort._empty_past(1), keep_all=True)[0]
     assert last.shape == (1, 320) and every.shape == (len(PROMPT), 320)
     assert np.allclose(last[0], every[-1], atol=1e-4)
     assert loaded(method, "llama").info()["details"]["lm_head_last_position_only"]

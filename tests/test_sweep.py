@@ -260,8 +260,9 @@ def test_the_batch_knee_is_where_the_next_batch_adds_less_than_the_threshold(gai
     rows = [_row("a", n_batch=1, tg_tps_total=100.0), _row("a", n_batch=2, tg_tps_total=180.0),
             _row("a", n_batch=4, tg_tps_total=180.0 * (1 + gain))]
     (sentence,) = knees(rows)
-    assert ("stops growing at batch 2" in sentence) == knee
-    assert ("still grows at batch 4" in sentence) == (not knee)
+    assert sentence.startswith("a: total decode throughput")
+    assert ("stops growing at batch 2 at pp32 tg32 d0 t2" in sentence) == knee
+    assert ("still grows at the largest batch (4) in 1 workload" in sentence) == (not knee)
 
 
 def test_quality_is_judged_once_per_method_per_sweep(tiny_models, tmp_path):

@@ -120,12 +120,15 @@ def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = 
     g = p.add_argument_group("measuring protocol")
     g.add_argument("--warmup", type=_number(int, 0, "an integer"), default=defaults.DEFAULT_WARMUP,
                    help=f"untimed generations before timing (default {defaults.DEFAULT_WARMUP})")
-    g.add_argument("--repeats", type=_positive_int, default=defaults.DEFAULT_MIN_REPEATS,
-                   help=f"minimum timed runs (default {defaults.DEFAULT_MIN_REPEATS})")
+    repeats = defaults.SWEEP_MIN_REPEATS if sweep else defaults.DEFAULT_MIN_REPEATS
+    min_time = defaults.SWEEP_MIN_TIME_S if sweep else defaults.DEFAULT_MIN_TIME_S
+    g.add_argument("--repeats", type=_positive_int, default=repeats,
+                   help=f"minimum timed runs{' per cell' if sweep else ''} (default {repeats})")
     g.add_argument("--max-repeats", type=_positive_int, default=defaults.DEFAULT_MAX_REPEATS,
                    help=f"cap on timed runs (default {defaults.DEFAULT_MAX_REPEATS})")
-    g.add_argument("--min-time", type=_non_negative_float, default=defaults.DEFAULT_MIN_TIME_S,
-                   help=f"minimum timed seconds per method (default {defaults.DEFAULT_MIN_TIME_S:g})")
+    g.add_argument("--min-time", type=_non_negative_float, default=min_time,
+                   help=f"minimum timed seconds per method{' and cell' if sweep else ''} "
+                        f"(default {min_time:g})")
     g.add_argument("--protocol", choices=defaults.PROTOCOLS, default=defaults.DEFAULT_PROTOCOL,
                    help="interleaved (default): every method stays loaded and the methods take "
                         "turns, one timed run each, so the machine's drift spreads over all; "

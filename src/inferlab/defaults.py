@@ -66,6 +66,10 @@ SWEEP_METHODS = ("kv-cache", "eager-nocache")
 # --- `inferlab sweep` (sweep.py): the axes' defaults ------------------------------------------
 SWEEP_PROMPT_TOKENS = (32, 512)
 SWEEP_NEW_TOKENS = 32
+# a sweep measures many cells: fewer timed runs per method and cell than a run (5 runs, 5 s);
+# measured on the issue's 16-cell sweep of 4 methods (2 cores), 5 runs and 5 s took 28.7 minutes
+SWEEP_MIN_REPEATS = 3
+SWEEP_MIN_TIME_S = 1.0
 KNEE_GAIN = 0.10  # a batch whose next size adds less total decode throughput than this: the knee
 
 # --- bottleneck verdict (profiling/roofline.py) --------------------------------------------

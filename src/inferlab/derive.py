@@ -48,6 +48,9 @@ def derive(results) -> dict:
         rows = cell_rows(results)
         failed = {m.method for m in results.methods if verdict_of(m) == "FAIL"}
         out.update(cells=rows, crossovers=crossovers(rows, failed), knees=knees(rows))
+        asked = (results.config or {}).get("min_repeats", defaults.WARN_MIN_SAMPLES)
+        if w := too_few_runs(asked, "every cell asks for"):
+            out["warnings"].append(w)
         out["warnings"] += [w for r in rows for w in r["warnings"]]
         out["warnings"] += [f"{r['method']} [{r['key']}]: {r['status']}: {r['error']}"
                             for r in rows if r["status"] not in ("ok", "skipped")]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from itertools import groupby
 
-from .stats import median_interval, summarize, too_few_runs
+from .stats import median_interval, summarize
 
 # the axes a crossover is looked for along, and the figure that ranks methods there:
 # end to end over prompt lengths; the decode step over context depth and thread count
@@ -17,6 +17,7 @@ AXES = ("n_prompt", "n_gen", "n_depth", "n_threads", "n_batch")
 
 
 def cell_rows(results) -> list[dict]:
+    asked = (results.config or {}).get("min_repeats", 0)
     rows = []
     for c in results.cells:
         cell = c.cell
@@ -26,19 +27,19 @@ def cell_rows(results) -> list[dict]:
                    "n_threads": cell.threads, "n_batch": cell.batch, "status": m.status,
                    "error": m.error, "runs": len(m.runs), "warnings": []}
             if m.ok and m.runs:
-                row.update(_figures(m, cell))
+                row.update(_figures(m, cell, asked))
             rows.append(row)
     return rows
 
 
-def _figures(m, cell) -> dict:
+def _figures(m, cell, asked: int) -> dict:
     ttft, tpot = m.samples("ttft_s"), m.samples("tpot_s")
     s = {name: summarize(m.samples(name), f"{m.method} {name} [{cell.key}]")
          for name in ("ttft_s", "tpot_s", "e2e_s", "decode_tps")}
     ttft_ci, tpot_ci = median_interval(ttft), median_interval(tpot)
     warnings = [w for name in ("ttft_s", "tpot_s", "e2e_s") for w in s[name].warnings]
-    if w := too_few_runs(len(m.runs), f"{m.method} [{cell.key}]"):
-        warnings.append(w)
+    if len(m.runs) < asked:  # fewer than --repeats asked (the sweep says once if that is few)
+        warnings.append(f"{m.method} [{cell.key}]: {len(m.runs)} timed runs of the {asked} asked")
     changed = [(i, d) for i, d in enumerate(m.batch_divergence or []) if d < cell.new_tokens]
     if changed:
         warnings.append(f"{m.method} [{cell.key}]: batching changed the greedy tokens of "
@@ -64,32 +65,38 @@ def _figures(m, cell) -> dict:
 
 
 def knees(rows: list[dict]) -> list[str]:
-    """Per method and workload, the batch size where total decode throughput stops growing:
-    the first batch after which the next one adds less than defaults.KNEE_GAIN."""
+    """Per method, where total decode throughput stops growing with the batch: in each
+    workload (the other axes held), the first batch after which the next one adds less than
+    defaults.KNEE_GAIN. One sentence per method."""
     from . import defaults
 
     measured = [r for r in rows if r.get("tg_tps_total") is not None]
-    held = ("method", "n_prompt", "n_gen", "n_depth", "n_threads")
+    held = ("n_prompt", "n_gen", "n_depth", "n_threads")
     out = []
-
-    def key(r):
-        return tuple(r[a] for a in held)
-
-    for fixed, group in groupby(sorted(measured, key=key), key=key):
-        line = sorted((r["n_batch"], r["tg_tps_total"]) for r in group)
-        if len(line) < 2:
-            continue
-        where = ", ".join(f"{a} {v}" for a, v in zip(held[1:], fixed[1:]))
-        knee = next((b for (b, t), (_, t_next) in zip(line, line[1:])
-                     if t_next < t * (1 + defaults.KNEE_GAIN)), None)
-        if knee is None:
-            out.append(f"{fixed[0]}: total decode throughput still grows at batch {line[-1][0]} "
-                       f"({line[-1][1]:.0f} tok/s; {where})")
-        else:
-            best = max(line, key=lambda bt: bt[1])
-            out.append(f"{fixed[0]}: total decode throughput stops growing at batch {knee} "
-                       f"(the next batch adds less than {defaults.KNEE_GAIN:.0%}; best {best[1]:.0f} "
-                       f"tok/s at batch {best[0]}; {where})")
+    for method in dict.fromkeys(r["method"] for r in measured):
+        found, growing = [], []
+        mine = sorted((r for r in measured if r["method"] == method), key=lambda r: [r[a] for a in held])
+        for fixed, group in groupby(mine, key=lambda r: tuple(r[a] for a in held)):
+            line = sorted((r["n_batch"], r["tg_tps_total"]) for r in group)
+            if len(line) < 2:
+                continue
+            where = "pp{} tg{} d{} t{}".format(*fixed)
+            knee = next((b for (b, t), (_, t_next) in zip(line, line[1:])
+                         if t_next < t * (1 + defaults.KNEE_GAIN)), None)
+            if knee is None:
+                growing.append((line[-1][0], line[-1][1]))
+            else:
+                found.append(f"batch {knee} at {where} ({max(t for _, t in line):.0f} tok/s at best)")
+        parts = []
+        if found:
+            parts.append("stops growing at " + "; ".join(found))
+        if growing:
+            rates = [t for _, t in growing]
+            parts.append(f"still grows at the largest batch ({max(b for b, _ in growing)}) in "
+                         f"{len(growing)} workload{'s' if len(growing) > 1 else ''} "
+                         f"({min(rates):.0f}-{max(rates):.0f} tok/s there)")
+        if parts:
+            out.append(f"{method}: total decode throughput " + "; ".join(parts))
     return out
 
 

@@ -11,12 +11,13 @@ follows the same neighbour."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from . import __version__, defaults, machine
@@ -52,6 +53,9 @@ class SweepConfig(RunConfig):
     thread_list: list[int] = field(default_factory=lambda: [defaults.default_threads()])
     batch_list: list[int] = field(default_factory=lambda: [1])
     resume: str | None = None
+
+    min_repeats: int = defaults.SWEEP_MIN_REPEATS
+    min_time_s: float = defaults.SWEEP_MIN_TIME_S
 
     def __post_init__(self):
         self.new_tokens = max(self.new_token_list)
@@ -174,16 +178,27 @@ class WorkerPool:
 
 def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult | None = None) -> CellResult:
     """One cell, every method: a first call each (untimed, its peak memory mark reset), then
-    rounds of one timed generation per method in rotating order until each has its runs. Fills
-    `out` as it goes (what an interrupted cell measured stays in it)."""
+    rounds of one timed generation per method in rotating order until each has its runs, then
+    (batch > 1) each sequence alone. Fills `out` as it goes (what an interrupted cell measured
+    stays in it)."""
     t0 = time.perf_counter()
     out = out or CellResult(cell=cell)
     out.conditions["before"] = machine.conditions()
     sequences = [spec.text.sequence(cell, i) for i in range(cell.batch)]
     contexts = [c for c, _ in sequences] if cell.depth else []
-    prompts = [q for _, q in sequences]
-    request = p.Generate(prompts, cell.new_tokens, contexts=contexts)
-    live: list[MethodResult] = []
+    request = p.Generate([q for _, q in sequences], cell.new_tokens, contexts=contexts)
+    first_calls: dict[str, p.Generated] = {}
+
+    def ask(r: MethodResult, message: p.Generate):
+        """The method's worker's answer; None when it failed (recorded in r)."""
+        try:
+            return request_generation(pool.get(r.method, cell.threads), message, spec.config.timeout_s)
+        except WorkerError as e:
+            r.status, r.error = e.status, e.message
+            if e.status != "skipped":
+                pool.drop(r.method, cell.threads, e)
+            return None
+
     for method in cell.methods:
         r = MethodResult(method=method, status="running", threads=cell.threads)
         out.methods.append(r)
@@ -191,36 +206,40 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
             r.status, r.error = "skipped", (f"batch {cell.batch}: {method} decodes one sequence at "
                                             "a time (no batched decode for this engine yet)")
             continue
-        try:
-            worker = pool.get(method, cell.threads)
-            first, _ = request_generation(worker, p.Generate(prompts, cell.new_tokens, timed=False,
-                                                             contexts=contexts, reset_peak=True),
-                                          spec.config.timeout_s)
-            for _ in range(spec.config.warmup - 1):  # the first call is the first warm-up run
-                request_generation(worker, p.Generate(prompts, cell.new_tokens, timed=False,
-                                                      contexts=contexts), spec.config.timeout_s)
-            if cell.batch > 1:  # batching may change the arithmetic: each sequence alone
-                r.batch_divergence = []
-                for i, (context, prompt) in enumerate(sequences):
-                    alone, _ = request_generation(worker, p.Generate(
-                        [prompt], cell.new_tokens, timed=False, contexts=[context] if cell.depth else []),
-                        spec.config.timeout_s)
-                    r.batch_divergence.append(first_divergence(first.sequences[i], alone.tokens))
-        except WorkerError as e:
-            _fail(r, e, pool, cell)
+        answer = ask(r, replace(request, timed=False, reset_peak=True))
+        if answer is None:
             continue
+        first_calls[method] = first = answer[0]
         r.first_call_s, r.tokens, r.deterministic = first.sample.e2e_s, first.tokens, True
-        r.steady_rss_bytes, r.peak_rss_bytes = first.rss_bytes, first.peak_rss_bytes
-        live.append(r)
-    def one_run(r: MethodResult) -> None:
-        try:
-            reply, others = request_generation(pool.get(r.method, cell.threads), request,
-                                               spec.config.timeout_s)
-        except WorkerError as e:
-            return _fail(r, e, pool, cell)
-        record_generation(r, reply, True, others)
+        r.peak_rss_bytes = first.peak_rss_bytes
+        for _ in range(spec.config.warmup - 1):  # the first call is the first warm-up run
+            if (answer := ask(r, replace(request, timed=False))) is None:
+                break
+        r.steady_rss_bytes = answer[0].rss_bytes if answer else None
 
-    rotating_rounds(live, lambda r: r.status == "running" and needs_more_runs(r, spec.config), one_run)
+    def one_run(r: MethodResult) -> None:
+        answer = ask(r, request)
+        if answer is not None:
+            reply, others = answer
+            record_generation(r, reply, True, others)
+
+    rotating_rounds(out.methods, lambda r: r.status == "running" and needs_more_runs(r, spec.config),
+                    one_run)
+    # batching may change the arithmetic: at each batch size (once, at the sweep's largest
+    # thread count), every sequence generated alone, after the timed runs (its contexts would
+    # otherwise replace the batch's in the cache)
+    if cell.batch > 1 and cell.threads == spec.config.threads:
+        for r in out.methods:
+            if r.status != "running":
+                continue
+            r.batch_divergence = []
+            for i, (context, prompt) in enumerate(sequences):
+                alone = ask(r, p.Generate([prompt], cell.new_tokens, timed=False,
+                                          contexts=[context] if cell.depth else []))
+                if alone is None:
+                    break
+                r.batch_divergence.append(first_divergence(first_calls[r.method].sequences[i],
+                                                           alone[0].tokens))
     for r in out.methods:
         if r.status == "running":
             r.status = "ok"
@@ -232,12 +251,6 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
     out.conditions["after"] = machine.conditions()
     out.status, out.seconds = "complete", time.perf_counter() - t0
     return out
-
-
-def _fail(r: MethodResult, e: WorkerError, pool: WorkerPool, cell: Cell) -> None:
-    r.status, r.error = e.status, e.message
-    if e.status != "skipped":
-        pool.drop(r.method, cell.threads, e)
 
 
 class LocalExecutor:
@@ -352,20 +365,23 @@ def _run_sweep(config: SweepConfig, show, progress_factory, prober, t0) -> tuple
     os.makedirs(workdir)
     pool = WorkerPool(model, logdir, config.timeout_s)
 
-    def charge(phase: str, since: float) -> None:
-        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - since
+    @contextlib.contextmanager
+    def phase(name: str):  # wall time into results.timings, an interrupted phase included
+        since = time.perf_counter()
+        try:
+            yield
+        finally:
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - since
 
     def probe(when: str) -> None:
-        since = time.perf_counter()
-        results.probes.append({**prober.measure(), "when": when})
-        charge("probes", since)
+        with phase("probes"):
+            results.probes.append({**prober.measure(), "when": when})
 
     try:
         save(results, path)
-        since = time.perf_counter()
-        for m in results.methods:
-            _prepare(m, model, logdir, config.timeout_s)
-        charge("prepare", since)
+        with phase("prepare"):
+            for m in results.methods:
+                _prepare(m, model, logdir, config.timeout_s)
         save(results, path)
         probe("before the measurements")
         progress = progress_factory(len(todo), len(config.cells()) - len(todo))
@@ -377,21 +393,20 @@ def _run_sweep(config: SweepConfig, show, progress_factory, prober, t0) -> tuple
             write_cells_csv(results, folder)
             progress.advance(cell_result)
 
-        since = time.perf_counter()
-        LocalExecutor(pool).run(todo, spec, done, progress.starting)
-        charge("cells", since)
+        with phase("cells"):
+            LocalExecutor(pool).run(todo, spec, done, progress.starting)
         progress.close()
-        if config.quality:
-            since = time.perf_counter()
-            _judge_quality(results, model, config, pool, workdir, show)
-            charge("quality", since)
+        # judged once per sweep: a resumed sweep whose methods all have a verdict keeps them
+        if config.quality and any(m.quality is None for m in results.methods if m.status == "running"):
+            with phase("quality"):
+                _judge_quality(results, model, config, pool, workdir, show)
         probe("after the measurements")
         for m in results.methods:
-            if m.status == "running":
-                m.status = "ok" if any((c.method(m.method) or m).ok for c in results.cells) else "failed"
-                if m.status == "failed" and not m.error:
-                    m.error = next((c.method(m.method).error for c in results.cells
-                                    if c.method(m.method) and c.method(m.method).error), None)
+            if m.status == "running":  # ok where any cell ran it; else failed, with a reason
+                measured = [c.method(m.method) for c in results.cells if c.method(m.method)]
+                m.status = "ok" if any(r.ok for r in measured) else "failed"
+                if not m.ok:
+                    m.error = next((r.error for r in measured if r.error), None)
         results.status = "complete"
     except KeyboardInterrupt:
         results.status = "interrupted"

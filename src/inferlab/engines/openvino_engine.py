@@ -123,6 +123,19 @@ class OpenVino(Engine):
     def append(self, token_ids):
         return self._run([[int(t) for t in token_ids]], False)[0, -1]
 
+    def rewind(self, length):
+        """Cut every KV state variable ([batch, heads, positions, head dim]) to `length`
+        positions; False (fill again) if a state is not laid out that way."""
+        import openvino as ov
+
+        states = self.request.query_state()
+        if any(len(s.state.shape) != 4 or s.state.shape[2] != self.length for s in states):
+            return False
+        for state in states:
+            state.state = ov.Tensor(np.ascontiguousarray(state.state.data[:, :, :length]))
+        self.length = length
+        return True
+
     def prefill_batch(self, sequences):
         self.request.reset_state()
         self.length = 0
