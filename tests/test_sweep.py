@@ -90,6 +90,10 @@ def test_sweep_end_to_end(tiny_models, tmp_path, capsys, monkeypatch):
                   "sweep_total_vs_batch.png", "sweep_tpot_vs_batch.png"):
         assert os.path.getsize(os.path.join(folder, chart)) > 0
     assert "pp4+tg3 @ d6" in capsys.readouterr().out
+    # redrawn from results.json alone: the same report
+    os.remove(os.path.join(folder, "report.md"))
+    assert run_cli("report", folder) == 0
+    assert open(os.path.join(folder, "report.md")).read() == md
 
 
 def test_a_failing_method_fails_its_cells_and_the_others_go_on(tiny_models, tmp_path, monkeypatch):
@@ -198,7 +202,7 @@ def test_methods_take_turns_in_a_rotating_order(tiny_refs):
     from inferlab import protocol as p
     from inferlab.config import RunConfig
     from inferlab.results import RunSample
-    from inferlab.sweep import CellSpec, measure_cell
+    from inferlab.cells import CellSpec, measure_cell
     from inferlab.workload import TextTokens
 
     calls = []
@@ -275,3 +279,25 @@ def test_quality_is_judged_once_per_method_per_sweep(tiny_models, tmp_path):
     for m in r.methods:
         assert m.ok and m.quality["verdict"] in ("PASS", "FAIL") and m.quality["scored_tokens"] > 0
     assert r.method("kv-cache").quality["kl_mean"] == pytest.approx(0, abs=1e-6)
+
+
+def test_progress_is_a_line_per_cell_off_a_terminal_and_nothing_when_quiet():
+    import io
+
+    from inferlab.progress import SweepProgress
+    from inferlab.results import CellResult, MethodResult
+
+    def result(key_prompt, seconds, status="ok"):
+        return CellResult(cell=Cell(key_prompt, 8), seconds=seconds,
+                          methods=[MethodResult(method="a", status=status)])
+
+    stream = io.StringIO()
+    progress = SweepProgress(total=3, already=1, stream=stream)
+    progress.advance(result(32, 10.0))
+    progress.advance(result(64, 20.0, status="failed"))
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "cell 2/4 pp32+tg8 t1 b1: 10.0 s; ETA 20s"
+    assert lines[1] == "cell 3/4 pp64+tg8 t1 b1: 20.0 s (a failed); ETA 15s"
+    quiet = io.StringIO()
+    SweepProgress(total=3, already=0, quiet=True, stream=quiet).advance(result(32, 1.0))
+    assert quiet.getvalue() == ""

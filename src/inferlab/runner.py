@@ -368,17 +368,24 @@ class Session:
                 m.first_divergence = first_divergence(m.tokens, ref)
 
 
+def read_text(text_file: str | None) -> tuple[str, str]:
+    """(text, source) of --text-file, or CPython's pydoc_data.topics without one. Raises
+    ValueError with one line when the file cannot be read."""
+    from . import quality
+
+    if not text_file:
+        return quality.default_text()
+    try:
+        with open(text_file, encoding="utf-8") as f:
+            return f.read(), text_file
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read --text-file {text_file}: {e}") from None
+
+
 def quality_plan(model: ModelRef, config: RunConfig, workdir: str) -> dict:
     from . import quality
 
-    if config.text_file:
-        try:
-            with open(config.text_file, encoding="utf-8") as f:
-                text, source = f.read(), config.text_file
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"cannot read --text-file {config.text_file}: {e}") from None
-    else:
-        text, source = quality.default_text()
+    text, source = read_text(config.text_file)
     return quality.make_plan(load_tokenizer(model.path), text, source, model.quality_meaningful,
                              workdir, config.chat_template, config.budget())
 

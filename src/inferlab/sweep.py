@@ -1,13 +1,10 @@
 """`inferlab sweep`: every combination of prompt length, new tokens, context depth, threads and
 batch, for every method, measured with the run's protocol and stored as cells.
 
-The seam: a cell (results.Cell) is plain data; `measure_cell` turns one into a CellResult on
-whatever host runs it, with the workers of a `WorkerPool` (one process per method and thread
-count, loaded once and reused across that thread count's cells); an executor only decides
-where and in which order cells run (`LocalExecutor`: here, one after another) and hands each
-result to the driver, which saves it at once. Inside a cell the methods take turns, one timed
-generation each, and the order rotates every round (A B C, B C A, C A B), so no method always
-follows the same neighbour."""
+This is the driver: it checks the configuration, resolves the model, prepares each method,
+hands the cells still to measure to an executor (cells.py: how one cell is measured, on any
+host) and saves each result as it arrives (results.json, cells.csv), then judges quality once
+per method and writes the reports."""
 
 from __future__ import annotations
 
@@ -17,23 +14,23 @@ import itertools
 import os
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 from . import __version__, defaults, machine
 from . import protocol as p
-from .analysis import first_divergence
+from .cells import CellSpec, LocalExecutor, WorkerPool
 from .checks import check_output_location, context_window
 from .config import RunConfig
 from .engines import default_methods, engine_class, engine_path, has_prepare
 from .models import ModelRef, architecture, parameter_count, resolve
 from .probe import ProbeProcess
 from .progress import SweepProgress
+from .report.cells_csv import write_cells_csv
 from .results import Cell, CellResult, MethodResult, RunResults, ResultsError, load, save
-from .runner import (needs_more_runs, new_results_folder, quality_plan, record_generation,
-                     request_generation, rotating_rounds)
+from .runner import new_results_folder, quality_plan, read_text
 from .worker_handle import WorkerError, WorkerHandle
-from .workload import TextTokens, text_tokens
+from .workload import text_tokens
 
 # rough costs for --dry-run's estimate (SmolLM2 on two cores, between the fastest and the
 # slowest default methods): per prompt or context token, per new token, per load
@@ -122,166 +119,7 @@ class SweepConfig(RunConfig):
         return d
 
 
-# --- measuring a cell (runs wherever the cell is sent) ----------------------------------------
-@dataclass
-class CellSpec:
-    """What measuring any cell needs beyond the cell itself: plain data, like the cell."""
-
-    model: ModelRef
-    text: TextTokens
-    config: RunConfig  # repeats, minimum time, timeout
-
-
-class WorkerPool:
-    """This host's loaded workers, one process per (method, threads). A load failure is kept
-    and answered again, so a broken method is not reloaded for every cell."""
-
-    def __init__(self, model: ModelRef, logdir: str, timeout_s: float):
-        self.model, self.logdir, self.timeout_s = model, logdir, timeout_s
-        self.workers: dict[tuple[str, int], WorkerHandle] = {}
-        self.loaded: dict[tuple[str, int], p.Loaded] = {}
-        self.failures: dict[tuple[str, int], WorkerError] = {}
-
-    def get(self, method: str, threads: int) -> WorkerHandle:
-        key = (method, threads)
-        if key in self.failures:
-            raise self.failures[key]
-        if key not in self.workers:
-            self.release(keep_threads=threads)  # one thread count loaded at a time: memory
-            start = p.Start(method=method, engine=engine_path(method), model=self.model, threads=threads)
-            worker = WorkerHandle(start, os.path.join(self.logdir, f"{method}-t{threads}.log"))
-            try:
-                self.loaded[key] = worker.request(p.Load(), self.timeout_s)
-            except WorkerError as e:
-                worker.kill()
-                self.failures[key] = e
-                raise
-            self.workers[key] = worker
-        return self.workers[key]
-
-    def drop(self, method: str, threads: int, error: WorkerError) -> None:
-        """A worker that failed mid-cell is gone (or unusable): later cells get its error."""
-        worker = self.workers.pop((method, threads), None)
-        if worker is not None:
-            worker.kill()
-        self.failures[(method, threads)] = error
-
-    def release(self, keep_threads: int | None = None) -> None:
-        for key in [k for k in self.workers if k[1] != keep_threads]:
-            self.workers.pop(key).close()
-
-    def close(self) -> None:
-        for worker in self.workers.values():
-            worker.kill()
-        self.workers.clear()
-
-
-def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult | None = None) -> CellResult:
-    """One cell, every method: a first call each (untimed, its peak memory mark reset), then
-    rounds of one timed generation per method in rotating order until each has its runs, then
-    (batch > 1) each sequence alone. Fills `out` as it goes (what an interrupted cell measured
-    stays in it)."""
-    t0 = time.perf_counter()
-    out = out or CellResult(cell=cell)
-    out.conditions["before"] = machine.conditions()
-    sequences = [spec.text.sequence(cell, i) for i in range(cell.batch)]
-    contexts = [c for c, _ in sequences] if cell.depth else []
-    request = p.Generate([q for _, q in sequences], cell.new_tokens, contexts=contexts)
-    first_calls: dict[str, p.Generated] = {}
-
-    def ask(r: MethodResult, message: p.Generate):
-        """The method's worker's answer; None when it failed (recorded in r)."""
-        try:
-            return request_generation(pool.get(r.method, cell.threads), message, spec.config.timeout_s)
-        except WorkerError as e:
-            r.status, r.error = e.status, e.message
-            if e.status != "skipped":
-                pool.drop(r.method, cell.threads, e)
-            return None
-
-    for method in cell.methods:
-        r = MethodResult(method=method, status="running", threads=cell.threads)
-        out.methods.append(r)
-        if cell.batch > engine_class(method).max_batch:
-            r.status, r.error = "skipped", (f"batch {cell.batch}: {method} decodes one sequence at "
-                                            "a time (no batched decode for this engine yet)")
-            continue
-        answer = ask(r, replace(request, timed=False, reset_peak=True))
-        if answer is None:
-            continue
-        first_calls[method] = first = answer[0]
-        r.first_call_s, r.tokens, r.deterministic = first.sample.e2e_s, first.tokens, True
-        r.peak_rss_bytes = first.peak_rss_bytes
-        for _ in range(spec.config.warmup - 1):  # the first call is the first warm-up run
-            if (answer := ask(r, replace(request, timed=False))) is None:
-                break
-        r.steady_rss_bytes = answer[0].rss_bytes if answer else None
-
-    def one_run(r: MethodResult) -> None:
-        answer = ask(r, request)
-        if answer is not None:
-            reply, others = answer
-            record_generation(r, reply, True, others)
-
-    rotating_rounds(out.methods, lambda r: r.status == "running" and needs_more_runs(r, spec.config),
-                    one_run)
-    # batching may change the arithmetic: at each batch size (once, at the sweep's largest
-    # thread count), every sequence generated alone, after the timed runs (its contexts would
-    # otherwise replace the batch's in the cache)
-    if cell.batch > 1 and cell.threads == spec.config.threads:
-        for r in out.methods:
-            if r.status != "running":
-                continue
-            r.batch_divergence = []
-            for i, (context, prompt) in enumerate(sequences):
-                alone = ask(r, p.Generate([prompt], cell.new_tokens, timed=False,
-                                          contexts=[context] if cell.depth else []))
-                if alone is None:
-                    break
-                r.batch_divergence.append(first_divergence(first_calls[r.method].sequences[i],
-                                                           alone[0].tokens))
-    for r in out.methods:
-        if r.status == "running":
-            r.status = "ok"
-    reference = out.method(defaults.REFERENCE_METHOD)
-    if reference is not None and reference.ok:
-        for r in out.methods:
-            if r.ok:
-                r.first_divergence = first_divergence(r.tokens, reference.tokens)
-    out.conditions["after"] = machine.conditions()
-    out.status, out.seconds = "complete", time.perf_counter() - t0
-    return out
-
-
-class LocalExecutor:
-    """Runs cells here, one after another, in the order given (grouped by thread count)."""
-
-    def __init__(self, pool: WorkerPool):
-        self.pool = pool
-
-    def run(self, cells: list[Cell], spec: CellSpec, done: Callable[[CellResult], None],
-            starting: Callable[[Cell], None] = lambda cell: None) -> None:
-        for cell in cells:
-            starting(cell)
-            result = CellResult(cell=cell)
-            try:
-                measure_cell(cell, spec, self.pool, result)
-            except KeyboardInterrupt:
-                result.status = "interrupted"
-                for m in result.methods:
-                    if m.status == "running":
-                        m.status = "interrupted"
-                done(result)
-                raise
-            done(result)
-
-
 # --- the driver ------------------------------------------------------------------------------
-def plan(config: SweepConfig) -> list[Cell]:
-    config.validate()
-    return config.cells()
-
-
 def estimate_seconds(config: SweepConfig, cells: list[Cell]) -> float:
     """An order of magnitude for --dry-run (ESTIMATE_* above): each method's first call, its
     timed runs (at least --repeats and --min-time) and a load per thread count."""
@@ -335,7 +173,7 @@ def _run_sweep(config: SweepConfig, show, progress_factory, prober, t0) -> tuple
         config.methods = default_methods(model)
     config.check_lengths(model)
     config.check_memory(model, machine.conditions().get("memory_available_bytes"))
-    text, source = _prompt_text(config)
+    text, source = read_text(config.text_file)
     spec = CellSpec(model, text_tokens(load_tokenizer(model.path), text, source), config)
     if config.resume:
         results = resumed_results(config, model)
@@ -419,18 +257,6 @@ def _run_sweep(config: SweepConfig, show, progress_factory, prober, t0) -> tuple
     return results, folder
 
 
-def _prompt_text(config: SweepConfig) -> tuple[str, str]:
-    from . import quality
-
-    if config.text_file:
-        try:
-            with open(config.text_file, encoding="utf-8") as f:
-                return f.read(), config.text_file
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"cannot read --text-file {config.text_file}: {e}") from None
-    return quality.default_text()
-
-
 def _prepare(m: MethodResult, model: ModelRef, logdir: str, timeout_s: float) -> None:
     """A method's one-time conversion in a process of its own (as in a run)."""
     if not has_prepare(m.method):
@@ -484,26 +310,3 @@ def _judge_quality(results: RunResults, model: ModelRef, config: SweepConfig, po
             continue
         if record is not None:
             record.quality = out.quality
-
-
-# --- cells.csv -------------------------------------------------------------------------------
-CSV_COLUMNS = ("model", "method", "test", "n_prompt", "n_gen", "n_depth", "n_threads", "n_batch",
-               "status", "runs", "pp_tps", "tg_tps", "tg_tps_total", "ttft_ms", "ttft_ms_lo",
-               "ttft_ms_hi", "tpot_ms", "tpot_ms_lo", "tpot_ms_hi", "e2e_ms", "steady_rss_mb",
-               "peak_rss_mb", "first_divergence", "batch_divergence", "warnings", "error")
-
-
-def write_cells_csv(results: RunResults, folder: str) -> str:
-    """One row per cell and method, llama-bench-like columns; numbers from derived["cells"]."""
-    import csv
-
-    path = os.path.join(folder, "cells.csv")
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for row in (results.derived or {}).get("cells", []):
-            writer.writerow({k: row.get(k) for k in CSV_COLUMNS}
-                            | {"model": results.model.get("name"), "warnings": " | ".join(row["warnings"])})
-    os.replace(tmp, path)
-    return path

@@ -125,9 +125,13 @@ class OpenVino(Engine):
 
     def rewind(self, length):
         """Cut every KV state variable ([batch, heads, positions, head dim]) to `length`
-        positions; False (fill again) if a state is not laid out that way."""
+        positions; False (fill again) if a state is not laid out that way, or when the plugin
+        keeps the cache compressed: reading a u8 cache out and writing it back quantizes it
+        again (measured on SmolLM2: logits up to 0.5-0.7 off a fresh fill; 0.0 in f32)."""
         import openvino as ov
 
+        if self.compiled.get_property("KV_CACHE_PRECISION").to_string() != "f32":
+            return False
         states = self.request.query_state()
         if any(len(s.state.shape) != 4 or s.state.shape[2] != self.length for s in states):
             return False

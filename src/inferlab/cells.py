@@ -1,0 +1,177 @@
+"""Measuring one sweep cell, wherever it runs: the cell (results.Cell) is plain data in and a
+CellResult out. A `WorkerPool` keeps this host's workers, one process per method and thread
+count, loaded once and reused across that count's cells; `measure_cell` runs the protocol
+inside a cell; an executor decides where and in which order cells run (`LocalExecutor`:
+here, one after another) and hands each result on. A cluster executor would send cells to
+other hosts and change nothing in how a cell is measured or stored."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from . import defaults, machine
+from . import protocol as p
+from .analysis import first_divergence
+from .config import RunConfig
+from .engines import engine_class, engine_path
+from .models import ModelRef
+from .results import Cell, CellResult, MethodResult
+from .runner import needs_more_runs, record_generation, request_generation, rotating_rounds
+from .worker_handle import WorkerError, WorkerHandle
+from .workload import TextTokens
+
+
+@dataclass
+class CellSpec:
+    """What measuring any cell needs beyond the cell itself: plain data, like the cell."""
+
+    model: ModelRef
+    text: TextTokens
+    config: RunConfig  # repeats, minimum time, timeout
+
+
+class WorkerPool:
+    """This host's loaded workers, one process per (method, threads). A load failure is kept
+    and answered again, so a broken method is not reloaded for every cell."""
+
+    def __init__(self, model: ModelRef, logdir: str, timeout_s: float):
+        self.model, self.logdir, self.timeout_s = model, logdir, timeout_s
+        self.workers: dict[tuple[str, int], WorkerHandle] = {}
+        self.loaded: dict[tuple[str, int], p.Loaded] = {}
+        self.failures: dict[tuple[str, int], WorkerError] = {}
+
+    def get(self, method: str, threads: int) -> WorkerHandle:
+        key = (method, threads)
+        if key in self.failures:
+            raise self.failures[key]
+        if key not in self.workers:
+            self.release(keep_threads=threads)  # one thread count loaded at a time: memory
+            start = p.Start(method=method, engine=engine_path(method), model=self.model, threads=threads)
+            worker = WorkerHandle(start, os.path.join(self.logdir, f"{method}-t{threads}.log"))
+            try:
+                self.loaded[key] = worker.request(p.Load(), self.timeout_s)
+            except WorkerError as e:
+                worker.kill()
+                self.failures[key] = e
+                raise
+            self.workers[key] = worker
+        return self.workers[key]
+
+    def drop(self, method: str, threads: int, error: WorkerError) -> None:
+        """A worker that failed mid-cell is gone (or unusable): later cells get its error."""
+        worker = self.workers.pop((method, threads), None)
+        if worker is not None:
+            worker.kill()
+        self.failures[(method, threads)] = error
+
+    def release(self, keep_threads: int | None = None) -> None:
+        for key in [k for k in self.workers if k[1] != keep_threads]:
+            self.workers.pop(key).close()
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            worker.kill()
+        self.workers.clear()
+
+
+def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult | None = None) -> CellResult:
+    """One cell, every method: a first call each (untimed, its peak memory mark reset), then
+    rounds of one timed generation per method in rotating order until each has its runs, then
+    (batch > 1) each sequence alone. Fills `out` as it goes (what an interrupted cell measured
+    stays in it)."""
+    t0 = time.perf_counter()
+    out = out or CellResult(cell=cell)
+    out.conditions["before"] = machine.conditions()
+    sequences = [spec.text.sequence(cell, i) for i in range(cell.batch)]
+    contexts = [c for c, _ in sequences] if cell.depth else []
+    request = p.Generate([q for _, q in sequences], cell.new_tokens, contexts=contexts)
+    first_calls: dict[str, p.Generated] = {}
+
+    def ask(r: MethodResult, message: p.Generate):
+        """The method's worker's answer; None when it failed (recorded in r)."""
+        try:
+            return request_generation(pool.get(r.method, cell.threads), message, spec.config.timeout_s)
+        except WorkerError as e:
+            r.status, r.error = e.status, e.message
+            if e.status != "skipped":
+                pool.drop(r.method, cell.threads, e)
+            return None
+
+    for method in cell.methods:
+        r = MethodResult(method=method, status="running", threads=cell.threads)
+        out.methods.append(r)
+        if cell.batch > engine_class(method).max_batch:
+            r.status, r.error = "skipped", (f"batch {cell.batch}: {method} decodes one sequence at "
+                                            "a time (no batched decode for this engine yet)")
+            continue
+        answer = ask(r, replace(request, timed=False, reset_peak=True))
+        if answer is None:
+            continue
+        first_calls[method] = first = answer[0]
+        r.first_call_s, r.tokens, r.deterministic = first.sample.e2e_s, first.tokens, True
+        r.peak_rss_bytes = first.peak_rss_bytes
+        for _ in range(spec.config.warmup - 1):  # the first call is the first warm-up run
+            if (answer := ask(r, replace(request, timed=False))) is None:
+                break
+        r.steady_rss_bytes = answer[0].rss_bytes if answer else None
+
+    def one_run(r: MethodResult) -> None:
+        answer = ask(r, request)
+        if answer is not None:
+            reply, others = answer
+            record_generation(r, reply, True, others)
+
+    rotating_rounds(out.methods, lambda r: r.status == "running" and needs_more_runs(r, spec.config),
+                    one_run)
+    # batching may change the arithmetic: at each batch size (once, at the sweep's largest
+    # thread count), every sequence generated alone, after the timed runs (its contexts would
+    # otherwise replace the batch's in the cache)
+    if cell.batch > 1 and cell.threads == spec.config.threads:
+        for r in out.methods:
+            if r.status != "running":
+                continue
+            r.batch_divergence = []
+            for i, (context, prompt) in enumerate(sequences):
+                alone = ask(r, p.Generate([prompt], cell.new_tokens, timed=False,
+                                          contexts=[context] if cell.depth else []))
+                if alone is None:
+                    break
+                r.batch_divergence.append(first_divergence(first_calls[r.method].sequences[i],
+                                                           alone[0].tokens))
+    for r in out.methods:
+        if r.status == "running":
+            r.status = "ok"
+    reference = out.method(defaults.REFERENCE_METHOD)
+    if reference is not None and reference.ok:
+        for r in out.methods:
+            if r.ok:
+                r.first_divergence = first_divergence(r.tokens, reference.tokens)
+    out.conditions["after"] = machine.conditions()
+    out.status, out.seconds = "complete", time.perf_counter() - t0
+    return out
+
+
+class LocalExecutor:
+    """Runs cells here, one after another, in the order given (grouped by thread count)."""
+
+    def __init__(self, pool: WorkerPool):
+        self.pool = pool
+
+    def run(self, cells: list[Cell], spec: CellSpec, done: Callable[[CellResult], None],
+            starting: Callable[[Cell], None] = lambda cell: None) -> None:
+        for cell in cells:
+            starting(cell)
+            result = CellResult(cell=cell)
+            try:
+                measure_cell(cell, spec, self.pool, result)
+            except KeyboardInterrupt:
+                result.status = "interrupted"
+                for m in result.methods:
+                    if m.status == "running":
+                        m.status = "interrupted"
+                done(result)
+                raise
+            done(result)
