@@ -105,7 +105,7 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
         out.methods.append(r)
         if cell.batch > engine_class(method).max_batch:
             r.status, r.error = "skipped", (f"batch {cell.batch}: {method} decodes one sequence at "
-                                            "a time (no batched decode for this engine yet)")
+                                            "a time (it has no batched decode)")
             continue
         answer = ask(r, replace(request, timed=False, reset_peak=True))
         if answer is None:

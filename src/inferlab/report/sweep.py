@@ -125,6 +125,7 @@ def draw(results: RunResults, folder: str) -> list[str]:
         for method in dict.fromkeys(r["method"] for r in chosen):
             line = sorted((r[axis], r[figure]) for r in chosen if r["method"] == method)
             ax.plot([x for x, _ in line], [y for _, y in line], marker="o", label=method)
+        ax.set_xticks(points)  # the values swept, not a scale's round numbers
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(", ".join(f"{a[2:]} {v}" for a, v in held.items()), fontsize=9)
