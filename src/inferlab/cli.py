@@ -129,10 +129,11 @@ def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = 
     g.add_argument("--min-time", type=_non_negative_float, default=min_time,
                    help=f"minimum timed seconds per method{' and cell' if sweep else ''} "
                         f"(default {min_time:g})")
-    g.add_argument("--protocol", choices=defaults.PROTOCOLS, default=defaults.DEFAULT_PROTOCOL,
-                   help="interleaved (default): every method stays loaded and the methods take "
-                        "turns, one timed run each, so the machine's drift spreads over all; "
-                        "sequential: one method after the other")
+    if not sweep:  # a sweep's cells always interleave their methods (cells.py)
+        g.add_argument("--protocol", choices=defaults.PROTOCOLS, default=defaults.DEFAULT_PROTOCOL,
+                       help="interleaved (default): every method stays loaded and the methods take "
+                            "turns, one timed run each, so the machine's drift spreads over all; "
+                            "sequential: one method after the other")
     g.add_argument("--timeout", type=_non_negative_float, default=defaults.DEFAULT_METHOD_TIMEOUT_S,
                    help="seconds before a method's process is killed "
                         f"(default {defaults.DEFAULT_METHOD_TIMEOUT_S:g})")
@@ -244,14 +245,14 @@ def sweep_config_from_args(args):
         model=args.model, methods=args.methods, warmup=args.warmup, min_repeats=args.repeats,
         max_repeats=args.max_repeats, min_time_s=args.min_time, timeout_s=args.timeout,
         output_dir=args.output, quality=not args.no_quality, text_file=args.text_file,
-        protocol=args.protocol, max_ppl_increase=args.max_ppl_increase, max_kl_mean=args.max_kl,
+        max_ppl_increase=args.max_ppl_increase, max_kl_mean=args.max_kl,
         min_top1=args.min_top1, prompt_token_list=args.prompt_tokens, new_token_list=args.new_tokens,
         depth_list=args.depth, thread_list=args.threads, batch_list=args.batch, resume=args.resume)
 
 
 def cmd_sweep(args) -> int:
     from .models import ModelError
-    from .progress import SweepProgress
+    from .progress import SweepProgress, duration
     from .report.sweep import console_cells
     from .report.tables import time_line
     from .runner import Display
@@ -266,9 +267,10 @@ def cmd_sweep(args) -> int:
         cells = config.cells()
         for cell in cells:
             print(f"{cell.key}: {', '.join(cell.methods)}")
-        print(f"{len(cells)} cells x {len(config.methods)} methods; estimated "
-              f"{estimate_seconds(config, cells) / 60:.0f} minutes (a rough figure: "
-              "it assumes SmolLM2-like speeds)")
+        print(f"{len(cells)} cell{'s' * (len(cells) != 1)} x {len(config.methods)} "
+              f"method{'s' * (len(config.methods) != 1)}; estimated "
+              f"{duration(estimate_seconds(config, cells))} (a rough figure: it assumes "
+              "SmolLM2-like speeds)")
         return EXIT_OK
     interrupt_on_termination()
     try:

@@ -49,7 +49,7 @@ def derive(results) -> dict:
         failed = {m.method for m in results.methods if verdict_of(m) == "FAIL"}
         out.update(cells=rows, crossovers=crossovers(rows, failed), knees=knees(rows))
         asked = (results.config or {}).get("min_repeats", defaults.WARN_MIN_SAMPLES)
-        if w := too_few_runs(asked, "every cell asks for"):
+        if w := too_few_runs(asked, "each method in each cell"):
             out["warnings"].append(w)
         out["warnings"] += [w for r in rows for w in r["warnings"]]
         out["warnings"] += [f"{r['method']} [{r['key']}]: {r['status']}: {r['error']}"

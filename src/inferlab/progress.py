@@ -9,7 +9,7 @@ import sys
 from .results import Cell, CellResult
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
@@ -29,7 +29,7 @@ class SweepProgress:
     def eta(self) -> str:
         if not self.done:
             return "ETA after the first cell"
-        return "ETA " + _duration(self.seconds / self.done * (self.total - self.done))
+        return "ETA " + duration(self.seconds / self.done * (self.total - self.done))
 
     def starting(self, cell: Cell) -> None:
         if self.bar is not None:

@@ -33,8 +33,10 @@ from .worker_handle import WorkerError, WorkerHandle
 from .workload import text_tokens
 
 # rough costs for --dry-run's estimate (SmolLM2 on two cores, between the fastest and the
-# slowest default methods): per prompt or context token, per new token, per load
-ESTIMATE_PREFILL_S = 0.002
+# slowest default methods): per prompt or context token, per new token, per load. The
+# issue's sweep (16 cells, kv-cache, native-int4, llama-cpp-q8_0, openvino-int8) took 17.1
+# minutes, quality included; these figures (fitted to it) estimate 17 minutes for it
+ESTIMATE_PREFILL_S = 0.0012
 ESTIMATE_DECODE_S = 0.015
 ESTIMATE_LOAD_S = 3.0
 
@@ -121,13 +123,17 @@ class SweepConfig(RunConfig):
 
 # --- the driver ------------------------------------------------------------------------------
 def estimate_seconds(config: SweepConfig, cells: list[Cell]) -> float:
-    """An order of magnitude for --dry-run (ESTIMATE_* above): each method's first call, its
-    timed runs (at least --repeats and --min-time) and a load per thread count."""
+    """An order of magnitude for --dry-run (ESTIMATE_* above): per method and cell, the
+    context's fill, the first call and the timed runs (at least --repeats and --min-time), and
+    at batch > 1 each sequence alone; a load per method and thread count."""
     total = ESTIMATE_LOAD_S * len(config.methods) * len(config.thread_list)
     for cell in cells:
-        one = (cell.depth + cell.prompt_tokens) * ESTIMATE_PREFILL_S + cell.new_tokens * ESTIMATE_DECODE_S
+        prefill = (cell.depth + cell.prompt_tokens) * ESTIMATE_PREFILL_S
+        one = cell.batch * prefill + cell.new_tokens * ESTIMATE_DECODE_S
         timed = min(max(config.min_repeats * one, config.min_time_s), config.max_repeats * one)
-        total += len(cell.methods) * (one * max(config.warmup, 1) + timed)
+        alone = cell.batch * (prefill + cell.new_tokens * ESTIMATE_DECODE_S) if cell.batch > 1 else 0
+        fill = cell.batch * cell.depth * ESTIMATE_PREFILL_S
+        total += len(cell.methods) * (fill + one * max(config.warmup, 1) + timed + alone)
     return total
 
 
