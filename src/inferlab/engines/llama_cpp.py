@@ -143,7 +143,7 @@ class LlamaCpp(Engine):
         return out if all_logits else out[0].copy()
 
     def decode(self, token_id):
-        return self._run([[int(token_id)]])[0].copy()
+        return self.append([token_id])
 
     def append(self, token_ids):
         return self._run([list(token_ids)])[0].copy()

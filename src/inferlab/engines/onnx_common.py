@@ -265,7 +265,7 @@ class OrtCausalLM:
         return logits if all_logits else logits[-1]
 
     def decode(self, token_id: int) -> np.ndarray:
-        return self._run([[int(token_id)]], self.past)[0, -1]
+        return self.append([token_id])
 
     def append(self, ids: list[int]) -> np.ndarray:
         return self._run([[int(t) for t in ids]], self.past)[0, -1]

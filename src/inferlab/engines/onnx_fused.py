@@ -68,7 +68,7 @@ class FusedOrtDecoder:
         return logits if all_logits else logits[-1]
 
     def decode(self, token_id: int) -> np.ndarray:
-        return self._run([int(token_id)], False)[-1]
+        return self.append([token_id])
 
     def rewind(self, length: int) -> bool:
         self.length = length  # later slots are overwritten before they are read

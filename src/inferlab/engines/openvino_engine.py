@@ -118,7 +118,7 @@ class OpenVino(Engine):
         return logits if all_logits else logits[-1]
 
     def decode(self, token_id):
-        return self._run([[int(token_id)]], False)[0, -1]
+        return self.append([token_id])
 
     def append(self, token_ids):
         return self._run([[int(t) for t in token_ids]], False)[0, -1]
