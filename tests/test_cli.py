@@ -282,6 +282,30 @@ def test_competing_load_is_measured_and_warned(tiny_models, tmp_path):
     assert "competing load" in open(os.path.join(folder, "report.md")).read()
 
 
+@pytest.mark.parametrize("terminal", [True, False])
+def test_repeats_are_one_live_line_on_a_terminal_and_none_in_a_log(terminal):
+    import io
+
+    from inferlab.runner import Display, Transient
+
+    class Stream(io.StringIO):
+        def isatty(self):
+            return terminal
+
+    stream = Stream()
+    show = Display(stream)
+    show("a: first call")
+    show(Transient("a: timed run 1"))
+    show(Transient("a: timed run 2"))
+    show("a: ok")
+    show(Transient("b: timed run 1"))
+    show.finish()
+    erase = "\r\x1b[K"
+    assert stream.getvalue() == ("a: first call\na: timed run 1" + erase + "a: timed run 2" + erase
+                                 + "a: ok\nb: timed run 1" + erase if terminal
+                                 else "a: first call\na: ok\n")
+
+
 @pytest.mark.parametrize("protocol", ["interleaved", "sequential"])
 def test_protocols_order_the_timed_runs(tiny_models, tmp_path, protocol):
     """Interleaved: the methods take turns, the order rotating each round (A B, B A, A B);

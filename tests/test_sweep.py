@@ -48,6 +48,25 @@ def test_every_combination_is_a_cell_grouped_by_threads():
     assert config.threads == 2 and config.new_tokens == 4  # the quality pass's settings
 
 
+def test_a_batch_s_sequences_differ_and_keep_their_contexts_across_prompt_lengths():
+    from inferlab.workload import TextTokens
+
+    text = TextTokens(list(range(1000)), "test")
+    short, long_ = Cell(4, 3, 16, 1, 4), Cell(64, 3, 16, 1, 4)
+    sequences = [text.sequence(long_, i) for i in range(4)]
+    assert len({tuple(c + q) for c, q in sequences}) == 4
+    for i, (context, prompt) in enumerate(sequences):
+        assert len(context) == 16 and len(prompt) == 64 and prompt[0] == context[-1] + 1  # one passage
+        assert text.sequence(short, i)[0] == context  # a worker's cache is cut back, not refilled
+    assert text.sequence(Cell(4, 3, 16, 1, 1))[0] == sequences[0][0]
+
+
+def test_batching_is_checked_once_per_batch_size_in_its_cheapest_cell():
+    config = SweepConfig(methods=["kv-cache"], prompt_token_list=[512, 32], depth_list=[1024, 0],
+                         thread_list=[1, 2], batch_list=[1, 4, 8])
+    assert config.batch_checks() == ("pp32+tg32 t2 b4", "pp32+tg32 t2 b8")
+
+
 def test_sweep_end_to_end(tiny_models, tmp_path, capsys, monkeypatch):
     import pandas as pd
 
@@ -71,8 +90,9 @@ def test_sweep_end_to_end(tiny_models, tmp_path, capsys, monkeypatch):
             assert m.peak_rss_bytes >= m.steady_rss_bytes > 0
             if m.method != "one-at-a-time":
                 assert m.first_divergence == 3  # the same greedy tokens as kv-cache in this cell
-            # each sequence of a batch generates what it generates alone
-            assert m.batch_divergence == ([3, 3] if c.cell.batch == 2 else None)
+            # each sequence of a batch generates what it generates alone: checked once per
+            # batch size, in its cheapest cell
+            assert m.batch_divergence == ([3, 3] if c.cell.key == "pp4+tg3 t1 b2" else None)
     # a deeper context changes what is generated: the cache really held it
     by_key = {c.cell.key: c for c in r.cells}
     assert (by_key["pp4+tg3 t1 b1"].method("kv-cache").tokens
@@ -197,8 +217,9 @@ def test_dry_run_lists_the_cells_and_measures_nothing(tmp_path, capsys):
 
 
 def test_methods_take_turns_in_a_rotating_order(tiny_refs):
-    """Inside a cell: an untimed first call each, then one timed generation per method per
-    round, the order shifted by one each round."""
+    """Inside a cell: an untimed first call each (the whole prompt, 2 new tokens), then one
+    timed generation per method per round, the order shifted by one each round; the tokens
+    every run must repeat are the first timed run's."""
     from inferlab import protocol as p
     from inferlab.config import RunConfig
     from inferlab.results import RunSample
@@ -213,7 +234,9 @@ def test_methods_take_turns_in_a_rotating_order(tiny_refs):
 
         def request(self, message, timeout_s):
             calls.append((self.method, message.timed))
-            return p.Generated(sample=RunSample(0.01, 0.03, [0.01, 0.01]), tokens=[1, 2, 3], sequences=[],
+            assert message.new_tokens == (3 if message.timed else 2)
+            tokens = [1, 2, 3][:message.new_tokens]
+            return p.Generated(sample=RunSample(0.01, 0.03, [0.01, 0.01]), tokens=tokens, sequences=[tokens],
                                cpu_s=0.0, rss_bytes=1, peak_rss_bytes=2)
 
     class Pool:
@@ -233,7 +256,8 @@ def test_methods_take_turns_in_a_rotating_order(tiny_refs):
     assert calls[:3] == [("a", False), ("b", False), ("c", False)]
     assert [m for m, _ in calls[3:]] == list("abc" "bca" "cab")
     assert all(timed for _, timed in calls[3:])
-    assert all(len(m.runs) == 3 and m.ok for m in result.methods)
+    assert all(len(m.runs) == 3 and m.ok and m.tokens == [1, 2, 3] and m.deterministic
+               for m in result.methods)
 
 
 def _row(method, **figures):
@@ -279,6 +303,8 @@ def test_quality_is_judged_once_per_method_per_sweep(tiny_models, tmp_path):
     for m in r.methods:
         assert m.ok and m.quality["verdict"] in ("PASS", "FAIL") and m.quality["scored_tokens"] > 0
     assert r.method("kv-cache").quality["kl_mean"] == pytest.approx(0, abs=1e-6)
+    md = open(os.path.join(only_run_folder(out), "report.md")).read()  # how quality was judged
+    assert f"; {r.quality_setup['windows']} non-overlapping windows" in md and "None" not in md
 
 
 def test_progress_is_a_line_per_cell_off_a_terminal_and_nothing_when_quiet():

@@ -148,6 +148,8 @@ def test_a_context_is_rewound_to_between_runs_not_continued(tiny_refs, tmp_path)
         first = tokens([9, 9], 4, [[1, 2, 3]])
         assert first == alone([1, 2, 3, 9, 9], 4)
         assert tokens([9, 9], 4, [[1, 2, 3]]) == first
+        # the same context before a longer prompt (the next cell of a sweep): cut back to it
+        assert tokens([4, 4, 4], 3, [[1, 2, 3]]) == alone([1, 2, 3, 4, 4, 4], 3)
         # another context, then none, then the first again: each time what the cache must hold
         assert tokens([9, 9], 2, [[1]]) == alone([1, 9, 9], 2)
         assert tokens([5], 3) == alone([5], 3)

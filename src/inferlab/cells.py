@@ -31,6 +31,9 @@ class CellSpec:
     model: ModelRef
     text: TextTokens
     config: RunConfig  # repeats, minimum time, timeout
+    # the cells (by key) where each sequence of the batch is also generated alone: one per
+    # batch size > 1, chosen by the driver
+    batch_checks: tuple[str, ...] = ()
 
 
 class WorkerPool:
@@ -78,17 +81,18 @@ class WorkerPool:
 
 
 def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult | None = None) -> CellResult:
-    """One cell, every method: a first call each (untimed, its peak memory mark reset), then
-    rounds of one timed generation per method in rotating order until each has its runs, then
-    (batch > 1) each sequence alone. Fills `out` as it goes (what an interrupted cell measured
-    stays in it)."""
+    """One cell, every method: a first call each (untimed, the whole context and prompt but
+    only `defaults.CELL_WARMUP_NEW_TOKENS` new tokens; its peak memory mark reset), then rounds
+    of one timed generation per method in rotating order until each has its runs, then (in
+    the cells of `spec.batch_checks`) each sequence alone. Fills `out` as it goes (what an
+    interrupted cell measured stays in it)."""
     t0 = time.perf_counter()
     out = out or CellResult(cell=cell)
     out.conditions["before"] = machine.conditions()
     sequences = [spec.text.sequence(cell, i) for i in range(cell.batch)]
     contexts = [c for c, _ in sequences] if cell.depth else []
     request = p.Generate([q for _, q in sequences], cell.new_tokens, contexts=contexts)
-    first_calls: dict[str, p.Generated] = {}
+    batched: dict[str, list[list[int]]] = {}  # each method's sequences in its first timed run
 
     def ask(r: MethodResult, message: p.Generate):
         """The method's worker's answer; None when it failed (recorded in r)."""
@@ -107,29 +111,28 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
             r.status, r.error = "skipped", (f"batch {cell.batch}: {method} decodes one sequence at "
                                             "a time (it has no batched decode)")
             continue
-        answer = ask(r, replace(request, timed=False, reset_peak=True))
-        if answer is None:
+        warmup = replace(request, new_tokens=min(cell.new_tokens, defaults.CELL_WARMUP_NEW_TOKENS),
+                         timed=False, reset_peak=True)
+        if (answer := ask(r, warmup)) is None:
             continue
-        first_calls[method] = first = answer[0]
-        r.first_call_s, r.tokens, r.deterministic = first.sample.e2e_s, first.tokens, True
-        r.peak_rss_bytes = first.peak_rss_bytes
+        r.first_call_s, r.deterministic = answer[0].sample.e2e_s, True
         for _ in range(spec.config.warmup - 1):  # the first call is the first warm-up run
-            if (answer := ask(r, replace(request, timed=False))) is None:
+            if ask(r, replace(request, timed=False)) is None:
                 break
-        r.steady_rss_bytes = answer[0].rss_bytes if answer else None
 
     def one_run(r: MethodResult) -> None:
         answer = ask(r, request)
         if answer is not None:
             reply, others = answer
+            if not r.runs:  # the footprint while generating; the tokens every run must repeat
+                r.steady_rss_bytes, batched[r.method] = reply.rss_bytes, reply.sequences
             record_generation(r, reply, True, others)
 
     rotating_rounds(out.methods, lambda r: r.status == "running" and needs_more_runs(r, spec.config),
                     one_run)
-    # batching may change the arithmetic: at each batch size (once, at the sweep's largest
-    # thread count), every sequence generated alone, after the timed runs (its contexts would
-    # otherwise replace the batch's in the cache)
-    if cell.batch > 1 and cell.threads == spec.config.threads:
+    # batching may change the arithmetic: every sequence generated alone, after the timed runs
+    # (its contexts would otherwise replace the batch's in the cache)
+    if cell.batch > 1 and cell.key in spec.batch_checks:
         for r in out.methods:
             if r.status != "running":
                 continue
@@ -139,8 +142,7 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
                                           contexts=[context] if cell.depth else []))
                 if alone is None:
                     break
-                r.batch_divergence.append(first_divergence(first_calls[r.method].sequences[i],
-                                                           alone[0].tokens))
+                r.batch_divergence.append(first_divergence(batched[r.method][i], alone[0].tokens))
     for r in out.methods:
         if r.status == "running":
             r.status = "ok"

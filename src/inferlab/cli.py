@@ -222,10 +222,13 @@ def cmd_run(args) -> int:
     except ValueError as e:
         return _fail(str(e))
     interrupt_on_termination()
+    display = Display(quiet=args.quiet)
     try:
-        results, folder = run(config, Display(quiet=args.quiet))
+        results, folder = run(config, display)
     except (ModelError, ValueError) as e:
         return _fail(str(e))
+    finally:
+        display.finish()
     write_reports_timed(results, folder)
     print(console_table(results))
     print(f"\n{time_line(results)}")

@@ -60,7 +60,7 @@ PROBE_BYTES = 256 << 20  # streamed per bandwidth probe: far beyond the caches (
 
 # --- profiling ------------------------------------------------------------------------------
 PROFILE_DECODE_STEPS = 3  # profiled decode steps after one prefill: keeps traces small
-SWEEP_CONTEXTS = (32, 128, 512)  # profiling's context lengths (not `inferlab sweep`'s)  # context lengths for the with/without KV cache question
+SWEEP_CONTEXTS = (32, 128, 512)  # profiling's context lengths for the with/without KV cache question (not `inferlab sweep`'s)
 SWEEP_METHODS = ("kv-cache", "eager-nocache")
 
 # --- `inferlab sweep` (sweep.py): the axes' defaults ------------------------------------------
@@ -70,6 +70,10 @@ SWEEP_NEW_TOKENS = 32
 # measured on the issue's 16-cell sweep of 4 methods (2 cores), 5 runs and 5 s took 28.7 minutes
 SWEEP_MIN_REPEATS = 3
 SWEEP_MIN_TIME_S = 1.0
+# a cell's first call (its warm-up) processes the whole context and prompt, as the timed runs
+# do, but generates only this many tokens: the decode path has run, and the cell does not pay
+# for a whole extra generation (llama-bench warms up with one generated token)
+CELL_WARMUP_NEW_TOKENS = 2
 KNEE_GAIN = 0.10  # a batch whose next size adds less total decode throughput than this: the knee
 
 # --- bottleneck verdict (profiling/roofline.py) --------------------------------------------

@@ -36,15 +36,39 @@ from .results import MethodResult, RunResults, save
 from .worker_handle import WorkerError, WorkerHandle
 
 
+class Transient(str):
+    """A progress message that the next one replaces (which warm-up or timed run is going on):
+    a run's hundred of them make one live line on a terminal, and none in a log."""
+
+
 class Display:
-    """Progress lines on stderr: which method, which phase, which repeat."""
+    """Progress lines on stderr: which method, which phase; the current repeat as one line
+    rewritten in place on a terminal."""
 
     def __init__(self, stream=sys.stderr, quiet: bool = False):
         self.stream, self.quiet = stream, quiet
+        self.live = hasattr(stream, "isatty") and stream.isatty()
+        self.pending = False  # a transient line is on the screen
 
     def __call__(self, message: str) -> None:
-        if not self.quiet:
+        if self.quiet or (isinstance(message, Transient) and not self.live):
+            return
+        if self.pending:
+            self.stream.write("\r\x1b[K")  # carriage return, erase the line
+            self.pending = False
+        if isinstance(message, Transient):
+            self.stream.write(message[:shutil.get_terminal_size().columns - 1])
+            self.stream.flush()
+            self.pending = True
+        else:
             print(message, file=self.stream, flush=True)
+
+    def finish(self) -> None:
+        """Erase a transient line still on the screen (before the tables go to stdout)."""
+        if self.pending:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.pending = False
 
 
 def new_results_folder(base: str, model_name: str) -> str:
@@ -87,7 +111,8 @@ def request_generation(worker: WorkerHandle, request: p.Generate,
 def record_generation(r: MethodResult, out: p.Generated, timed: bool,
                       others: tuple[float, float] | None) -> None:
     """Keep what one generation measured in the method's record: a timed one's clocks,
-    counters, competing load and whether its tokens matched the first call's."""
+    counters, competing load and whether its tokens matched the first call's (in a sweep's
+    cell: the first timed run's)."""
     r.peak_rss_bytes = out.peak_rss_bytes
     if not timed:
         return
@@ -98,7 +123,9 @@ def record_generation(r: MethodResult, out: p.Generated, timed: bool,
         r.other_cpu_s = (r.other_cpu_s or 0.0) + others[0]
         r.steal_s = (r.steal_s or 0.0) + others[1]
     r.timed_wall_s = (r.timed_wall_s or 0.0) + out.sample.e2e_s
-    if out.tokens != r.tokens:
+    if not r.tokens:  # a sweep's cell: its first call generated fewer tokens than a run
+        r.tokens = out.tokens
+    elif out.tokens != r.tokens:
         r.deterministic = False
 
 
@@ -251,7 +278,7 @@ class Session:
         r.first_call_s, r.tokens, r.deterministic = out.sample.e2e_s, out.tokens, True
         r.text = decode_text(self.model.path, out.tokens)
         for i in range(1, self.config.warmup):  # the first call counts as the first warmup run
-            self.show(f"{run.method}: warmup {i + 1}/{self.config.warmup}")
+            self.show(Transient(f"{run.method}: warmup {i + 1}/{self.config.warmup}"))
             out = self.generate(run, timed=False)
             if out is None:
                 return
@@ -265,8 +292,8 @@ class Session:
     def timed_rounds(self, runs: list[MethodRun]) -> None:
         """Round after round, one timed generation of each method that still needs runs."""
         def one(run: MethodRun) -> None:
-            self.show(f"{run.method}: timed run {len(run.result.runs) + 1} (min "
-                      f"{self.config.min_repeats} runs, {self.config.min_time_s:g} s)")
+            self.show(Transient(f"{run.method}: timed run {len(run.result.runs) + 1} (min "
+                                f"{self.config.min_repeats} runs, {self.config.min_time_s:g} s)"))
             self.generate(run, timed=True)
 
         def after_round() -> None:
@@ -390,6 +417,13 @@ def quality_plan(model: ModelRef, config: RunConfig, workdir: str) -> dict:
                              workdir, config.chat_template, config.budget())
 
 
+def quality_setup(plan: dict) -> dict:
+    """What the report says about how quality was judged (results.quality_setup)."""
+    setup = {k: plan[k] for k in ("context", "prefix", "text_source", "greedy_new_tokens", "budget",
+                                  "reference")}
+    return {**setup, "windows": len(plan["windows"]), "greedy_prompts": len(plan["greedy_prompts"])}
+
+
 def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
     """Benchmark every method of `config`. Returns the results and their folder.
 
@@ -435,11 +469,7 @@ def _run(config: RunConfig, show, prober: ProbeProcess | None, t0: float) -> tup
         raise
     results.timings["resolve"] = time.perf_counter() - t0  # with the prompt and the quality plan
     if session.plan:
-        plan = session.plan
-        results.quality_setup = {k: plan[k] for k in ("context", "prefix", "text_source",
-                                                       "greedy_new_tokens", "budget", "reference")}
-        results.quality_setup.update(windows=len(plan["windows"]),
-                                     greedy_prompts=len(plan["greedy_prompts"]))
+        results.quality_setup = quality_setup(session.plan)
     if config.profile:
         os.makedirs(session.tracedir)
     # the reference first: every other method is compared with its tokens and distributions

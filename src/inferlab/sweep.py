@@ -28,16 +28,16 @@ from .probe import ProbeProcess
 from .progress import SweepProgress
 from .report.cells_csv import write_cells_csv
 from .results import Cell, CellResult, MethodResult, RunResults, ResultsError, load, save
-from .runner import new_results_folder, quality_plan, read_text
+from .runner import new_results_folder, quality_plan, quality_setup, read_text
 from .worker_handle import WorkerError, WorkerHandle
 from .workload import text_tokens
 
 # rough costs for --dry-run's estimate (SmolLM2 on two cores, between the fastest and the
 # slowest default methods): per prompt or context token, per new token, per load. The
-# issue's sweep (16 cells, kv-cache, native-int4, llama-cpp-q8_0, openvino-int8) took 17.1
-# minutes, quality included; these figures (fitted to it) estimate 17 minutes for it
-ESTIMATE_PREFILL_S = 0.0012
-ESTIMATE_DECODE_S = 0.015
+# issue's sweep (16 cells, kv-cache, native-int4, llama-cpp-q8_0, openvino-int8) took 13.7
+# minutes, quality included; these figures (fitted to it) estimate 13.7 minutes for it
+ESTIMATE_PREFILL_S = 0.00128
+ESTIMATE_DECODE_S = 0.016
 ESTIMATE_LOAD_S = 3.0
 
 
@@ -70,6 +70,13 @@ class SweepConfig(RunConfig):
                 for threads, batch, depth, prompt, new in itertools.product(
                     sorted(self.thread_list), self.batch_list, self.depth_list,
                     self.prompt_token_list, self.new_token_list)]
+
+    def batch_checks(self) -> tuple[str, ...]:
+        """The cells (keys) where batching is checked against each sequence alone: one per
+        batch size > 1, at the largest thread count, the cheapest (shortest context and prompt)."""
+        return tuple(min((c for c in self.cells() if c.batch == batch and c.threads == self.threads),
+                         key=lambda c: (c.depth + c.prompt_tokens, c.new_tokens)).key
+                     for batch in self.batch_list if batch > 1)
 
     def validate(self) -> None:
         super().validate()
@@ -123,17 +130,22 @@ class SweepConfig(RunConfig):
 
 # --- the driver ------------------------------------------------------------------------------
 def estimate_seconds(config: SweepConfig, cells: list[Cell]) -> float:
-    """An order of magnitude for --dry-run (ESTIMATE_* above): per method and cell, the
-    context's fill, the first call and the timed runs (at least --repeats and --min-time), and
-    at batch > 1 each sequence alone; a load per method and thread count."""
+    """An order of magnitude for --dry-run (ESTIMATE_* above): per method and cell, the first
+    call (the whole prefill, a few new tokens), the timed runs (at least --repeats and
+    --min-time), a context's fill when the cell before did not leave it in the cache, and each
+    sequence alone where batching is checked; a load per method and thread count."""
     total = ESTIMATE_LOAD_S * len(config.methods) * len(config.thread_list)
+    checks, filled = set(config.batch_checks()), set()
     for cell in cells:
-        prefill = (cell.depth + cell.prompt_tokens) * ESTIMATE_PREFILL_S
-        one = cell.batch * prefill + cell.new_tokens * ESTIMATE_DECODE_S
+        prefill = cell.batch * (cell.depth + cell.prompt_tokens) * ESTIMATE_PREFILL_S
+        one = prefill + cell.new_tokens * ESTIMATE_DECODE_S
+        first = prefill + defaults.CELL_WARMUP_NEW_TOKENS * ESTIMATE_DECODE_S + (config.warmup - 1) * one
         timed = min(max(config.min_repeats * one, config.min_time_s), config.max_repeats * one)
-        alone = cell.batch * (prefill + cell.new_tokens * ESTIMATE_DECODE_S) if cell.batch > 1 else 0
-        fill = cell.batch * cell.depth * ESTIMATE_PREFILL_S
-        total += len(cell.methods) * (fill + one * max(config.warmup, 1) + timed + alone)
+        alone = one if cell.key in checks else 0  # B sequences of 1/B of the batch's work each
+        contexts = (cell.threads, cell.batch, cell.depth)  # what a cell's contexts depend on
+        fill = 0 if contexts in filled else cell.batch * cell.depth * ESTIMATE_PREFILL_S
+        filled.add(contexts)
+        total += len(cell.methods) * (fill + first + timed + alone)
     return total
 
 
@@ -180,7 +192,8 @@ def _run_sweep(config: SweepConfig, show, progress_factory, prober, t0) -> tuple
     config.check_lengths(model)
     config.check_memory(model, machine.conditions().get("memory_available_bytes"))
     text, source = read_text(config.text_file)
-    spec = CellSpec(model, text_tokens(load_tokenizer(model.path), text, source), config)
+    spec = CellSpec(model, text_tokens(load_tokenizer(model.path), text, source), config,
+                    config.batch_checks())
     if config.resume:
         results = resumed_results(config, model)
         folder = config.resume
@@ -295,8 +308,7 @@ def _judge_quality(results: RunResults, model: ModelRef, config: SweepConfig, po
                    workdir: str, show) -> None:
     """Each method judged once per sweep, at the largest thread count, reference first."""
     plan_ = quality_plan(model, config, workdir)
-    results.quality_setup = {k: plan_[k] for k in ("context", "prefix", "text_source",
-                                                    "greedy_new_tokens", "budget", "reference")}
+    results.quality_setup = quality_setup(plan_)
     order = [defaults.REFERENCE_METHOD] + [m.method for m in results.methods
                                            if m.method != defaults.REFERENCE_METHOD]
     for method in order:

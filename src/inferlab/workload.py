@@ -21,9 +21,11 @@ class TextTokens:
 
     def sequence(self, cell: Cell, index: int = 0) -> tuple[list[int], list[int]]:
         """(context ids, prompt ids) of the cell's sequence `index`: the context (depth) and
-        the prompt are one continuous passage; each sequence of a batch starts where the one
-        before it ended, so the sequences of a batch differ."""
-        start = index * (cell.depth + cell.prompt_tokens)
+        the prompt are one continuous passage. A batch's sequences start at evenly spaced points
+        of the text, so they differ; where a sequence starts depends on neither the prompt's
+        length nor the depth, so cells that differ only in prompt length share their contexts
+        (a worker cuts its cache back to them instead of filling it again)."""
+        start = index * max(1, len(self.ids) // cell.batch)
         return self.cut(start, cell.depth), self.cut(start + cell.depth, cell.prompt_tokens)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from .. import defaults
 from ..results import RunResults
 from .tables import mbytes
 
@@ -65,7 +66,7 @@ def render(results: RunResults, charts: list[str]) -> str:
         + f". Prompts of exactly that many tokens cut from {results.sweep.get('prompt_text')}; "
         "'@ dN': N tokens of the same text were in the cache before the prompt (filled untimed). "
         "Each method loaded once per thread count in its own process; in each cell one untimed "
-        f"first call, then rounds of one timed generation per method in rotating order, until "
+        f"first call (the whole context and prompt, {defaults.CELL_WARMUP_NEW_TOKENS} new tokens), then rounds of one timed generation per method in rotating order, until "
         f"at least {cfg['min_repeats']} runs and {cfg['min_time_s']:g} s (cap {cfg['max_repeats']}). "
         "pp tok/s = prompt tokens / median TTFT (llama-bench's pp); tg tok/s = median decode rate "
         "of one sequence, 'total' over the batch. Intervals: 95 % bootstrap of the median. "
