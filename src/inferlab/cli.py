@@ -1,8 +1,9 @@
-"""Command line: `inferlab run`, `inferlab quality`, `inferlab profile`, `inferlab report`,
-`inferlab methods`.
+"""Command line: `inferlab run`, `inferlab quality`, `inferlab profile`, `inferlab sweep`,
+`inferlab plan`, `inferlab report`, `inferlab methods`, `inferlab doctor`.
 
 Exit codes: 0 all good; 1 the run finished but a method failed; 2 bad input (model, option,
-results file); 130 interrupted (results measured so far are saved)."""
+results file, scenario); 130 interrupted (results measured so far are saved); `plan`: 3 when
+no configuration meets the scenario's requirements, 4 when only indeterminate ones remain."""
 
 from __future__ import annotations
 
@@ -179,9 +180,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="benchmark methods over every combination of prompt length, "
                                      "new tokens, context depth, threads and batch (cells)")
     add_measure_options(p, with_profile_switch=False, sweep=True)
+    p = sub.add_parser("plan", help="a scenario (use case and requirements, TOML) in; the "
+                                    "measurements it needs, a verdict and a recommendation out")
+    p.add_argument("scenario", nargs="?",
+                   help="a scenario file, or the name of an example shipped with inferlab "
+                        "(chat-assistant, retrieval, batch-summarizer, edge-device)")
+    p.add_argument("--new", metavar="NAME", help="write a commented scenario template NAME.toml here")
+    p.add_argument("--methods", type=_methods_arg,
+                   help="comma-separated methods (default: the scenario's, else one per engine "
+                        "family); the fp32 reference and the original baseline are added")
+    p.add_argument("--timeout", type=_non_negative_float, default=defaults.DEFAULT_METHOD_TIMEOUT_S,
+                   help=f"seconds before a method's process is killed (default {defaults.DEFAULT_METHOD_TIMEOUT_S:g})")
+    p.add_argument("--output", default=defaults.RESULTS_DIR,
+                   help="folder under which each plan gets a new folder (default results/)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p = sub.add_parser("report", help="redraw report.md, report.html and charts from a results.json")
     p.add_argument("results", help="path to a results.json (or its folder)")
     sub.add_parser("methods", help="list the methods")
+    p = sub.add_parser("doctor", help="check this machine in seconds: versions, which methods can run "
+                                      "here and why not, the CPU, and what would make figures unstable")
+    p.add_argument("--model", default=defaults.DEFAULT_MODEL, help="the model to check the methods against")
+    p.add_argument("--threads", type=_positive_int, default=defaults.default_threads(),
+                   help="the thread count you mean to run with (default: usable cores)")
     return parser
 
 
@@ -294,6 +314,58 @@ def cmd_sweep(args) -> int:
     return EXIT_OK if all(s in ("ok", "skipped") for s in statuses) else EXIT_METHOD_FAILED
 
 
+def cmd_plan(args) -> int:
+    from .models import ModelError
+    from .plan import plan_config, plan_methods, run_plan
+    from .progress import SweepProgress
+    from .report import to_html, write_text
+    from .report.verdict import answer, render
+    from .runner import Display
+    from .scenario import ScenarioError, find_scenario, load_scenario, write_template
+
+    if args.new:
+        try:
+            print(f"wrote {write_template(args.new)}: edit it, then `inferlab plan {args.new}.toml`")
+        except (ScenarioError, OSError) as e:
+            return _fail(str(e))
+        return EXIT_OK
+    if not args.scenario:
+        return _fail("plan: give a scenario file (or an example's name), or --new NAME")
+    display = Display(quiet=args.quiet)
+    try:
+        scenario = load_scenario(find_scenario(args.scenario))
+        methods = plan_methods(scenario, args.methods, display)
+        config = plan_config(scenario, methods, args.output, args.timeout)
+        config.validate()
+    except (ScenarioError, ModelError, ValueError) as e:
+        return _fail(str(e))
+    interrupt_on_termination()
+    try:
+        results, folder, verdict = run_plan(scenario, config, display,
+                                            lambda todo, done: SweepProgress(todo, done, args.quiet))
+    except (ModelError, ValueError) as e:
+        return _fail(str(e))
+    write_reports_timed(results, folder)
+    if verdict is None:
+        print(f"inferlab: interrupted; the cells measured so far are saved in {folder}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    md = render(verdict, results)
+    write_text(os.path.join(folder, "verdict.md"), md)
+    write_text(os.path.join(folder, "verdict.html"), to_html(md))
+    print(answer(verdict).replace("**", ""))
+    print(f"verdict: {os.path.join(folder, 'verdict.md')}\nreport:  {os.path.join(folder, 'report.md')}")
+    return verdict.exit_code
+
+
+def cmd_doctor(args) -> int:
+    """Exit 1 when something inferlab needs to run is missing."""
+    from .doctor import diagnose
+
+    d = diagnose(args.model, args.threads)
+    print(d.render())
+    return EXIT_METHOD_FAILED if d.problems else EXIT_OK
+
+
 def write_reports_timed(results, folder: str) -> None:
     """Write the reports, then save results.json again with the time they took."""
     import time
@@ -358,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     skip_unused_imports()
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "quality": cmd_run, "profile": cmd_run, "sweep": cmd_sweep,
-               "report": cmd_report, "methods": cmd_methods}[args.command]
+               "plan": cmd_plan, "report": cmd_report, "methods": cmd_methods,
+               "doctor": cmd_doctor}[args.command]
     try:
         return handler(args)
     except BrokenPipeError:  # the reader left (`inferlab methods | head`): nothing more to say

@@ -74,7 +74,15 @@ SWEEP_MIN_TIME_S = 1.0
 # do, but generates only this many tokens: the decode path has run, and the cell does not pay
 # for a whole extra generation (llama-bench warms up with one generated token)
 CELL_WARMUP_NEW_TOKENS = 2
-KNEE_GAIN = 0.10  # a batch whose next size adds less total decode throughput than this: the knee
+KNEE_GAIN = 0.10
+# `inferlab plan` (plan.py): a verdict compares percentiles and intervals with limits, so a
+# cell gets more runs than a sweep's (a scenario's [measure] table may change them)
+PLAN_MIN_REPEATS = 5
+PLAN_MIN_TIME_S = 2.0
+# the original baseline (no KV cache) costs about a prompt pass per new token: in a plan it is
+# measured by default only while the longest sequence stays this short (SmolLM2, 2 cores: a
+# 264-token run took about 16 s, a 2,048-token one would take minutes per run)
+PLAN_NOCACHE_MAX_TOKENS = 600  # a batch whose next size adds less total decode throughput than this: the knee
 
 # --- bottleneck verdict (profiling/roofline.py) --------------------------------------------
 VERDICT_MEMORY_BOUND = 0.6  # decode efficiency at or above this: memory-bound near the floor

@@ -39,6 +39,12 @@ class Engine(ABC):
         EngineUnsupported for what only the build finds out."""
         return True
 
+    @classmethod
+    def unavailable(cls, model: ModelRef) -> str | None:
+        """Why this method cannot run this model on this machine, in words; None when it can
+        (as far as a cheap check tells: `inferlab doctor` and the method list read it)."""
+        return None if cls.applies_to(model) else "does not apply to this model"
+
     def prepare(self) -> bool:
         """Build and cache what `load` needs (export, conversion). Returns True on a cache hit.
 

@@ -42,6 +42,14 @@ class LlamaCpp(Engine):
     def applies_to(cls, model) -> bool:
         return gguf_source_path(model) is not None
 
+    @classmethod
+    def unavailable(cls, model) -> str | None:
+        from ..native_build import build_problem
+
+        if not cls.applies_to(model):
+            return "no GGUF for this model (llama.cpp reads the bundled model or a --model .gguf)"
+        return build_problem()
+
     def _library(self):
         from ..native_build import build_problem
 

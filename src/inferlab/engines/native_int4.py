@@ -26,15 +26,19 @@ class NativeInt4(Engine):
 
     @classmethod
     def applies_to(cls, model) -> bool:
+        return cls.unavailable(model) is None
+
+    @classmethod
+    def unavailable(cls, model) -> str | None:
         from .native import decoder, library
 
-        if library.missing_cpu_flags():
-            return False
+        if missing := library.missing_cpu_flags():
+            return f"this CPU lacks {', '.join(missing)}"
         try:
             decoder.check_supported(llama_arch.read_config(model.path))
-        except (EngineUnsupported, OSError, ValueError, KeyError):
-            return False
-        return True
+        except (EngineUnsupported, OSError, ValueError, KeyError) as e:
+            return str(e)
+        return None
 
     def _library(self) -> tuple[str, bool]:
         from .native import library

@@ -89,11 +89,15 @@ class OnnxInt4(OrtEngine):
 
     @classmethod
     def applies_to(cls, model) -> bool:
+        return cls.unavailable(model) is None
+
+    @classmethod
+    def unavailable(cls, model) -> str | None:
         try:
             graph.check_supported(llama_arch.read_config(model.path))
-        except (EngineUnsupported, OSError, ValueError, KeyError):
-            return False
-        return True
+        except (EngineUnsupported, OSError, ValueError, KeyError) as e:
+            return str(e)
+        return None
 
     def artifact(self) -> tuple[str, bool]:
         dest = artifact_dir(self.model_ref, f"fused-int{self.layer_bits}-b{graph.BLOCK}"

@@ -9,7 +9,7 @@ from ..results import RunResults
 from . import charts, markdown
 
 
-def _write_text(path: str, text: str) -> None:
+def write_text(path: str, text: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
@@ -23,19 +23,19 @@ def write_reports(results: RunResults, folder: str) -> list[str]:
     if results.sweep:  # a sweep (perhaps interrupted before its first cell)
         drawn = sweep.draw(results, folder)
         md = sweep.render(results, drawn)
-        _write_text(os.path.join(folder, "report.md"), md)
-        _write_text(os.path.join(folder, "report.html"), to_html(md))
+        write_text(os.path.join(folder, "report.md"), md)
+        write_text(os.path.join(folder, "report.html"), to_html(md))
         return [os.path.join(folder, n) for n in ["report.md", "report.html", *drawn]]
     drawn = charts.draw_all(results, folder)
     md = markdown.render(results, drawn)
-    _write_text(os.path.join(folder, "report.md"), md)
-    _write_text(os.path.join(folder, "report.html"), to_html(md))
+    write_text(os.path.join(folder, "report.md"), md)
+    write_text(os.path.join(folder, "report.html"), to_html(md))
     written = ["report.md", "report.html", *drawn]
     if profiling.profiled(results):
         prof_charts = profiling.draw(results, folder)
         pmd = profiling.render(results, prof_charts)
-        _write_text(os.path.join(folder, "profiling_report.md"), pmd)
-        _write_text(os.path.join(folder, "profiling_report.html"), to_html(pmd))
+        write_text(os.path.join(folder, "profiling_report.md"), pmd)
+        write_text(os.path.join(folder, "profiling_report.html"), to_html(pmd))
         written += ["profiling_report.md", "profiling_report.html", *prof_charts]
     return [os.path.join(folder, n) for n in written]
 

@@ -1,0 +1,64 @@
+"""`inferlab plan SCENARIO`: the original study's workflow as one command. The scenario's
+workload becomes a sweep's cells (sweep.py measures them, quality once per method), the
+requirements are judged against what was measured (verdict.py), and the verdict is written
+beside results.json (report/verdict.py)."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from . import defaults
+from .engines import default_methods
+from .fsutil import write_json_atomic
+from .models import resolve
+from .progress import SweepProgress
+from .results import RunResults
+from .scenario import Scenario
+from .sweep import SweepConfig, run_sweep
+from .verdict import BASELINES, Verdict, judge
+
+
+def plan_methods(scenario: Scenario, methods: list[str] | None, show) -> list[str]:
+    """The methods to measure: --methods, the scenario's, or one per engine family; with the
+    fp32 reference (quality needs it) and the original study's baseline before them. The
+    baseline has no KV cache: it recomputes the whole sequence for every new token, so past
+    defaults.PLAN_NOCACHE_MAX_TOKENS it is measured only when named."""
+    asked = methods or scenario.methods or []
+    out = list(asked or default_methods(resolve(scenario.model)))
+    for base in reversed(BASELINES):
+        if base not in out:
+            out.insert(0, base)
+    w = scenario.workload
+    longest = max(w.depth) + max(w.prompt_tokens) + max(w.new_tokens)
+    if longest > defaults.PLAN_NOCACHE_MAX_TOKENS and defaults.BASELINE_METHOD not in asked:
+        out.remove(defaults.BASELINE_METHOD)
+        show(f"{defaults.BASELINE_METHOD} (the original baseline) not measured: without a KV cache "
+             f"each of a {longest}-token sequence's new tokens runs the whole sequence again; name "
+             "it in --methods to measure it anyway")
+    return out
+
+
+def plan_config(scenario: Scenario, methods: list[str], output_dir: str, timeout_s: float) -> SweepConfig:
+    w = scenario.workload
+    b = scenario.budget
+    return SweepConfig(model=scenario.model, methods=methods, text_file=scenario.text_file,
+                       output_dir=output_dir, timeout_s=timeout_s, quality=True,
+                       min_repeats=scenario.repeats, min_time_s=scenario.min_time_s,
+                       max_repeats=max(scenario.max_repeats, scenario.repeats),
+                       max_ppl_increase=b["max_ppl_increase"], max_kl_mean=b["max_kl_mean"],
+                       min_top1=b["min_top1"], prompt_token_list=w.prompt_tokens,
+                       new_token_list=w.new_tokens, depth_list=w.depth, thread_list=w.threads,
+                       batch_list=w.batch)
+
+
+def run_plan(scenario: Scenario, config: SweepConfig, show,
+             progress_factory: Callable[[int, int], SweepProgress]) -> tuple[RunResults, str, Verdict | None]:
+    """Measure, then judge. The verdict is None when the sweep was interrupted (what was
+    measured is saved; a verdict on part of the workload would mislead)."""
+    results, folder = run_sweep(config, show, progress_factory)
+    if results.status == "interrupted":
+        return results, folder, None
+    verdict = judge(scenario, results)
+    write_json_atomic(os.path.join(folder, "verdict.json"), verdict.to_dict())
+    return results, folder, verdict

@@ -1,0 +1,116 @@
+"""verdict.md: a plan's answer first (one sentence and the winner's figures), then every
+configuration against every requirement, the baselines, the details. Formatting only."""
+
+from __future__ import annotations
+
+from ..results import RunResults
+from ..scenario import UNITS, Requirement
+from ..verdict import INDETERMINATE, MET, MISSED, Check, Configuration, Verdict
+
+
+def number(req: Requirement, value: float) -> str:
+    """A figure in the requirement's own unit, without the unit: '91.3'."""
+    scaled = value / UNITS[req.spec.kind][req.unit]
+    return f"{scaled:.3g}" if abs(scaled) < 100 else f"{scaled:.0f}"
+
+
+def amount(req: Requirement, value: float) -> str:
+    return f"{number(req, value)} {req.unit}"
+
+
+def beyond(req: Requirement, value: float) -> str:
+    """How far a figure is past its limit: '20 %', or '6.4x the limit' when far."""
+    ratio = value / req.limit if req.bound == "max" else req.limit / value
+    return f"{ratio:.3g}x the limit" if ratio >= 2 else f"{abs(ratio - 1):.0%}"
+
+
+def check_cell(check: Check) -> str:
+    """One table cell: status, figure and interval, and what would decide."""
+    req, f = check.requirement, check.figure
+    label = {MET: "met", MISSED: "**missed**", INDETERMINATE: "*indeterminate*"}[check.status]
+    if f is None:
+        return f"{label}" + (f": {check.note}" if check.note else "")
+    interval = "" if f.low == f.high else f" [{number(req, f.low)}-{number(req, f.high)}]"
+    more = f"; {check.note}" if check.status == INDETERMINATE and check.note else ""
+    return f"{label} {number(req, f.value)}{interval} {req.unit}{more}"
+
+
+def figures_sentence(config: Configuration) -> str:
+    parts = []
+    for c in config.checks:
+        if c.figure is not None:
+            r = c.requirement
+            parts.append(f"{r.describe().split(' <=')[0].split(' >=')[0]} {amount(r, c.figure.value)} "
+                         f"(limit {amount(r, r.limit)})")
+    return ", ".join(parts)
+
+
+def misses(config: Configuration) -> str:
+    out = []
+    for c in config.checks:
+        if c.status == MET:
+            continue
+        r = c.requirement
+        if c.figure is not None:
+            how = f"by {beyond(r, c.figure.value)}" if c.status == MISSED else "perhaps (within the error)"
+            out.append(f"{r.describe()} {how} ({amount(r, c.figure.value)} at {c.cell})")
+        else:
+            out.append(f"{r.describe()} ({c.status}{': ' + c.note if c.note else ''})")
+    return "; ".join(out)
+
+
+def answer(v: Verdict) -> str:
+    s = v.scenario
+    cost = {"cores": "fewest threads", "memory": "least peak memory", "speed": "fastest end to end"}[s.cost]
+    if v.recommended is not None:
+        w = v.recommended
+        against = ""
+        if v.speedups:
+            sp = max(v.speedups, key=lambda x: x.ratio)
+            against = (f"; {sp.ratio:.2f}x faster end to end than {sp.baseline} "
+                       f"[{sp.low:.2f}-{sp.high:.2f}] at {sp.cell}")
+        return (f"**{w.method} on {w.threads} thread{'s' * (w.threads != 1)}, batch {w.batch}** meets "
+                f"every requirement of \"{s.name}\" at the lowest cost ({cost}): "
+                f"{figures_sentence(w)}{against}.")
+    n = v.nearest
+    if n is None:
+        return f"**Nothing was measured for \"{s.name}\"**: every method failed or was skipped."
+    if v.exit_code == 4:
+        return (f"**Undecided:** no configuration meets every requirement of \"{s.name}\" for certain; "
+                f"the nearest, **{n.name}**, is within the measuring error: {misses(n)}.")
+    return (f"**No configuration meets every requirement of \"{s.name}\".** The nearest, "
+            f"**{n.name}**, misses {misses(n)}.")
+
+
+def render(v: Verdict, results: RunResults) -> str:
+    s = v.scenario
+    machine = results.machine or {}
+    lines = [f"# Verdict: {s.name}", "", answer(v), ""] + ([s.description, ""] if s.description else []) + [
+             f"Model {results.model.get('name')}; machine {machine.get('cpu', '?')}, "
+             f"{machine.get('logical_cpus', '?')} logical CPUs; scenario `{s.path}`; "
+             f"cost: {s.cost}. Exit code {v.exit_code} (0 met, 3 none meets, 4 only indeterminate).",
+             "", "## Requirements", "", "| # | category | requirement | in the user's words |",
+             "|---|---|---|---|"]
+    for i, r in enumerate(s.requirements, 1):
+        lines.append(f"| {i} | {r.category} | {r.describe()} | {r.says} |")
+    lines += ["", "## Every configuration against every requirement", "",
+              "Met or missed only when the 95 % interval lies wholly on one side of the limit; "
+              "indeterminate when it straddles it. A configuration's figure is its worst cell's.", "",
+              "| configuration | verdict | " + " | ".join(r.describe() for r in s.requirements) + " |",
+              "|---|---|" + "---|" * len(s.requirements)]
+    order = {MET: 0, INDETERMINATE: 1, MISSED: 2}
+    for c in sorted(v.configurations, key=lambda c: (order[c.status], c.miss(), c.name)):
+        lines.append(f"| {c.name} | {c.status} | " + " | ".join(check_cell(ch) for ch in c.checks) + " |")
+    lines += ["", "## Recommendation", ""]
+    if v.recommended:
+        lines.append(f"- **{v.recommended.name}**: {figures_sentence(v.recommended)}")
+        lines += [f"- runner-up {c.name}: {figures_sentence(c)}" for c in v.runners_up]
+    elif v.nearest:
+        lines.append(f"- none meets every requirement; nearest **{v.nearest.name}**: {misses(v.nearest)}")
+    if v.speedups:
+        lines += ["", "## Against the original study's baselines", "",
+                  "| baseline | cell | the winner's speedup, end to end [95 % CI] |", "|---|---|---|"]
+        lines += [f"| {sp.baseline} | {sp.cell} | {sp.ratio:.2f}x [{sp.low:.2f}-{sp.high:.2f}] |"
+                  for sp in v.speedups]
+    lines += ["", "The cells, quality and charts behind these figures: report.md; definitions: METRICS.md.", ""]
+    return "\n".join(lines)

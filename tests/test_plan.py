@@ -1,0 +1,169 @@
+"""inferlab plan: scenarios (reading, checking, the examples, the template), the verdict's
+logic on planted figures, and the command end to end on a tiny model."""
+
+import os
+
+import pytest
+
+from inferlab.results import Cell, CellResult, MethodResult, RunResults, RunSample
+from inferlab.scenario import ScenarioError, example_names, find_scenario, load_scenario, write_template
+from inferlab.verdict import EXIT_MET, EXIT_NONE_MET, EXIT_ONLY_INDETERMINATE, INDETERMINATE, MET, MISSED, judge
+from tests.test_cli import only_run_folder, run_cli
+
+GOOD = '''name = "chat"
+cost = "cores"
+
+[workload]
+prompt_tokens = [8]
+new_tokens = 4
+threads = "1-2+1"
+
+[[requirement]]
+category = "user experience"
+metric = "ttft"
+percentile = 95
+max = 300
+unit = "ms"
+'''
+
+
+def write(tmp_path, text, name="s.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_the_shipped_examples_read_and_every_scenario_has_quality_and_reliability():
+    assert example_names() == ["batch-summarizer", "chat-assistant", "edge-device", "retrieval"]
+    for name in example_names():
+        s = load_scenario(find_scenario(name))
+        assert s.requirements[-3:][0].metric == "quality"
+        assert [r.metric for r in s.requirements[-2:]] == ["completes", "deterministic"]
+    chat = load_scenario(find_scenario("chat-assistant"))
+    assert [r.describe() for r in chat.requirements[:2]] == ["TTFT p95 <= 300 ms", "TPOT p95 <= 50 ms"]
+    assert chat.workload.threads == [1, 2] and chat.requirements[0].limit == pytest.approx(0.3)
+
+
+def test_a_good_scenario_reads_lists_in_every_grammar(tmp_path):
+    s = load_scenario(write(tmp_path, GOOD))
+    assert s.workload.threads == [1, 2] and s.workload.new_tokens == [4] and s.workload.depth == [0]
+    assert s.requirements[0].line == 9  # where [[requirement]] starts
+
+
+@pytest.mark.parametrize("change, message", [
+    (("[workload]", "[workload"), "not valid TOML"),
+    (('metric = "ttft"', 'metric = "ttfb"'), "line 11: requirement 1.metric: 'ttfb' is not one of"),
+    (('category = "user experience"', 'category = "speed"'), "line 10: requirement 1.category: 'speed'"),
+    (('unit = "ms"', 'unit = "MB"'), "line 14: requirement 1.unit: 'MB' is not a unit of time"),
+    (("percentile = 95", "percentile = 97"), "line 12: requirement 1.percentile: 97 is not one of"),
+    (("max = 300", "min = 300"), "line 13: requirement 1.min: ttft is a time: its requirement is a max"),
+    (("max = 300", "max = -1"), "requirement 1.max: must be a positive number"),
+    (('prompt_tokens = [8]\n', ''), "workload.prompt_tokens: missing"),
+    (('threads = "1-2+1"', 'threads = "2-1+1"'), "line 7: workload.threads: "),
+    (('cost = "cores"', 'cost = "cheap"'), "line 2: cost: 'cheap' is not one of"),
+    (('cost = "cores"', 'costs = "cores"'), "line 2: costs: unknown key"),
+    (('name = "chat"', ''), "name: missing"),
+])
+def test_a_bad_scenario_is_one_error_naming_the_key_and_its_line(tmp_path, change, message):
+    old, new = change
+    assert old in GOOD
+    with pytest.raises(ScenarioError, match=message.replace("(", r"\(").replace("[", r"\[").replace("+", r"\+")):
+        load_scenario(write(tmp_path, GOOD.replace(old, new)))
+
+
+def test_a_percentile_of_a_rate_does_not_exist(tmp_path):
+    text = GOOD.replace('metric = "ttft"', 'metric = "total_rate"').replace("max = 300", "min = 3") \
+        .replace('unit = "ms"', 'unit = "tok/s"')
+    with pytest.raises(ScenarioError, match="line 12: requirement 1.percentile: total_rate has no percentiles"):
+        load_scenario(write(tmp_path, text))
+
+
+def test_the_command_refuses_a_bad_scenario_before_anything_runs(tmp_path, capsys):
+    assert run_cli("plan", write(tmp_path, GOOD.replace('"ttft"', '"ttfb"')), "--output", tmp_path / "r") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "requirement 1.metric" in err
+    assert not (tmp_path / "r").exists()
+    assert run_cli("plan", "no-such-scenario") == 2
+    assert "examples shipped with inferlab: batch-summarizer" in capsys.readouterr().err
+
+
+def test_new_writes_a_template_that_reads_and_never_overwrites(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("plan", "--new", "mine") == 0
+    s = load_scenario("mine.toml")
+    assert s.name == "mine" and s.requirements[0].metric == "ttft"
+    assert run_cli("plan", "--new", "mine") == 2
+    assert "exists already" in capsys.readouterr().err
+    assert write_template("other", str(tmp_path)).endswith("other.toml")
+
+
+# --- the verdict on planted figures -----------------------------------------------------------
+def _method(name, ttft_ms, threads, rss=100e6):
+    runs = [RunSample(t / 1e3, t / 1e3 + 0.1, [0.01] * 3) for t in ttft_ms]
+    return MethodResult(method=name, status="ok", runs=runs, peak_rss_bytes=int(rss), threads=threads,
+                        deterministic=True)
+
+
+def _results(per_threads):
+    """per_threads: {threads: {method: ttft samples in ms}}"""
+    cells = []
+    for threads, methods in per_threads.items():
+        cell = CellResult(cell=Cell(8, 4, 0, threads, 1, tuple(methods)), status="complete")
+        cell.methods = [_method(m, t, threads) for m, t in methods.items()]
+        cells.append(cell)
+    names = sorted({m for ms in per_threads.values() for m in ms})
+    return RunResults(config={}, machine={}, model={"name": "tiny"}, prompt_tokens=8, cells=cells,
+                      methods=[MethodResult(method=m, status="ok", quality={"verdict": "PASS"}) for m in names])
+
+
+def test_met_missed_and_indeterminate_follow_the_interval_not_the_point(tmp_path):
+    s = load_scenario(write(tmp_path, GOOD))
+    v = judge(s, _results({1: {"fast": [100, 110, 105, 102, 108], "slow": [400, 420, 410, 415, 405],
+                               "edge": [250, 350, 280, 330, 290]}}))
+    status = {c.method: c.checks[0].status for c in v.configurations}
+    assert status == {"fast": MET, "slow": MISSED, "edge": INDETERMINATE}
+    edge = next(c for c in v.configurations if c.method == "edge")
+    assert "more runs would decide" in edge.checks[0].note
+    assert v.recommended.method == "fast" and v.exit_code == EXIT_MET
+
+
+def test_the_cheapest_configuration_wins_and_none_met_names_the_nearest(tmp_path):
+    s = load_scenario(write(tmp_path, GOOD))
+    v = judge(s, _results({1: {"a": [200] * 5, "b": [100] * 5}, 2: {"a": [90] * 5, "b": [50] * 5}}))
+    assert v.recommended.name == "b t1 b1"  # fewest threads, then the fastest
+    assert [c.name for c in v.runners_up] == ["a t1 b1", "b t2 b1", "a t2 b1"]
+    none = judge(s, _results({1: {"a": [400] * 5, "b": [330] * 5}}))
+    assert none.recommended is None and none.nearest.method == "b" and none.exit_code == EXIT_NONE_MET
+    unsure = judge(s, _results({1: {"a": [250, 350, 280, 330, 290]}}))
+    assert unsure.exit_code == EXIT_ONLY_INDETERMINATE
+
+
+def test_a_method_that_failed_a_run_or_the_quality_budget_misses(tmp_path):
+    s = load_scenario(write(tmp_path, GOOD))
+    r = _results({1: {"a": [100] * 5, "b": [100] * 5}})
+    r.cells[0].methods[0].status, r.cells[0].methods[0].error = "failed", "boom"
+    r.method("b").quality = {"verdict": "FAIL", "reasons": ["KL 0.1 > 0.02 nats"], "marginal": []}
+    v = judge(s, r)
+    assert v.recommended is None
+    checks = {c.method: {ch.requirement.metric: ch.status for ch in c.checks} for c in v.configurations}
+    assert checks["a"]["completes"] == MISSED and checks["b"]["quality"] == MISSED
+
+
+# --- the command end to end --------------------------------------------------------------------
+def test_plan_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
+    text = GOOD.replace('name = "chat"', f'name = "chat"\nmodel = "{tiny_models["llama"]}"') \
+        .replace('threads = "1-2+1"', "threads = 1") + "\n[measure]\nrepeats = 3\nmin_time_s = 0\n"
+    ok = write(tmp_path, text, "ok.toml")
+    code = run_cli("plan", ok, "--methods", "kv-cache", "--output", tmp_path / "a", "--quiet")
+    assert code == 0
+    folder = only_run_folder(tmp_path / "a")
+    md = open(os.path.join(folder, "verdict.md")).read()
+    first = [line for line in md.splitlines() if line.strip()][1]
+    assert first.startswith("**kv-cache on 1 thread, batch 1** meets every requirement")
+    assert "eager-nocache" in md  # the original baseline, added and compared
+    assert os.path.exists(os.path.join(folder, "verdict.html"))
+    assert "kv-cache on 1 thread" in capsys.readouterr().out
+    impossible = write(tmp_path, text.replace("max = 300", "max = 0.001"), "no.toml")
+    assert run_cli("plan", impossible, "--methods", "kv-cache", "--output", tmp_path / "b", "--quiet") == 3
+    md = open(os.path.join(only_run_folder(tmp_path / "b"), "verdict.md")).read()
+    assert "No configuration meets every requirement" in md and "misses TTFT p95 <= 0.001 ms by " in md and "x the limit" in md
