@@ -161,9 +161,37 @@ def test_plan_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
     first = [line for line in md.splitlines() if line.strip()][1]
     assert first.startswith("**kv-cache on 1 thread, batch 1** meets every requirement")
     assert "eager-nocache" in md  # the original baseline, added and compared
+    assert "## Run the winner outside inferlab" in md and "AutoModelForCausalLM.from_pretrained" in md
     assert os.path.exists(os.path.join(folder, "verdict.html"))
     assert "kv-cache on 1 thread" in capsys.readouterr().out
     impossible = write(tmp_path, text.replace("max = 300", "max = 0.001"), "no.toml")
     assert run_cli("plan", impossible, "--methods", "kv-cache", "--output", tmp_path / "b", "--quiet") == 3
     md = open(os.path.join(only_run_folder(tmp_path / "b"), "verdict.md")).read()
     assert "No configuration meets every requirement" in md and "misses TTFT p95 <= 0.001 ms by " in md and "x the limit" in md
+
+
+@pytest.mark.parametrize("method", ["kv-cache", "torch-int8", "native-int4", "openvino-int8", "ort-genai-int8"])
+def test_the_winner_runs_outside_inferlab_as_its_recipe_says(tiny_refs, method):
+    """The lines a verdict prints run as they are and generate what inferlab's run of the
+    method generates (greedy, same prompt)."""
+    import subprocess
+    import sys
+
+    from tokenizers import Tokenizer
+
+    from inferlab.engines import engine_class
+    from inferlab.harness import generate
+
+    ref, prompt = tiny_refs["llama"], "The printing press changed"
+    engine = engine_class(method)(ref, 1)
+    if engine.unavailable(ref):
+        pytest.skip(f"{method} cannot run here: {engine.unavailable(ref)}")
+    engine.prepare()
+    usage = engine.usage(prompt, 6)
+    assert os.path.exists(usage.path) and usage.requires
+    done = subprocess.run([sys.executable, "-c", usage.code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    engine.load()
+    tokenizer = Tokenizer.from_file(os.path.join(ref.path, "tokenizer.json"))
+    tokens = generate(engine, tokenizer.encode(prompt).ids, 6).tokens
+    assert done.stdout.rstrip("\n") == tokenizer.decode(tokens)

@@ -108,3 +108,27 @@ def test_llama_cpp_rewinds_to_a_context(smollm2):
     engine.decode(argmax(first))
     assert engine.rewind(len(context))
     assert np.allclose(np.asarray(engine.append(prompt)), first, atol=1e-4)
+
+
+def test_llama_cpp_runs_outside_inferlab_as_its_recipe_says(smollm2):
+    """The verdict's lines for llama.cpp (llama-cpp-python on the GGUF) run as they are and
+    generate what inferlab's run of the method generates."""
+    import os
+    import subprocess
+    import sys
+
+    from tokenizers import Tokenizer
+
+    prompt = "The printing press changed"
+    engine = engine_class("llama-cpp-q8_0")(smollm2, threads=2)
+    engine.prepare()
+    usage = engine.usage(prompt, 8)
+    assert usage.path.endswith(".gguf") and "llama-server -m" in usage.shell
+    done = subprocess.run([sys.executable, "-c", usage.code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    engine.load()
+    tokenizer = Tokenizer.from_file(os.path.join(smollm2.path, "tokenizer.json"))
+    # llama.cpp tokenizes by the GGUF's rules: no BOS for SmolLM2, where the converted
+    # folder's tokenizer adds one
+    tokens = generate(engine, tokenizer.encode(prompt, add_special_tokens=False).ids, 8).tokens
+    assert done.stdout.rstrip("\n") == tokenizer.decode(tokens)

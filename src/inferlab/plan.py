@@ -9,14 +9,16 @@ import os
 from typing import Callable
 
 from . import defaults
-from .engines import default_methods
+from . import protocol as p
+from .engines import default_methods, engine_path
 from .fsutil import write_json_atomic
-from .models import resolve
+from .models import ModelRef, resolve
 from .progress import SweepProgress
 from .results import RunResults
 from .scenario import Scenario
 from .sweep import SweepConfig, run_sweep
-from .verdict import BASELINES, Verdict, judge
+from .verdict import BASELINES, Configuration, Verdict, judge
+from .worker_handle import WorkerError, WorkerHandle
 
 
 def plan_methods(scenario: Scenario, methods: list[str] | None, show) -> list[str]:
@@ -52,6 +54,20 @@ def plan_config(scenario: Scenario, methods: list[str], output_dir: str, timeout
                        batch_list=w.batch)
 
 
+def how_to_run(winner: Configuration, model: ModelRef, logdir: str, new_tokens: int,
+               timeout_s: float) -> dict | None:
+    """The winner's engine says, in its own process, how to run it outside inferlab."""
+    start = p.Start(method=winner.method, engine=engine_path(winner.method), model=model,
+                    threads=winner.threads)
+    worker = WorkerHandle(start, os.path.join(logdir, f"{winner.method}-usage.log"))
+    try:
+        return worker.request(p.HowToRun(defaults.DEFAULT_PROMPT, new_tokens), timeout_s).usage
+    except WorkerError as e:
+        return {"error": e.message}
+    finally:
+        worker.close()
+
+
 def run_plan(scenario: Scenario, config: SweepConfig, show,
              progress_factory: Callable[[int, int], SweepProgress]) -> tuple[RunResults, str, Verdict | None]:
     """Measure, then judge. The verdict is None when the sweep was interrupted (what was
@@ -60,5 +76,8 @@ def run_plan(scenario: Scenario, config: SweepConfig, show,
     if results.status == "interrupted":
         return results, folder, None
     verdict = judge(scenario, results)
+    if verdict.recommended:
+        verdict.usage = how_to_run(verdict.recommended, resolve(config.model), os.path.join(folder, "logs"),
+                                   max(scenario.workload.new_tokens), config.timeout_s)
     write_json_atomic(os.path.join(folder, "verdict.json"), verdict.to_dict())
     return results, folder, verdict

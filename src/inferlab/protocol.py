@@ -70,6 +70,14 @@ class Profile:
 
 
 @dataclass
+class HowToRun:
+    """The lines that run this method's model outside inferlab (Engine.usage); builds nothing."""
+
+    prompt: str
+    new_tokens: int
+
+
+@dataclass
 class Stop:
     pass
 
@@ -120,13 +128,18 @@ class Profiled:
 
 
 @dataclass
+class Recipe:
+    usage: dict[str, Any] | None  # engines.base.Usage's fields; None: no form outside inferlab
+
+
+@dataclass
 class Failed:
     error: str  # one line: "ExceptionType: message"
     unsupported: bool = False  # the method does not apply to this model: skipped, not failed
 
 
-MESSAGES = {cls.__name__: cls for cls in (Start, Prepare, Load, Generate, Evaluate, Profile, Stop,
-                                          Prepared, Loaded, Generated, Evaluated, Profiled, Failed)}
+MESSAGES = {cls.__name__: cls for cls in (Start, Prepare, Load, Generate, Evaluate, Profile, HowToRun, Stop,
+                                          Prepared, Loaded, Generated, Evaluated, Profiled, Recipe, Failed)}
 
 
 def encode(message) -> str:

@@ -99,6 +99,7 @@ class Verdict:
     runners_up: list[Configuration]
     nearest: Configuration | None  # when nothing meets every requirement
     speedups: list[Speedup]
+    usage: dict | None = None  # how to run the winner outside inferlab (engines.base.Usage)
 
     @property
     def exit_code(self) -> int:
@@ -114,6 +115,7 @@ class Verdict:
         return {"scenario": self.scenario.to_dict(), "recommended": name(self.recommended),
                 "runners_up": [c.name for c in self.runners_up], "nearest": name(self.nearest),
                 "exit_code": self.exit_code, "speedups": [vars(s) for s in self.speedups],
+                "usage": self.usage,
                 "configurations": [c.to_dict() for c in self.configurations]}
 
 

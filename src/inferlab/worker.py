@@ -117,6 +117,12 @@ class Worker:
             self.engine.prefill_batch(contexts)
         self.filled = contexts
 
+    def on_howtorun(self, request: p.HowToRun) -> p.Recipe:
+        from dataclasses import asdict
+
+        usage = self.engine.usage(request.prompt, request.new_tokens)
+        return p.Recipe(usage=asdict(usage) if usage else None)
+
     def on_evaluate(self, request: p.Evaluate) -> p.Evaluated:
         from .quality import evaluate
 

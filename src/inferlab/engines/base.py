@@ -4,6 +4,7 @@ the harness owns the greedy loop and every clock, so all methods are measured al
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..models import ModelRef
@@ -16,6 +17,18 @@ class EngineError(RuntimeError):
 class EngineUnsupported(EngineError):
     """The method does not apply to this model (llama.cpp needs a GGUF file, a builder that
     lacks the architecture): recorded as skipped, not failed, with this message."""
+
+
+@dataclass
+class Usage:
+    """How to run a method's model outside inferlab, with that engine's own API: the file or
+    folder to copy, the packages it needs, and lines that load it and generate greedily."""
+
+    path: str
+    requires: str  # pip packages
+    code: str  # Python, complete: runs as it is
+    shell: str = ""  # the same from a command line, where the engine has one
+    note: str = ""
 
 
 class Engine(ABC):
@@ -44,6 +57,11 @@ class Engine(ABC):
         """Why this method cannot run this model on this machine, in words; None when it can
         (as far as a cheap check tells: `inferlab doctor` and the method list read it)."""
         return None if cls.applies_to(model) else "does not apply to this model"
+
+    def usage(self, prompt: str, new_tokens: int) -> Usage | None:
+        """How to run this method outside inferlab (`inferlab plan` shows the winner's);
+        None when it has no standalone form. Builds nothing: call it after prepare()."""
+        return None
 
     def prepare(self) -> bool:
         """Build and cache what `load` needs (export, conversion). Returns True on a cache hit.

@@ -10,6 +10,7 @@ llama.cpp's own performance counters can witness the harness's clocks."""
 from __future__ import annotations
 
 import os
+import shlex
 from typing import ClassVar
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from .. import defaults
 from ..fsutil import build_folder
 from ..models import artifact_folder, gguf_file_type, gguf_source_path
-from .base import Engine, EngineError, EngineUnsupported
+from .base import Engine, EngineError, EngineUnsupported, Usage
 
 CONTEXT = defaults.KV_SLOTS  # KV slots allocated up front
 # llama_ftype values of llama.h for the types offered here
@@ -59,6 +60,21 @@ class LlamaCpp(Engine):
         import llama_cpp
 
         return llama_cpp
+
+    def usage(self, prompt: str, new_tokens: int) -> Usage:
+        path, _ = self.artifact()
+        t, slots = self.threads, defaults.KV_SLOTS
+        code = f"""from llama_cpp import Llama
+
+llm = Llama(model_path={path!r}, n_threads={t}, n_ctx={slots}, verbose=False)
+out = llm({prompt!r}, max_tokens={new_tokens}, temperature=0.0)
+print(out["choices"][0]["text"])
+"""
+        shell = (f"llama-cli -m {shlex.quote(path)} -t {t} -c {slots} -n {new_tokens} --temp 0 "
+                 f"-p {shlex.quote(prompt)}\n"
+                 f"llama-server -m {shlex.quote(path)} -t {t} -c {slots}  # an OpenAI-compatible server")
+        return Usage(path, f"llama-cpp-python (inferlab built {self._library().__version__})", code, shell,
+                     "one GGUF file: copy it; llama-cli and llama-server come with a llama.cpp build")
 
     def artifact(self) -> tuple[str, bool]:
         """The GGUF file of this method's type: the source file when it already has that type,

@@ -13,7 +13,7 @@ from .. import defaults
 from ..fsutil import build_folder
 from ..models import artifact_folder
 from . import llama_arch
-from .base import Engine, EngineError, EngineUnsupported
+from .base import Engine, EngineError, EngineUnsupported, Usage
 
 RECIPE = "r3"  # bump when the packed layout changes: it is part of the cache key
 
@@ -55,6 +55,26 @@ class NativeInt4(Engine):
 
         dest = artifact_folder(self.model_ref, "native", f"q4-b{decoder.BLOCK}-{RECIPE}")
         return dest, build_folder(dest, lambda tmp: decoder.pack_model(self.model_ref.path, tmp))
+
+    def usage(self, prompt: str, new_tokens: int) -> Usage:
+        folder, _ = self.artifact()
+        tokenizer = os.path.join(self.model_ref.path, "tokenizer.json")
+        code = f"""import numpy as np
+from tokenizers import Tokenizer
+from inferlab.engines.native.decoder import NativeDecoder
+
+tokenizer = Tokenizer.from_file({tokenizer!r})
+decoder = NativeDecoder({folder!r}, threads={self.threads}, slots={defaults.KV_SLOTS})
+token = int(np.argmax(decoder.prefill(tokenizer.encode({prompt!r}).ids)))
+out = [token]
+for _ in range({new_tokens} - 1):
+    token = int(np.argmax(decoder.decode(token)))
+    out.append(token)
+print(tokenizer.decode(out))
+"""
+        return Usage(folder, "inferlab (its C decoder, built for this CPU on first use), tokenizers", code,
+                     note="inferlab's own decoder: the packed weights (this folder) and the C library, "
+                          "called through its Python wrapper")
 
     def prepare(self) -> bool:
         library_hit = self._library()[1]

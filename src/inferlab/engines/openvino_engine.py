@@ -20,7 +20,7 @@ import numpy as np
 
 from ..fsutil import build_folder
 from ..models import artifact_folder
-from .base import Engine, EngineError
+from .base import Engine, EngineError, Usage
 from .tools import run_tool
 
 RECIPE = "r1"  # bump when the export or the patch below changes: it is part of the cache key
@@ -83,6 +83,22 @@ class OpenVino(Engine):
                 json.dump({"command": cmd[1:-1], "compression": compression_summary(done.stdout)}, f)
 
         return dest, build_folder(dest, build)
+
+    def usage(self, prompt: str, new_tokens: int) -> Usage:
+        folder = os.path.join(self.artifact()[0], "export")  # optimum-intel's own export
+        code = f"""from optimum.intel import OVModelForCausalLM
+from transformers import AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained({folder!r})
+model = OVModelForCausalLM.from_pretrained({folder!r}, ov_config={{
+    "INFERENCE_NUM_THREADS": {self.threads}, "NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}})
+inputs = tokenizer({prompt!r}, return_tensors="pt", return_token_type_ids=False)
+out = model.generate(**inputs, max_new_tokens={new_tokens}, min_new_tokens={new_tokens}, do_sample=False)
+print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:]))
+"""
+        return Usage(folder, "openvino optimum-intel transformers", code,
+                     note="the folder optimum-cli exported; inferlab runs the same weights with only "
+                          "the last position's logits kept")
 
     def prepare(self) -> bool:
         return self.artifact()[1]

@@ -21,7 +21,7 @@ import numpy as np
 from .. import defaults
 from ..fsutil import build_folder
 from ..models import artifact_folder
-from .base import Engine, EngineError, EngineUnsupported
+from .base import Engine, EngineError, EngineUnsupported, Usage
 from .onnx_common import onnx_file_bytes, read_graph_stats, write_graph_stats
 from .tools import run_tool
 
@@ -65,6 +65,26 @@ class OrtGenAI(Engine):
 
     def prepare(self) -> bool:
         return self.artifact()[1]
+
+    def usage(self, prompt: str, new_tokens: int) -> Usage:
+        folder, _ = self.artifact()
+        options = json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": self.threads}}}})
+        code = f"""import onnxruntime_genai as og
+
+config = og.Config({folder!r})
+config.overlay({options!r})
+model = og.Model(config)
+tokenizer = og.Tokenizer(model)
+ids = tokenizer.encode({prompt!r})
+params = og.GeneratorParams(model)
+params.set_search_options(max_length=len(ids) + {new_tokens}, min_length=len(ids) + {new_tokens}, do_sample=False)
+generator = og.Generator(model, params)
+generator.append_tokens(ids)
+while not generator.is_done():
+    generator.generate_next_token()
+print(tokenizer.decode(generator.get_sequence(0)[len(ids):]))
+"""
+        return Usage(folder, "onnxruntime-genai", code)
 
     def load(self) -> None:
         import onnxruntime_genai as og

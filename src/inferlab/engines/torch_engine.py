@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Engine
+from .base import Engine, Usage
 from .torch_common import (
     folder_weight_file_bytes,
     load_hf_model,
@@ -16,6 +16,10 @@ from .torch_common import (
 
 
 class TorchEngine(Engine):
+    # what `usage` adds between loading the model with transformers and generating: this
+    # method's own change to the model; None when it has no form outside inferlab
+    usage_transform: str | None = ""
+
     def load(self) -> None:
         self.model = self.build_model()
 
@@ -29,6 +33,24 @@ class TorchEngine(Engine):
                 "kv_cache_bytes_per_value": 0 if self.steps_are_full_forwards else 4,
                 "attention": self.model.config._attn_implementation,
                 "torch": torch.__version__, "transformers": transformers.__version__}
+
+    def usage(self, prompt: str, new_tokens: int) -> Usage | None:
+        if self.usage_transform is None:
+            return None
+        folder = self.model_ref.path
+        cache = ", use_cache=False" if self.steps_are_full_forwards else ""
+        code = f"""import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+torch.set_num_threads({self.threads})
+tokenizer = AutoTokenizer.from_pretrained({folder!r})
+model = AutoModelForCausalLM.from_pretrained({folder!r}).eval()
+{self.usage_transform}inputs = tokenizer({prompt!r}, return_tensors="pt", return_token_type_ids=False)
+with torch.inference_mode():
+    out = model.generate(**inputs, max_new_tokens={new_tokens}, min_new_tokens={new_tokens}, do_sample=False{cache})
+print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:]))
+"""
+        return Usage(folder, "torch transformers", code)
 
     def info(self) -> dict:
         weight_bytes = module_weight_bytes(self.model)

@@ -12,6 +12,8 @@ from .torch_quantized import QuantizedTorchEngine
 class TorchInt8(QuantizedTorchEngine):
     name = "torch-int8"
     summary = "PyTorch dynamic INT8 (per-channel weights, every linear layer), KV cache"
+    usage_transform = ("model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: "
+                       "torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8)\n")
 
     def quantize(self, model: nn.Module) -> int:
         from torch.ao.nn.quantized.dynamic import Linear as QLinear

@@ -64,6 +64,7 @@ def quantize_linear_layers(model: nn.Module) -> int:
 class TorchInt8WeightOnly(QuantizedTorchEngine):
     name = "torch-int8-weight-only"
     summary = "PyTorch weight-only INT8 (per-channel int8 weights, bf16 matmul inputs), KV cache"
+    usage_transform = None  # inferlab's own layer: no form outside it
 
     def quantize(self, model: nn.Module) -> int:
         return quantize_linear_layers(model)

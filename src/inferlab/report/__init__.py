@@ -41,9 +41,22 @@ def write_reports(results: RunResults, folder: str) -> list[str]:
 
 
 def to_html(md: str) -> str:
-    """A minimal Markdown-to-HTML pass for our own report (headings, tables, lists, images)."""
-    out, in_table, in_list = [], False, False
+    """A minimal Markdown-to-HTML pass for our own report (headings, tables, lists, images,
+    fenced code)."""
+    out, in_table, in_list, code = [], False, False, None
     for line in md.splitlines():
+        if line.startswith("```"):  # a fence opens or closes a code block, kept verbatim
+            if code is None:
+                out += ["</table>"] * in_table + ["</ul>"] * in_list
+                in_table = in_list = False
+                code = []
+            else:
+                out.append("<pre><code>" + html.escape("\n".join(code)) + "</code></pre>")
+                code = None
+            continue
+        if code is not None:
+            code.append(line)
+            continue
         if line.startswith("|"):
             cells = [c.strip() for c in line.strip("|").split(" | ")]
             if line.startswith("|---"):
@@ -80,6 +93,7 @@ def to_html(md: str) -> str:
     if in_list:
         out.append("</ul>")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
+             "pre{background:#f6f6f6;padding:8px;overflow-x:auto}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;"
              "font-size:13px}th{background:#eee}img{max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>inferlab report</title>"

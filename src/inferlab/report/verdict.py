@@ -82,6 +82,25 @@ def answer(v: Verdict) -> str:
             f"**{n.name}**, misses {misses(n)}.")
 
 
+def usage_section(v: Verdict) -> list[str]:
+    if v.recommended is None:
+        return []
+    lines = ["", "## Run the winner outside inferlab", ""]
+    u = v.usage
+    if not u:
+        return lines + [f"{v.recommended.method} has no form outside inferlab: it is inferlab's own "
+                        "transformation at load time. The runners-up may have one."]
+    if "error" in u:
+        return lines + [f"Its engine could not say ({u['error']})."]
+    lines += [f"Copy `{u['path']}`: it holds what the lines below load. Needs: {u['requires']}."]
+    if u.get("note"):
+        lines += ["", u["note"][0].upper() + u["note"][1:] + "."]
+    lines += ["", "```python", u["code"].rstrip(), "```"]
+    if u.get("shell"):
+        lines += ["", "From a shell:", "", "```sh", u["shell"].rstrip(), "```"]
+    return lines
+
+
 def render(v: Verdict, results: RunResults) -> str:
     s = v.scenario
     machine = results.machine or {}
@@ -112,5 +131,6 @@ def render(v: Verdict, results: RunResults) -> str:
                   "| baseline | cell | the winner's speedup, end to end [95 % CI] |", "|---|---|---|"]
         lines += [f"| {sp.baseline} | {sp.cell} | {sp.ratio:.2f}x [{sp.low:.2f}-{sp.high:.2f}] |"
                   for sp in v.speedups]
+    lines += usage_section(v)
     lines += ["", "The cells, quality and charts behind these figures: report.md; definitions: METRICS.md.", ""]
     return "\n".join(lines)
