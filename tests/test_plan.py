@@ -168,6 +168,9 @@ def test_plan_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
     assert run_cli("plan", impossible, "--methods", "kv-cache", "--output", tmp_path / "b", "--quiet") == 3
     md = open(os.path.join(only_run_folder(tmp_path / "b"), "verdict.md")).read()
     assert "No configuration meets every requirement" in md and "misses TTFT p95 <= 0.001 ms by " in md and "x the limit" in md
+    # the nearest one's bottleneck, from its profile and the hardware floors
+    assert "- where its time goes, at pp8+tg4 t1 b1: prefill" in md
+    assert "- the profiler: decode" in md and "- next to try: " in md
 
 
 @pytest.mark.parametrize("method", ["kv-cache", "torch-int8", "native-int4", "openvino-int8", "ort-genai-int8"])

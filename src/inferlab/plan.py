@@ -5,7 +5,10 @@ beside results.json (report/verdict.py)."""
 
 from __future__ import annotations
 
+import copy
 import os
+import statistics
+from types import SimpleNamespace
 from typing import Callable
 
 from . import defaults
@@ -14,10 +17,10 @@ from .engines import default_methods, engine_path
 from .fsutil import write_json_atomic
 from .models import ModelRef, resolve
 from .progress import SweepProgress
-from .results import RunResults
+from .results import CellResult, MethodResult, RunResults
 from .scenario import Scenario
 from .sweep import SweepConfig, run_sweep
-from .verdict import BASELINES, Configuration, Verdict, judge
+from .verdict import BASELINES, MET, Configuration, Verdict, judge
 from .worker_handle import WorkerError, WorkerHandle
 
 
@@ -68,6 +71,62 @@ def how_to_run(winner: Configuration, model: ModelRef, logdir: str, new_tokens: 
         worker.close()
 
 
+def the_missing_cell(config: Configuration, results: RunResults) -> tuple[CellResult, MethodResult]:
+    """The cell that decided a configuration's first unmet requirement (else its first cell)."""
+    key = next((c.cell for c in config.checks if c.status != MET and c.cell), None)
+    cells = [(cell, cell.method(config.method)) for cell in results.cells
+             if cell.cell.threads == config.threads and cell.cell.batch == config.batch]
+    return next(((c, m) for c, m in cells if c.cell.key == key), cells[0])
+
+
+def bottleneck(config: Configuration, results: RunResults, model: ModelRef, scenario: Scenario,
+               folder: str, timeout_s: float) -> dict:
+    """Why the nearest configuration misses: which phase its time goes to in the cell that
+    decided, how far each phase is from its hardware floor (roofline.py, with the sweep's
+    probes) and, where inferlab has a profiler for its engine, the profile's verdict and the
+    next optimization to try. The profile runs in its own process, after every cell."""
+    from .profiling.roofline import rooflines, verdict
+    from .prompts import load_tokenizer
+    from .runner import read_text
+    from .workload import text_tokens
+
+    cell, m = the_missing_cell(config, results)
+    record = copy.deepcopy(m)
+    known = results.method(config.method)
+    if known is not None:
+        record.weight_bytes, record.file_bytes, record.details = known.weight_bytes, known.file_bytes, known.details
+    out: dict = {"method": config.method, "cell": cell.cell.key}
+    if m.runs:
+        ttft = statistics.median(r.ttft_s for r in m.runs)
+        e2e = statistics.median(r.e2e_s for r in m.runs)
+        out["prefill_share"] = ttft / e2e if e2e else None
+    start = p.Start(method=config.method, engine=engine_path(config.method), model=model, threads=config.threads)
+    worker = WorkerHandle(start, os.path.join(folder, "logs", f"{config.method}-profile.log"))
+    try:
+        text = text_tokens(load_tokenizer(model.path), *read_text(scenario.text_file))
+        prompt_ids = text.sequence(cell.cell)[1]
+        trace = os.path.join(folder, f"trace_{config.method}.json")
+        profiled = worker.request(p.Profile(prompt_ids, defaults.PROFILE_DECODE_STEPS, False, [], trace), timeout_s)
+        record.profile = profiled.profile
+        if record.weight_bytes is None:
+            i = profiled.info
+            record.weight_bytes, record.file_bytes, record.details = i.weight_bytes, i.file_bytes, i.details
+    except WorkerError as e:
+        out["profile_error"] = e.message
+    finally:
+        worker.close()
+    # the roofline of this cell alone: its prompt, its new tokens, the sweep's probes
+    view = SimpleNamespace(methods=[record], probes=results.probes, model=results.model,
+                           prompt_tokens=cell.cell.prompt_tokens, config={"new_tokens": cell.cell.new_tokens})
+    roofs, _ = rooflines(view)
+    roof = roofs.get(config.method) or {}
+    out.update({k: roof.get(k) for k in ("decode_efficiency", "decode_floor_ms", "prefill_efficiency",
+                                          "prefill_floor_ms", "bandwidth_gb_s", "gemm_gflop_s")})
+    if record.profile:
+        out["verdict"], out["next"] = verdict(record, roof or None, None, results.machine.get("cpu_flags", []))
+    return out
+
+
 def run_plan(scenario: Scenario, config: SweepConfig, show,
              progress_factory: Callable[[int, int], SweepProgress]) -> tuple[RunResults, str, Verdict | None]:
     """Measure, then judge. The verdict is None when the sweep was interrupted (what was
@@ -76,6 +135,9 @@ def run_plan(scenario: Scenario, config: SweepConfig, show,
     if results.status == "interrupted":
         return results, folder, None
     verdict = judge(scenario, results)
+    if verdict.nearest:
+        verdict.bottleneck = bottleneck(verdict.nearest, results, resolve(config.model), scenario, folder,
+                                        config.timeout_s)
     if verdict.recommended:
         verdict.usage = how_to_run(verdict.recommended, resolve(config.model), os.path.join(folder, "logs"),
                                    max(scenario.workload.new_tokens), config.timeout_s)

@@ -203,7 +203,8 @@ def _run_sweep(config: SweepConfig, show, progress_factory, prober, t0) -> tuple
         folder = new_results_folder(config.output_dir, model.name)
         results = RunResults(
             config=config.to_dict(), machine=machine.describe(),
-            model={**model.to_dict(), "parameters": parameter_count(model.path)},
+            model={**model.to_dict(), "parameters": parameter_count(model.path),
+                   "architecture": architecture(model.path)},
             prompt_tokens=max(config.prompt_token_list),
             sweep={"axes": config.axes(), "identity": config.identity(), "prompt_text": source},
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

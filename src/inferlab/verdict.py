@@ -100,6 +100,7 @@ class Verdict:
     nearest: Configuration | None  # when nothing meets every requirement
     speedups: list[Speedup]
     usage: dict | None = None  # how to run the winner outside inferlab (engines.base.Usage)
+    bottleneck: dict | None = None  # why the nearest misses (plan.bottleneck)
 
     @property
     def exit_code(self) -> int:
@@ -115,7 +116,7 @@ class Verdict:
         return {"scenario": self.scenario.to_dict(), "recommended": name(self.recommended),
                 "runners_up": [c.name for c in self.runners_up], "nearest": name(self.nearest),
                 "exit_code": self.exit_code, "speedups": [vars(s) for s in self.speedups],
-                "usage": self.usage,
+                "usage": self.usage, "bottleneck": self.bottleneck,
                 "configurations": [c.to_dict() for c in self.configurations]}
 
 

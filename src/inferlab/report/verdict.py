@@ -21,6 +21,8 @@ def amount(req: Requirement, value: float) -> str:
 def beyond(req: Requirement, value: float) -> str:
     """How far a figure is past its limit: '20 %', or '6.4x the limit' when far."""
     ratio = value / req.limit if req.bound == "max" else req.limit / value
+    if ratio >= 100:
+        return f"{ratio:,.0f}x the limit"
     return f"{ratio:.3g}x the limit" if ratio >= 2 else f"{abs(ratio - 1):.0%}"
 
 
@@ -82,6 +84,31 @@ def answer(v: Verdict) -> str:
             f"**{n.name}**, misses {misses(n)}.")
 
 
+def bottleneck_lines(b: dict | None) -> list[str]:
+    """The nearest configuration's bottleneck: phase, distance to the hardware floors, the
+    profiler's verdict and what to try next."""
+    if not b:
+        return []
+    out = []
+    if b.get("prefill_share") is not None:
+        out.append(f"- where its time goes, at {b['cell']}: prefill {b['prefill_share']:.0%} of the "
+                   f"end-to-end time, decode {1 - b['prefill_share']:.0%}")
+    floors = []
+    if b.get("decode_efficiency"):
+        floors.append(f"decode at {b['decode_efficiency']:.0%} of the memory-bandwidth floor "
+                      f"({b['decode_floor_ms']:.3g} ms a step at {b['bandwidth_gb_s']:.1f} GB/s)")
+    if b.get("prefill_efficiency"):
+        floors.append(f"prefill at {b['prefill_efficiency']:.0%} of the compute roof "
+                      f"({b['prefill_floor_ms']:.3g} ms at {b['gemm_gflop_s']:.0f} GFLOP/s, the fp32 GEMM probe)")
+    if floors:
+        out.append("- against the hardware: " + "; ".join(floors))
+    if b.get("verdict"):
+        out += [f"- the profiler: {b['verdict']}", f"- next to try: {b['next']}"]
+    elif b.get("profile_error"):
+        out.append(f"- not profiled: {b['profile_error']}")
+    return out
+
+
 def usage_section(v: Verdict) -> list[str]:
     if v.recommended is None:
         return []
@@ -126,6 +153,7 @@ def render(v: Verdict, results: RunResults) -> str:
         lines += [f"- runner-up {c.name}: {figures_sentence(c)}" for c in v.runners_up]
     elif v.nearest:
         lines.append(f"- none meets every requirement; nearest **{v.nearest.name}**: {misses(v.nearest)}")
+        lines += bottleneck_lines(v.bottleneck)
     if v.speedups:
         lines += ["", "## Against the original study's baselines", "",
                   "| baseline | cell | the winner's speedup, end to end [95 % CI] |", "|---|---|---|"]
