@@ -198,3 +198,22 @@ def test_the_winner_runs_outside_inferlab_as_its_recipe_says(tiny_refs, method):
     tokenizer = Tokenizer.from_file(os.path.join(ref.path, "tokenizer.json"))
     tokens = generate(engine, tokenizer.encode(prompt).ids, 6).tokens
     assert done.stdout.rstrip("\n") == tokenizer.decode(tokens)
+
+
+def test_the_verdict_page_opens_in_a_browser_with_the_answer_on_top(tmp_path):
+    """verdict.html in headless Chromium: no console error, the answer right under the title,
+    before any table."""
+    from inferlab.report import to_html
+    from inferlab.report.verdict import render
+    from tests.browser import render as open_in_browser
+
+    s = load_scenario(write(tmp_path, GOOD))
+    results = _results({1: {"a": [200] * 5, "b": [100] * 5}, 2: {"a": [90] * 5}})
+    page = tmp_path / "verdict.html"
+    page.write_text(to_html(render(judge(s, results), results)))
+    dom, console = open_in_browser(str(page), str(tmp_path / "verdict.png"))
+    assert console == []
+    body = dom[dom.index("<body>"):]
+    assert body.index("<h1>Verdict: chat</h1>") < body.index("<b>b on 1 thread, batch 1</b> meets every") \
+        < body.index("<table>")
+    assert os.path.getsize(tmp_path / "verdict.png") > 10_000

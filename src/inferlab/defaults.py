@@ -80,9 +80,12 @@ KNEE_GAIN = 0.10
 PLAN_MIN_REPEATS = 5
 PLAN_MIN_TIME_S = 2.0
 # the original baseline (no KV cache) costs about a prompt pass per new token: in a plan it is
-# measured by default only while the longest sequence stays this short (SmolLM2, 2 cores: a
-# 264-token run took about 16 s, a 2,048-token one would take minutes per run)
-PLAN_NOCACHE_MAX_TOKENS = 600  # a batch whose next size adds less total decode throughput than this: the knee
+# measured by default only while the longest sequence stays this short (SmolLM2, measured in
+# the chat-assistant plan, 200 + 64 tokens: TPOT 716 ms at 1 thread, 410 ms at 2, about 46 s
+# and 26 s a run: 4 of the plan's 10 minutes)
+PLAN_NOCACHE_MAX_TOKENS = 300
+# an indeterminate figure that would need more runs than this to decide is said to sit at its limit
+PLAN_DECIDABLE_RUNS = 100  # a batch whose next size adds less total decode throughput than this: the knee
 
 # --- bottleneck verdict (profiling/roofline.py) --------------------------------------------
 VERDICT_MEMORY_BOUND = 0.6  # decode efficiency at or above this: memory-bound near the floor

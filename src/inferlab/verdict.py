@@ -183,6 +183,14 @@ def more_runs(f: Figure, req: Requirement) -> int | None:
     return max(1, math.ceil(f.runs * (half / gap) ** 2) - f.runs)
 
 
+def undecided(f: Figure, req: Requirement) -> str:
+    n = more_runs(f, req)
+    if n is not None and n <= defaults.PLAN_DECIDABLE_RUNS:
+        return f"the 95 % interval straddles the limit: about {n} more runs would decide"
+    return (f"the figure sits {abs(f.value - req.limit) / req.limit:.1%} from the limit, well inside "
+            "its interval: more runs would hardly decide; treat it as at the limit")
+
+
 # --- one configuration against every requirement ----------------------------------------------
 def _check(req: Requirement, cells: list[tuple[CellResult, MethodResult]], results: RunResults) -> Check:
     if req.metric == "quality":
@@ -206,9 +214,7 @@ def _check(req: Requirement, cells: list[tuple[CellResult, MethodResult]], resul
         else:
             check = Check(req, judge_figure(req, f), f, cell.cell.key)
             if check.status == INDETERMINATE:
-                n = more_runs(f, req)
-                check.note = (f"the 95 % interval straddles the limit: about {n} more runs would decide"
-                              if n else "the figure sits on the limit: more runs will not decide")
+                check.note = undecided(f, req)
         def badness(ch):
             if ch.figure is None:
                 return math.inf
