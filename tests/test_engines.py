@@ -125,6 +125,14 @@ def test_torch_int8_quantizes_every_linear_layer(loaded, arch):
     assert loaded("torch-int8", arch).info()["weight_bytes"] < d["weight_bytes_before"]
 
 
+def test_the_studys_int8_quantizes_only_gpt2s_lm_head(loaded):
+    """What the original study's INT8 measured: quantize_dynamic on nn.Linear as found leaves
+    GPT-2's Conv1D blocks in fp32 and quantizes the LM head alone."""
+    d = loaded("torch-int8-study", "gpt2").info()["details"]
+    assert d["quantized_layers"] == 1 and d["conv1d_converted_to_linear"] == 0
+    assert loaded("torch-int8-study", "llama").info()["details"]["quantized_layers"] == 2 * 7 + 1
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_int8_weight_only_quantizes_every_linear_layer_and_only_the_weights(loaded, arch):
     from inferlab.engines.torch_int8_weight_only import Int8WeightOnlyLinear

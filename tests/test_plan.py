@@ -217,3 +217,13 @@ def test_the_verdict_page_opens_in_a_browser_with_the_answer_on_top(tmp_path):
     assert body.index("<h1>Verdict: chat</h1>") < body.index("<b>b on 1 thread, batch 1</b> meets every") \
         < body.index("<table>")
     assert os.path.getsize(tmp_path / "verdict.png") > 10_000
+
+
+def test_when_prefill_is_most_of_the_time_the_advice_is_about_prefill():
+    from inferlab.plan import prefill_advice
+
+    cell = _results({1: {"slow": [3000] * 5, "fast": [1000] * 5}}).cells[0]
+    advice = prefill_advice(cell, "slow", 0.84)
+    assert advice.startswith("the prompt's prefill is most of the time at 84% of the fp32 compute roof")
+    assert advice.endswith("fast prefills the prompt in 1000 ms against 3000")
+    assert "prefills the prompt" not in prefill_advice(cell, "fast", None)  # already the fastest

@@ -195,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder under which each plan gets a new folder (default results/)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p = sub.add_parser("report", help="redraw report.md, report.html and charts from a results.json")
-    p.add_argument("results", help="path to a results.json (or its folder)")
+    p.add_argument("results", nargs="?", help="path to a results.json (or its folder)")
+    p.add_argument("--methodology", nargs="*", metavar="ALIAS=RESULTS",
+                   help="write docs/methodology.md again from its template and its runs "
+                        "(docs/runs/ALIAS), first keeping each RESULTS given as run ALIAS")
+    p.add_argument("--docs", default="docs", help="the docs folder for --methodology (default docs)")
     sub.add_parser("methods", help="list the methods")
     p = sub.add_parser("doctor", help="check this machine in seconds: versions, which methods can run "
                                       "here and why not, the CPU, and what would make figures unstable")
@@ -399,6 +403,10 @@ def cmd_report(args) -> int:
     from .report.sweep import console_cells
     from .results import ResultsError, load
 
+    if args.methodology is not None:
+        return _methodology(args)
+    if not args.results:
+        return _fail("report: give a results.json (or its folder), or --methodology")
     path = args.results
     if os.path.isdir(path):
         path = os.path.join(path, "results.json")
@@ -409,6 +417,25 @@ def cmd_report(args) -> int:
     written = write_reports(results, os.path.dirname(os.path.abspath(path)))
     print(console_cells(results) if results.sweep else console_table(results))
     print("\nwrote: " + ", ".join(written))
+    return EXIT_OK
+
+
+def _methodology(args) -> int:
+    from .report.methodology import MethodologyError, write
+    from .results import ResultsError
+
+    runs = {}
+    for item in args.methodology:
+        alias, sep, path = item.partition("=")
+        if not sep or not alias or not path:
+            return _fail(f"--methodology {item}: write ALIAS=RESULTS (e.g. gpt2=results/2026.../)")
+        runs[alias] = path
+    if not os.path.isfile(os.path.join(args.docs, "methodology.template.md")):
+        return _fail(f"no {args.docs}/methodology.template.md here: run it from inferlab's checkout, or give --docs")
+    try:
+        print(f"wrote {write(args.docs, runs)}")
+    except (MethodologyError, ResultsError, OSError) as e:
+        return _fail(str(e))
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ REGISTRY: dict[str, str] = {
     "eager-nocache": "eager_nocache:EagerNoCache",
     "kv-cache": "kv_cache:KVCache",
     "torch-int8": "torch_int8:TorchInt8",
+    "torch-int8-study": "torch_int8_study:TorchInt8Study",
     "torch-int8-weight-only": "torch_int8_weight_only:TorchInt8WeightOnly",
     "torch-compile": "torch_compile:TorchCompile",
     "onnx": "onnx_fp32:OnnxFp32",

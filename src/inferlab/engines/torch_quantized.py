@@ -14,6 +14,8 @@ from .torch_common import conv1d_to_linear, load_hf_model, module_weight_bytes, 
 
 
 class QuantizedTorchEngine(KVCache):
+    convert_conv1d = True  # GPT-2's Conv1D layers become nn.Linear first, so they quantize too
+
     @abstractmethod
     def quantize(self, model: nn.Module) -> int:
         """Quantize the model's nn.Linear layers in place (a copy would hold a second fp32 model
@@ -22,7 +24,7 @@ class QuantizedTorchEngine(KVCache):
     def build_model(self):
         model = load_hf_model(self.model_ref, self.threads)
         self.bytes_before = module_weight_bytes(model)
-        self.conv1d_converted = conv1d_to_linear(model)
+        self.conv1d_converted = conv1d_to_linear(model) if self.convert_conv1d else 0
         self.linear_total = sum(isinstance(m, nn.Linear) for m in model.modules())
         self.quantized = self.quantize(model)
         if self.quantized == 0:

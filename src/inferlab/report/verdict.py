@@ -84,6 +84,10 @@ def answer(v: Verdict) -> str:
             f"**{n.name}**, misses {misses(n)}.")
 
 
+def ms(value: float) -> str:
+    return f"{value:.3g} ms" if value < 1000 else f"{value:,.0f} ms"
+
+
 def bottleneck_lines(b: dict | None) -> list[str]:
     """The nearest configuration's bottleneck: phase, distance to the hardware floors, the
     profiler's verdict and what to try next."""
@@ -96,10 +100,10 @@ def bottleneck_lines(b: dict | None) -> list[str]:
     floors = []
     if b.get("decode_efficiency"):
         floors.append(f"decode at {b['decode_efficiency']:.0%} of the memory-bandwidth floor "
-                      f"({b['decode_floor_ms']:.3g} ms a step at {b['bandwidth_gb_s']:.1f} GB/s)")
+                      f"({ms(b['decode_floor_ms'])} a step at {b['bandwidth_gb_s']:.1f} GB/s)")
     if b.get("prefill_efficiency"):
         floors.append(f"prefill at {b['prefill_efficiency']:.0%} of the compute roof "
-                      f"({b['prefill_floor_ms']:.3g} ms at {b['gemm_gflop_s']:.0f} GFLOP/s, the fp32 GEMM probe)")
+                      f"({ms(b['prefill_floor_ms'])} at {b['gemm_gflop_s']:.0f} GFLOP/s, the fp32 GEMM probe)")
     if floors:
         out.append("- against the hardware: " + "; ".join(floors))
     if b.get("verdict"):
