@@ -162,6 +162,8 @@ def test_plan_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
     assert first.startswith("**kv-cache on 1 thread, batch 1** meets every requirement")
     assert "eager-nocache" in md  # the original baseline, added and compared
     assert "## Run the winner outside inferlab" in md and "AutoModelForCausalLM.from_pretrained" in md
+    winner = os.path.join(folder, "winner", os.path.basename(tiny_models["llama"]))
+    assert os.path.isfile(os.path.join(winner, "config.json")) and f"from_pretrained('{winner}')" in md
     assert os.path.exists(os.path.join(folder, "verdict.html"))
     assert "kv-cache on 1 thread" in capsys.readouterr().out
     impossible = write(tmp_path, text.replace("max = 300", "max = 0.001"), "no.toml")
@@ -227,3 +229,20 @@ def test_when_prefill_is_most_of_the_time_the_advice_is_about_prefill():
     assert advice.startswith("the prompt's prefill is most of the time at 84% of the fp32 compute roof")
     assert advice.endswith("fast prefills the prompt in 1000 ms against 3000")
     assert "prefills the prompt" not in prefill_advice(cell, "fast", None)  # already the fastest
+
+
+def test_the_winner_is_a_folder_to_copy_and_its_lines_read_it_there(tmp_path):
+    from inferlab.plan import export_winner
+
+    cache = tmp_path / "cache"
+    model = cache / "q4"
+    model.mkdir(parents=True)
+    (model / "weights.bin").write_bytes(b"w")
+    tokenizer = cache / "tokenizer.json"
+    tokenizer.write_text("{}")
+    usage = {"path": str(model), "code": f"load({str(model)!r}, {str(tokenizer)!r})", "shell": "",
+             "also": [str(tokenizer)]}
+    out = export_winner(usage, str(tmp_path / "winner"))
+    assert out["path"] == str(tmp_path / "winner" / "q4")
+    assert (tmp_path / "winner" / "q4" / "weights.bin").read_bytes() == b"w"
+    assert (tmp_path / "winner" / "tokenizer.json").exists() and str(cache) not in out["code"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import statistics
 from types import SimpleNamespace
 from typing import Callable
@@ -64,11 +65,40 @@ def how_to_run(winner: Configuration, model: ModelRef, logdir: str, new_tokens: 
                     threads=winner.threads)
     worker = WorkerHandle(start, os.path.join(logdir, f"{winner.method}-usage.log"))
     try:
-        return worker.request(p.HowToRun(defaults.DEFAULT_PROMPT, new_tokens), timeout_s).usage
+        usage = worker.request(p.HowToRun(defaults.DEFAULT_PROMPT, new_tokens), timeout_s).usage
     except WorkerError as e:
         return {"error": e.message}
     finally:
         worker.close()
+    return usage and export_winner(usage, os.path.join(os.path.dirname(logdir), "winner"))
+
+
+def export_winner(usage: dict, dest: str) -> dict:
+    """A folder to copy, not a path into inferlab's cache: the winner's model files (hard links
+    where the file system allows, else copies) in the results folder's winner/, and the lines
+    rewritten to read them there."""
+    os.makedirs(dest, exist_ok=True)
+    out = dict(usage)
+    for source in [usage["path"], *usage.get("also", [])]:
+        target = os.path.join(dest, os.path.basename(source.rstrip(os.sep)))
+        if os.path.isdir(source):
+            shutil.copytree(source, target, copy_function=_link_or_copy, dirs_exist_ok=True)
+        else:
+            _link_or_copy(source, target)
+        for key in ("path", "code", "shell"):
+            out[key] = out.get(key, "").replace(source, target)
+        out["also"] = [target if a == source else a for a in out.get("also", [])]
+    return out
+
+
+def _link_or_copy(source: str, target: str) -> str:
+    if os.path.exists(target):
+        os.remove(target)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+    return target
 
 
 def the_missing_cell(config: Configuration, results: RunResults) -> tuple[CellResult, MethodResult]:

@@ -4,7 +4,7 @@ the harness owns the greedy loop and every clock, so all methods are measured al
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..models import ModelRef
@@ -29,6 +29,7 @@ class Usage:
     code: str  # Python, complete: runs as it is
     shell: str = ""  # the same from a command line, where the engine has one
     note: str = ""
+    also: list[str] = field(default_factory=list)  # other files the lines read (a tokenizer)
 
 
 class Engine(ABC):

@@ -73,7 +73,7 @@ for _ in range({new_tokens} - 1):
 print(tokenizer.decode(out))
 """
         return Usage(folder, "inferlab (its C decoder, built for this CPU on first use), tokenizers", code,
-                     note="inferlab's own decoder: the packed weights (this folder) and the C library, "
+                     also=[tokenizer], note="inferlab's own decoder: the packed weights (this folder) and the C library, "
                           "called through its Python wrapper")
 
     def prepare(self) -> bool:

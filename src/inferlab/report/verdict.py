@@ -3,6 +3,8 @@ configuration against every requirement, the baselines, the details. Formatting 
 
 from __future__ import annotations
 
+import os
+
 from ..results import RunResults
 from ..scenario import UNITS, Requirement
 from ..verdict import INDETERMINATE, MET, MISSED, Check, Configuration, Verdict
@@ -123,7 +125,9 @@ def usage_section(v: Verdict) -> list[str]:
                         "transformation at load time. The runners-up may have one."]
     if "error" in u:
         return lines + [f"Its engine could not say ({u['error']})."]
-    lines += [f"Copy `{u['path']}`: it holds what the lines below load. Needs: {u['requires']}."]
+    lines += [f"Copy the folder `{os.path.dirname(u['path'])}`: it holds the model files (hard links into "
+              f"inferlab's cache where the file system allows, else copies), and the lines below read "
+              f"them there. Needs: {u['requires']}."]
     if u.get("note"):
         lines += ["", u["note"][0].upper() + u["note"][1:] + "."]
     lines += ["", "```python", u["code"].rstrip(), "```"]
