@@ -349,6 +349,9 @@ def cmd_plan(args) -> int:
                                             lambda todo, done: SweepProgress(todo, done, args.quiet))
     except (ModelError, ValueError) as e:
         return _fail(str(e))
+    except KeyboardInterrupt:  # after the cells (the profile, the recipe): they are saved
+        print("inferlab: interrupted after the measurements; no verdict written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     write_reports_timed(results, folder)
     if verdict is None:
         print(f"inferlab: interrupted; the cells measured so far are saved in {folder}", file=sys.stderr)

@@ -58,19 +58,20 @@ def plan_config(scenario: Scenario, methods: list[str], output_dir: str, timeout
                        batch_list=w.batch)
 
 
-def how_to_run(winner: Configuration, model: ModelRef, logdir: str, new_tokens: int,
+def how_to_run(winner: Configuration, model: ModelRef, folder: str, new_tokens: int,
                timeout_s: float) -> dict | None:
-    """The winner's engine says, in its own process, how to run it outside inferlab."""
+    """The winner's engine says, in its own process, how to run it outside inferlab; its files
+    go into the plan's folder (winner/)."""
     start = p.Start(method=winner.method, engine=engine_path(winner.method), model=model,
                     threads=winner.threads)
-    worker = WorkerHandle(start, os.path.join(logdir, f"{winner.method}-usage.log"))
+    worker = WorkerHandle(start, os.path.join(folder, "logs", f"{winner.method}-usage.log"))
     try:
         usage = worker.request(p.HowToRun(defaults.DEFAULT_PROMPT, new_tokens), timeout_s).usage
     except WorkerError as e:
         return {"error": e.message}
     finally:
         worker.close()
-    return usage and export_winner(usage, os.path.join(os.path.dirname(logdir), "winner"))
+    return usage and export_winner(usage, os.path.join(folder, "winner"))
 
 
 def export_winner(usage: dict, dest: str) -> dict:
@@ -184,7 +185,7 @@ def run_plan(scenario: Scenario, config: SweepConfig, show,
         verdict.bottleneck = bottleneck(verdict.nearest, results, resolve(config.model), scenario, folder,
                                         config.timeout_s)
     if verdict.recommended:
-        verdict.usage = how_to_run(verdict.recommended, resolve(config.model), os.path.join(folder, "logs"),
+        verdict.usage = how_to_run(verdict.recommended, resolve(config.model), folder,
                                    max(scenario.workload.new_tokens), config.timeout_s)
     write_json_atomic(os.path.join(folder, "verdict.json"), verdict.to_dict())
     return results, folder, verdict
