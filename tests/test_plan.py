@@ -71,6 +71,13 @@ def test_a_bad_scenario_is_one_error_naming_the_key_and_its_line(tmp_path, chang
         load_scenario(write(tmp_path, GOOD.replace(old, new)))
 
 
+def test_measure_takes_counts_and_times_only(tmp_path):
+    s = load_scenario(write(tmp_path, GOOD + "\n[measure]\nrepeats = 7\nmin_time_s = 0.5\n"))
+    assert (s.repeats, s.min_time_s) == (7, 0.5)
+    with pytest.raises(ScenarioError, match=r"line 17: measure.repeats: must be an integer of at least 1"):
+        load_scenario(write(tmp_path, GOOD + "\n[measure]\nrepeats = 0\n"))
+
+
 def test_a_percentile_of_a_rate_does_not_exist(tmp_path):
     text = GOOD.replace('metric = "ttft"', 'metric = "total_rate"').replace("max = 300", "min = 3") \
         .replace('unit = "ms"', 'unit = "tok/s"')
@@ -175,7 +182,7 @@ def test_plan_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
     assert "- the profiler: decode" in md and "- next to try: " in md
 
 
-@pytest.mark.parametrize("method", ["kv-cache", "torch-int8", "native-int4", "openvino-int8", "ort-genai-int8"])
+@pytest.mark.parametrize("method", ["kv-cache", "torch-int8", "native-int4", "onnx-int4", "openvino-int8", "ort-genai-int8"])
 def test_the_winner_runs_outside_inferlab_as_its_recipe_says(tiny_refs, method):
     """The lines a verdict prints run as they are and generate what inferlab's run of the
     method generates (greedy, same prompt)."""

@@ -208,7 +208,7 @@ class _Reader:
                             cost=cost, methods=methods,
                             model=self.text(None, "model", d.get("model", defaults.DEFAULT_MODEL)),
                             text_file=d.get("text_file"), budget=self.budget(d.get("quality", {})))
-        for key, value in self.table("measure", d.get("measure", {})).items():
+        for key, value in self.measure(d.get("measure", {})).items():
             setattr(scenario, key, value)
         return scenario
 
@@ -220,18 +220,21 @@ class _Reader:
     def table(self, name: str, value) -> dict:
         if not isinstance(value, dict):
             self.fail(None, name, f"must be a table ([{name}])")
-        if name == "measure":
-            self.unknown_keys(name, value, MEASURE_KEYS)
-            out = {}
-            for key, v in value.items():
-                kind, minimum = MEASURE_KEYS[key]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)) \
-                        or not math.isfinite(v) or v < minimum:
-                    self.fail(name, key, f"must be {'an integer' if kind is int else 'a number'} "
-                                         f"of at least {minimum}, not {v!r}")
-                out[key] = kind(v)
-            return out
         return value
+
+    def measure(self, value) -> dict:
+        """[measure]: the timed runs per method and cell."""
+        value = self.table("measure", value)
+        self.unknown_keys("measure", value, MEASURE_KEYS)
+        out = {}
+        for key, v in value.items():
+            kind, minimum = MEASURE_KEYS[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)) \
+                    or not math.isfinite(v) or v < minimum:
+                self.fail("measure", key, f"must be {'an integer' if kind is int else 'a number'} "
+                                          f"of at least {minimum}, not {v!r}")
+            out[key] = kind(v)
+        return out
 
     def method_list(self, value) -> list[str]:
         from .engines import method_names

@@ -14,7 +14,7 @@ from .. import defaults
 from ..fsutil import build_folder
 from . import llama_arch
 from . import onnx_llama_graph as graph
-from .base import EngineError, EngineUnsupported
+from .base import EngineError, EngineUnsupported, Usage
 from .onnx_common import OrtEngine, artifact_dir, cpu_session, onnx_file_bytes, write_graph_stats
 
 RECIPE = "r1"  # bump when the builder's output changes: it is part of the cache key
@@ -98,6 +98,45 @@ class OnnxInt4(OrtEngine):
         except (EngineUnsupported, OSError, ValueError, KeyError) as e:
             return str(e)
         return None
+
+    def usage(self, prompt: str, new_tokens: int) -> Usage:
+        folder, _ = self.artifact()
+        tokenizer = os.path.join(self.model_ref.path, "tokenizer.json")
+        code = f"""import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+options = ort.SessionOptions()
+options.intra_op_num_threads = {self.threads}
+session = ort.InferenceSession({os.path.join(folder, "model.onnx")!r}, options, providers=["CPUExecutionProvider"])
+tokenizer = Tokenizer.from_file({tokenizer!r})
+# the KV cache: one fixed buffer per layer and tensor ({defaults.KV_SLOTS} slots), passed in, returned filled
+past = {{i.name: np.zeros(i.shape, np.float32) for i in session.get_inputs() if i.name.startswith("past_key_values.")}}
+names = [o.name for o in session.get_outputs()]
+
+
+def step(ids, length):
+    total = length + len(ids)
+    out = dict(zip(names, session.run(None, {{
+        "input_ids": np.asarray([ids], np.int64), "seqlens_k": np.asarray([total - 1], np.int32),
+        "total_sequence_length": np.asarray(total, np.int32), "logits_to_keep": np.asarray([1], np.int64),
+        **past}})))
+    for name in past:
+        past[name] = out[name.replace("past_key_values.", "present.", 1)]
+    return out["logits"][0, -1], total
+
+
+logits, length = step(tokenizer.encode({prompt!r}).ids, 0)
+tokens = [int(np.argmax(logits))]
+for _ in range({new_tokens} - 1):
+    logits, length = step([tokens[-1]], length)
+    tokens.append(int(np.argmax(logits)))
+print(tokenizer.decode(tokens))
+"""
+        return Usage(folder, "onnxruntime, tokenizers, numpy", code, also=[tokenizer],
+                     note="inferlab's own graph (GroupQueryAttention with the KV cache in fixed buffers, "
+                          "4-bit MatMulNBits weights): a standard ONNX file that ONNX Runtime runs as it "
+                          "is; inferlab binds the cache in place instead of passing it back and forth")
 
     def artifact(self) -> tuple[str, bool]:
         dest = artifact_dir(self.model_ref, f"fused-int{self.layer_bits}-b{graph.BLOCK}"

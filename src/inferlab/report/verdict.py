@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from ..results import RunResults
-from ..scenario import UNITS, Requirement
+from ..scenario import COSTS, UNITS, Requirement
 from ..verdict import INDETERMINATE, MET, MISSED, Check, Configuration, Verdict
 
 
@@ -65,7 +65,7 @@ def misses(config: Configuration) -> str:
 
 def answer(v: Verdict) -> str:
     s = v.scenario
-    cost = {"cores": "fewest threads", "memory": "least peak memory", "speed": "fastest end to end"}[s.cost]
+    cost = COSTS[s.cost]
     if v.recommended is not None:
         w = v.recommended
         against = ""
@@ -121,8 +121,8 @@ def usage_section(v: Verdict) -> list[str]:
     lines = ["", "## Run the winner outside inferlab", ""]
     u = v.usage
     if not u:
-        return lines + [f"{v.recommended.method} has no form outside inferlab: it is inferlab's own "
-                        "transformation at load time. The runners-up may have one."]
+        return lines + [f"inferlab has no recipe for running {v.recommended.method} outside it (its engine "
+                        "gives none: `inferlab methods` says what it builds); the runners-up may have one."]
     if "error" in u:
         return lines + [f"Its engine could not say ({u['error']})."]
     lines += [f"Copy the folder `{os.path.dirname(u['path'])}`: it holds the model files (hard links into "
