@@ -217,7 +217,7 @@ def test_the_verdict_page_opens_in_a_browser_with_the_answer_on_top(tmp_path):
     from tests.browser import render as open_in_browser
 
     s = load_scenario(write(tmp_path, GOOD))
-    results = _results({1: {"a": [200] * 5, "b": [100] * 5}, 2: {"a": [90] * 5}})
+    results = _results({1: {"a": [200] * 5, "b": [100] * 5, "c": [400] * 5}, 2: {"a": [90] * 5}})
     page = tmp_path / "verdict.html"
     page.write_text(to_html(render(judge(s, results), results)))
     dom, console = open_in_browser(str(page), str(tmp_path / "verdict.png"))
@@ -225,6 +225,7 @@ def test_the_verdict_page_opens_in_a_browser_with_the_answer_on_top(tmp_path):
     body = dom[dom.index("<body>"):]
     assert body.index("<h1>Verdict: chat</h1>") < body.index("<b>b on 1 thread, batch 1</b> meets every") \
         < body.index("<table>")
+    assert "<td><b>missed</b> 400" in body and "**" not in body  # Markdown emphasis rendered, in tables too
     assert os.path.getsize(tmp_path / "verdict.png") > 10_000
 
 

@@ -66,7 +66,7 @@ def to_html(md: str) -> str:
                 tag, in_table = "th", True
             else:
                 tag = "td"
-            out.append("<tr>" + "".join(f"<{tag}>{html.escape(c.replace(chr(92) + '|', '|'))}</{tag}>" for c in cells) + "</tr>")
+            out.append("<tr>" + "".join(f"<{tag}>{_inline(c.replace(chr(92) + '|', '|'))}</{tag}>" for c in cells) + "</tr>")
             continue
         if in_table:
             out.append("</table>")
@@ -105,4 +105,5 @@ def _inline(text: str) -> str:
 
     text = html.escape(text)
     text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"(?<![*\w])\*([^*\s](?:[^*]*[^*\s])?)\*(?![*\w])", r"<i>\1</i>", text)  # *italic*
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
