@@ -58,13 +58,18 @@ def plan_config(scenario: Scenario, methods: list[str], output_dir: str, timeout
                        batch_list=w.batch)
 
 
+def _worker(config: Configuration, model: ModelRef, folder: str, job: str) -> WorkerHandle:
+    """A fresh worker for one configuration's method and threads, after every cell."""
+    start = p.Start(method=config.method, engine=engine_path(config.method), model=model,
+                    threads=config.threads)
+    return WorkerHandle(start, os.path.join(folder, "logs", f"{config.method}-{job}.log"))
+
+
 def how_to_run(winner: Configuration, model: ModelRef, folder: str, new_tokens: int,
                timeout_s: float) -> dict | None:
     """The winner's engine says, in its own process, how to run it outside inferlab; its files
     go into the plan's folder (winner/)."""
-    start = p.Start(method=winner.method, engine=engine_path(winner.method), model=model,
-                    threads=winner.threads)
-    worker = WorkerHandle(start, os.path.join(folder, "logs", f"{winner.method}-usage.log"))
+    worker = _worker(winner, model, folder, "usage")
     try:
         usage = worker.request(p.HowToRun(defaults.DEFAULT_PROMPT, new_tokens), timeout_s).usage
     except WorkerError as e:
@@ -131,8 +136,7 @@ def bottleneck(config: Configuration, results: RunResults, model: ModelRef, scen
         ttft = statistics.median(r.ttft_s for r in m.runs)
         e2e = statistics.median(r.e2e_s for r in m.runs)
         out["prefill_share"] = ttft / e2e if e2e else None
-    start = p.Start(method=config.method, engine=engine_path(config.method), model=model, threads=config.threads)
-    worker = WorkerHandle(start, os.path.join(folder, "logs", f"{config.method}-profile.log"))
+    worker = _worker(config, model, folder, "profile")
     try:
         text = text_tokens(load_tokenizer(model.path), *read_text(scenario.text_file))
         prompt_ids = text.sequence(cell.cell)[1]
@@ -181,11 +185,11 @@ def run_plan(scenario: Scenario, config: SweepConfig, show,
     if results.status == "interrupted":
         return results, folder, None
     verdict = judge(scenario, results)
+    model = resolve(config.model)  # the sweep resolved it: its file facts are cached
     if verdict.nearest:
-        verdict.bottleneck = bottleneck(verdict.nearest, results, resolve(config.model), scenario, folder,
-                                        config.timeout_s)
+        verdict.bottleneck = bottleneck(verdict.nearest, results, model, scenario, folder, config.timeout_s)
     if verdict.recommended:
-        verdict.usage = how_to_run(verdict.recommended, resolve(config.model), folder,
+        verdict.usage = how_to_run(verdict.recommended, model, folder,
                                    max(scenario.workload.new_tokens), config.timeout_s)
     write_json_atomic(os.path.join(folder, "verdict.json"), verdict.to_dict())
     return results, folder, verdict

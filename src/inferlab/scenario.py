@@ -75,13 +75,17 @@ class Requirement:
     def spec(self) -> MetricSpec:
         return METRICS[self.metric]
 
+    @property
+    def figure_name(self) -> str:
+        """'TTFT p95'"""
+        return self.spec.label + (f" p{self.percentile}" if self.percentile else "")
+
     def describe(self) -> str:
         """'TTFT p95 <= 300 ms'"""
         if self.bound == "holds":
             return self.spec.label
-        pct = f" p{self.percentile}" if self.percentile else ""
         limit = self.limit / UNITS[self.spec.kind][self.unit]
-        return f"{self.spec.label}{pct} {'<=' if self.bound == 'max' else '>='} {limit:g} {self.unit}"
+        return f"{self.figure_name} {'<=' if self.bound == 'max' else '>='} {limit:g} {self.unit}"
 
     def to_dict(self) -> dict:
         return {"category": self.category, "metric": self.metric, "bound": self.bound,

@@ -159,3 +159,16 @@ def median_interval(samples, seed: int = defaults.DEFAULT_SEED) -> tuple[float, 
     boot = np.median(rng.choice(x, size=(defaults.BOOTSTRAP_RESAMPLES, x.size), replace=True), axis=1)
     alpha = (1 - defaults.CONFIDENCE) / 2
     return float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha))
+
+
+def run_bootstrap_interval(groups: list, statistic, seed: int = defaults.DEFAULT_SEED) -> tuple[float, float]:
+    """Percentile-bootstrap interval of statistic(pooled samples), resampling whole runs (the
+    tokens of one run are not independent of each other)."""
+    rng = np.random.default_rng(seed)
+    n = len(groups)
+    values = []
+    for _ in range(defaults.BOOTSTRAP_RESAMPLES):
+        picked = rng.integers(0, n, n)
+        values.append(statistic(np.concatenate([groups[i] for i in picked])))
+    alpha = (1 - defaults.CONFIDENCE) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))

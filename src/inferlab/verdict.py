@@ -13,7 +13,7 @@ import numpy as np
 from . import defaults
 from .results import CellResult, MethodResult, RunResults
 from .scenario import Requirement, Scenario
-from .stats import ratio_of_medians
+from .stats import ratio_of_medians, run_bootstrap_interval
 
 MET, MISSED, INDETERMINATE = "met", "missed", "indeterminate"
 EXIT_MET, EXIT_NONE_MET, EXIT_ONLY_INDETERMINATE = 0, 3, 4
@@ -121,19 +121,6 @@ class Verdict:
 
 
 # --- figures ----------------------------------------------------------------------------------
-def _bootstrap(groups: list[list[float]], statistic, seed: int = defaults.DEFAULT_SEED) -> tuple[float, float]:
-    """Percentile-bootstrap interval of statistic(pooled samples), resampling whole runs (the
-    tokens of one run are not independent of each other)."""
-    rng = np.random.default_rng(seed)
-    n = len(groups)
-    values = []
-    for _ in range(defaults.BOOTSTRAP_RESAMPLES):
-        picked = rng.integers(0, n, n)
-        values.append(statistic(np.concatenate([groups[i] for i in picked])))
-    alpha = (1 - defaults.CONFIDENCE) / 2
-    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
-
-
 def figure(req: Requirement, cell: CellResult, m: MethodResult, results: RunResults) -> Figure | None:
     """The requirement's figure for method m in the cell; None when not measured there."""
     kind = req.metric
@@ -160,7 +147,7 @@ def figure(req: Requirement, cell: CellResult, m: MethodResult, results: RunResu
     def statistic(x):
         return float(np.percentile(x, q))
     value = statistic(np.concatenate(groups))
-    low, high = _bootstrap(groups, statistic)
+    low, high = run_bootstrap_interval(groups, statistic)
     return Figure(value, low, high, len(m.runs))
 
 
@@ -205,8 +192,14 @@ def _check(req: Requirement, cells: list[tuple[CellResult, MethodResult]], resul
         bad = [c for c, m in cells if m.deterministic is False]
         return Check(req, MISSED, cell=bad[0].cell.key, note="a timed run's tokens differed") if bad \
             else Check(req, MET)
-    worst: Check | None = None
     order = {MET: 0, INDETERMINATE: 1, MISSED: 2}
+
+    def badness(ch: Check) -> tuple:  # worse status first, then further past the limit
+        past = math.inf if ch.figure is None else \
+            (ch.figure.value - req.limit) * (1 if req.bound == "max" else -1)
+        return order[ch.status], past
+
+    worst: Check | None = None
     for cell, m in cells:
         f = figure(req, cell, m, results)
         if f is None:
@@ -215,11 +208,7 @@ def _check(req: Requirement, cells: list[tuple[CellResult, MethodResult]], resul
             check = Check(req, judge_figure(req, f), f, cell.cell.key)
             if check.status == INDETERMINATE:
                 check.note = undecided(f, req)
-        def badness(ch):
-            if ch.figure is None:
-                return math.inf
-            return (ch.figure.value - req.limit) * (1 if req.bound == "max" else -1)
-        if worst is None or (order[check.status], badness(check)) > (order[worst.status], badness(worst)):
+        if worst is None or badness(check) > badness(worst):
             worst = check
     return worst
 

@@ -7,7 +7,7 @@ import os
 
 from ..results import RunResults
 from ..scenario import COSTS, UNITS, Requirement
-from ..verdict import INDETERMINATE, MET, MISSED, Check, Configuration, Verdict
+from ..verdict import EXIT_ONLY_INDETERMINATE, INDETERMINATE, MET, MISSED, Check, Configuration, Verdict
 
 
 def number(req: Requirement, value: float) -> str:
@@ -44,7 +44,7 @@ def figures_sentence(config: Configuration) -> str:
     for c in config.checks:
         if c.figure is not None:
             r = c.requirement
-            parts.append(f"{r.describe().split(' <=')[0].split(' >=')[0]} {amount(r, c.figure.value)} "
+            parts.append(f"{r.figure_name} {amount(r, c.figure.value)} "
                          f"(limit {amount(r, r.limit)})")
     return ", ".join(parts)
 
@@ -79,7 +79,7 @@ def answer(v: Verdict) -> str:
     n = v.nearest
     if n is None:
         return f"**Nothing was measured for \"{s.name}\"**: every method failed or was skipped."
-    if v.exit_code == 4:
+    if v.exit_code == EXIT_ONLY_INDETERMINATE:
         return (f"**Undecided:** no configuration meets every requirement of \"{s.name}\" for certain; "
                 f"the nearest, **{n.name}**, is within the measuring error: {misses(n)}.")
     return (f"**No configuration meets every requirement of \"{s.name}\".** The nearest, "
