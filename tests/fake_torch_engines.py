@@ -15,3 +15,13 @@ class QualityCrash(KVCache):
         if all_logits:
             os.kill(os.getpid(), signal.SIGSEGV)
         return super().prefill(token_ids)
+
+
+class SlowedKVCache(KVCache):
+    """kv-cache with a 20 ms sleep in every decode step: a regression a gate must catch."""
+
+    def decode(self, token_id):
+        import time
+
+        time.sleep(0.02)
+        return super().decode(token_id)

@@ -1,9 +1,11 @@
 """Command line: `inferlab run`, `inferlab quality`, `inferlab profile`, `inferlab sweep`,
-`inferlab plan`, `inferlab report`, `inferlab methods`, `inferlab doctor`.
+`inferlab plan`, `inferlab report`, `inferlab compare`, `inferlab history`, `inferlab export`,
+`inferlab methods`, `inferlab doctor`.
 
 Exit codes: 0 all good; 1 the run finished but a method failed; 2 bad input (model, option,
 results file, scenario); 130 interrupted (results measured so far are saved); `plan`: 3 when
-no configuration meets the scenario's requirements, 4 when only indeterminate ones remain."""
+no configuration meets the scenario's requirements, 4 when only indeterminate ones remain;
+`compare` with a gate: 1 a regression, 3 undecided (the intervals are too wide)."""
 
 from __future__ import annotations
 
@@ -56,6 +58,21 @@ def _fraction(text: str) -> float:
     if value > 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1: {text}")
     return value
+
+
+def _share(text: str) -> float:
+    """'5%' or '0.05': a fraction of a figure."""
+    value = _non_negative_float(text[:-1]) / 100 if text.endswith("%") else _non_negative_float(text)
+    if not text.endswith("%") and value > 1:
+        raise argparse.ArgumentTypeError(f"write a percentage (5%) or a fraction (0.05): {text}")
+    return value
+
+
+def _method_pair(text: str) -> list[str]:
+    names = _methods_arg(text)
+    if len(names) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"one method, or two as A,B: {text}")
+    return names
 
 
 def _int_list(minimum: int):
@@ -200,6 +217,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write docs/methodology.md again from its template and its runs "
                         "(docs/runs/ALIAS), first keeping each RESULTS given as run ALIAS")
     p.add_argument("--docs", default="docs", help="the docs folder for --methodology (default docs)")
+    p = sub.add_parser("compare", help="two results (runs, sweeps, history ids) or two methods of "
+                                       "one: ratios with intervals, quality side by side, a CI gate")
+    p.add_argument("base", help="the base: a results folder or results.json, a history id (see "
+                                "`inferlab history`), or 'last' (the last earlier run of NEW's "
+                                "configuration in the history)")
+    p.add_argument("new", nargs="?", help="the new results (same forms); omit it with --methods "
+                                          "A,B to compare two methods of BASE")
+    p.add_argument("--methods", type=_method_pair,
+                   help="A,B: method A of BASE against method B of NEW (or of BASE); one name: "
+                        "only that method")
+    p.add_argument("--fail-if-slower", type=_share, metavar="PCT",
+                   help="exit 1 when a method is slower (E2E, TTFT or TPOT) by more than this, "
+                        "e.g. 5%%, with 95 %% confidence; exit 3 when the intervals cannot tell")
+    p.add_argument("--fail-if-larger", type=_share, metavar="PCT",
+                   help="exit 1 when a method's peak RSS grew by more than this, e.g. 10%%")
+    p.add_argument("--fail-on-quality", action="store_true",
+                   help="exit 1 when a method of NEW fails the quality budget")
+    p.add_argument("--force", action="store_true",
+                   help="compare results of different models or workloads anyway (every line marked)")
+    p.add_argument("--output", default=defaults.RESULTS_DIR,
+                   help="folder under which the comparison gets a new folder (default results/)")
+    p = sub.add_parser("history", help="list past runs, sweeps and plans (the SQLite history every "
+                                       "one adds itself to), newest first")
+    p.add_argument("--model", help="only results whose model name contains this")
+    p.add_argument("--method", help="only results that measured this method")
+    p.add_argument("--machine", help="only results whose CPU model or hostname contains this")
+    p.add_argument("--kind", choices=("run", "sweep", "plan"), help="only this kind of results")
+    p.add_argument("--limit", type=_positive_int, help="at most this many")
+    p.add_argument("--output", default=defaults.RESULTS_DIR,
+                   help="the results folder whose history.sqlite to read (default results/; "
+                        "INFERLAB_HISTORY names another file)")
+    p = sub.add_parser("export", help="a results set as CSV, JSON lines or SQLite: one row per method "
+                                      "and cell (the history's columns), or per generated token")
+    p.add_argument("results", help="a results folder or results.json, or a history id")
+    p.add_argument("--format", choices=("csv", "jsonl", "sqlite"), default="csv", help="default csv")
+    p.add_argument("--per-token", action="store_true",
+                   help="one row per generated token of every timed run (its inter-token latency)")
+    p.add_argument("--output", help="the file to write (default: records.FORMAT, or tokens.FORMAT "
+                                    "with --per-token, beside the results)")
     sub.add_parser("methods", help="list the methods")
     p = sub.add_parser("doctor", help="check this machine in seconds: versions, which methods can run "
                                       "here and why not, the CPU, and what would make figures unstable")
@@ -254,9 +310,10 @@ def cmd_run(args) -> int:
     finally:
         display.finish()
     write_reports_timed(results, folder)
+    entry = add_to_history(results, folder, "run")
     print(console_table(results))
     print(f"\n{time_line(results)}")
-    print(f"results: {os.path.join(folder, 'results.json')}\nreport:  {os.path.join(folder, 'report.md')}")
+    print(f"results: {os.path.join(folder, 'results.json')}{entry}\nreport:  {os.path.join(folder, 'report.md')}")
     if os.path.exists(os.path.join(folder, "profiling_report.md")):
         print(f"profile: {os.path.join(folder, 'profiling_report.md')}")
     if results.status == "interrupted":
@@ -306,9 +363,10 @@ def cmd_sweep(args) -> int:
     except (ModelError, ValueError) as e:
         return _fail(str(e))
     write_reports_timed(results, folder)
+    entry = add_to_history(results, folder, "sweep")
     print(console_cells(results))
     print(f"\n{time_line(results)}")
-    print(f"results: {os.path.join(folder, 'results.json')}\ncells:   {os.path.join(folder, 'cells.csv')}"
+    print(f"results: {os.path.join(folder, 'results.json')}{entry}\ncells:   {os.path.join(folder, 'cells.csv')}"
           f"\nreport:  {os.path.join(folder, 'report.md')}")
     if results.status == "interrupted":
         print(f"inferlab: interrupted; the cells measured so far are saved (resume with --resume {folder})",
@@ -353,15 +411,105 @@ def cmd_plan(args) -> int:
         print("inferlab: interrupted after the measurements; no verdict written", file=sys.stderr)
         return EXIT_INTERRUPTED
     write_reports_timed(results, folder)
+    entry = add_to_history(results, folder, "plan")
     if verdict is None:
         print(f"inferlab: interrupted; the cells measured so far are saved in {folder}", file=sys.stderr)
         return EXIT_INTERRUPTED
     md = render(verdict, results)
     write_text(os.path.join(folder, "verdict.md"), md)
-    write_text(os.path.join(folder, "verdict.html"), to_html(md))
+    write_text(os.path.join(folder, "verdict.html"), to_html(md, folder))
     print(answer(verdict).replace("**", ""))
-    print(f"verdict: {os.path.join(folder, 'verdict.md')}\nreport:  {os.path.join(folder, 'report.md')}")
+    print(f"verdict: {os.path.join(folder, 'verdict.md')}\nreport:  {os.path.join(folder, 'report.md')}{entry}")
     return verdict.exit_code
+
+
+def cmd_compare(args) -> int:
+    from .compare import CompareError, Gate, compare
+    from .report import to_html, write_text
+    from .report import compare as show
+    from .results import ResultsError
+    from .runner import new_results_folder
+    from .sides import load_side
+
+    pair = args.methods if args.methods and len(args.methods) == 2 else None
+    if args.new is None and not pair:
+        return _fail("compare: give BASE and NEW, or one results with --methods A,B")
+    try:
+        new = load_side(args.new or args.base)
+        base = load_side(args.base, like=new) if args.new else new
+        gate = Gate(args.fail_if_slower, args.fail_if_larger, args.fail_on_quality)
+        c = compare(base.results, new.results, base.name, new.name, gate, tuple(pair) if pair else None,
+                    args.force)
+    except (ResultsError, CompareError) as e:
+        return _fail(str(e))
+    if args.methods and len(args.methods) == 1:
+        c.lines = [line for line in c.lines if line.new_method == args.methods[0]]
+        if not c.lines:
+            return _fail(f"compare: {args.methods[0]} was not measured on both sides")
+    try:
+        folder = new_results_folder(args.output, "compare")
+    except OSError as e:
+        return _fail(f"cannot write under --output {args.output}: {e}")
+    import json
+
+    from .fsutil import write_json_atomic
+
+    chart = show.draw(c, folder)
+    md = show.render(c, chart)
+    write_text(os.path.join(folder, "compare.md"), md)
+    write_text(os.path.join(folder, "compare.html"), to_html(md, folder))
+    write_json_atomic(os.path.join(folder, "compare.json"), json.loads(json.dumps(c.to_dict())))
+    print(show.console(c))
+    print(f"comparison: {os.path.join(folder, 'compare.md')}")
+    return c.exit_code
+
+
+def cmd_history(args) -> int:
+    from .history import RUN_COLUMNS, HistoryError, history_path, runs
+
+    path = history_path(args.output)
+    try:
+        found = runs(path, args.model, args.method, args.machine, args.kind, args.limit)
+    except HistoryError as e:
+        return _fail(str(e))
+    shown = [c for c in RUN_COLUMNS if c not in ("configuration", "workload", "hostname", "inferlab_version")]
+    table = [[str(r[c] if r[c] is not None else "-") for c in shown] for r in found]
+    widths = [max(len(x) for x in [c] + [row[i] for row in table]) for i, c in enumerate(shown)]
+    for row in [shown, ["-" * w for w in widths], *table]:
+        print("  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip())
+    print(f"{len(found)} result set{'s' * (len(found) != 1)} in {path}")
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from .export import ExportError, export
+    from .results import ResultsError
+    from .sides import load_side
+
+    try:
+        side = load_side(args.results)
+    except ResultsError as e:
+        return _fail(str(e))
+    target = args.output or os.path.join(os.path.dirname(side.path),
+                                         f"{'tokens' if args.per_token else 'records'}.{args.format}")
+    try:
+        n = export(side.results, side.path, args.format, target, args.per_token)
+    except ExportError as e:
+        return _fail(str(e))
+    print(f"wrote {n} row{'s' * (n != 1)} to {target}")
+    return EXIT_OK
+
+
+def add_to_history(results, folder: str, kind: str) -> str:
+    """Every run, sweep and plan adds itself to the history; a history that cannot be written
+    (locked, corrupt, read-only) costs a warning, never the results. Returns ' (history #N)'."""
+    from .history import HistoryError, add
+
+    try:
+        return f" (history #{add(results, os.path.join(folder, 'results.json'), kind)})"
+    except HistoryError as e:
+        print(f"inferlab: warning: not added to the history: {e}", file=sys.stderr)
+        return ""
 
 
 def cmd_doctor(args) -> int:
@@ -460,7 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     skip_unused_imports()
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "quality": cmd_run, "profile": cmd_run, "sweep": cmd_sweep,
-               "plan": cmd_plan, "report": cmd_report, "methods": cmd_methods,
+               "plan": cmd_plan, "report": cmd_report, "compare": cmd_compare,
+               "history": cmd_history, "export": cmd_export, "methods": cmd_methods,
                "doctor": cmd_doctor}[args.command]
     try:
         return handler(args)

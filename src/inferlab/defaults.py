@@ -87,6 +87,11 @@ PLAN_NOCACHE_MAX_TOKENS = 300
 # an indeterminate figure that would need more runs than this to decide is said to sit at its limit
 PLAN_DECIDABLE_RUNS = 100  # a batch whose next size adds less total decode throughput than this: the knee
 
+# `inferlab compare` (compare.py): a change in time is called one only when its interval lies
+# wholly beyond this fraction (either way) of 1, unless --fail-if-slower sets the threshold:
+# two runs of one configuration on these machines differ by a few per cent between sittings
+COMPARE_MIN_CHANGE = 0.05
+
 # --- bottleneck verdict (profiling/roofline.py) --------------------------------------------
 VERDICT_MEMORY_BOUND = 0.6  # decode efficiency at or above this: memory-bound near the floor
 VERDICT_OVERHEAD = 0.3  # share of the step outside operators at or above this: overhead-bound

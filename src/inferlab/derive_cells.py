@@ -27,12 +27,13 @@ def cell_rows(results) -> list[dict]:
                    "n_threads": cell.threads, "n_batch": cell.batch, "status": m.status,
                    "error": m.error, "runs": len(m.runs), "warnings": []}
             if m.ok and m.runs:
-                row.update(_figures(m, cell, asked))
+                row.update(cell_figures(m, cell, asked))
             rows.append(row)
     return rows
 
 
-def _figures(m, cell, asked: int) -> dict:
+def cell_figures(m, cell, asked: int) -> dict:
+    """A method's figures in one cell (a run's one cell too: records.py)."""
     ttft, tpot = m.samples("ttft_s"), m.samples("tpot_s")
     s = {name: summarize(m.samples(name), f"{m.method} {name} [{cell.key}]")
          for name in ("ttft_s", "tpot_s", "e2e_s", "decode_tps")}

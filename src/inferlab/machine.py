@@ -44,6 +44,24 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def source_commit() -> str | None:
+    """The git commit inferlab runs from ('+dirty' with uncommitted changes), None when it is
+    not a checkout: the build a comparison tells apart when the version number is the same."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "-C", here, "rev-parse", "--short=10", "HEAD"], capture_output=True,
+                              text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no", "."],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def describe() -> dict:
     cpu, flags = _cpuinfo()
     try:
@@ -60,6 +78,7 @@ def describe() -> dict:
         "hostname": platform.node(),
         "python": platform.python_version(),
         "libraries": versions(),
+        "inferlab_commit": source_commit(),
         "thread_env": {v: os.environ.get(v) for v in THREAD_VARS if os.environ.get(v)},
     }
 

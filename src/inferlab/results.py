@@ -192,6 +192,20 @@ class RunResults:
     def method(self, name: str) -> MethodResult | None:
         return next((m for m in self.methods if m.method == name), None)
 
+    def run_cell(self) -> Cell:
+        """A run's workload as the one cell it is (a run is a sweep of one cell)."""
+        c = self.config or {}
+        return Cell(prompt_tokens=self.prompt_tokens, new_tokens=c.get("new_tokens", 0),
+                    threads=c.get("threads") or 1, methods=tuple(m.method for m in self.methods))
+
+    def measured(self) -> list[tuple[Cell, MethodResult]]:
+        """Every (cell, method) record: a sweep's cells, or a run's methods in its one cell.
+        What compare, the history and the exports iterate."""
+        if self.sweep:
+            return [(c.cell, m) for c in self.cells for m in c.methods]
+        cell = self.run_cell()
+        return [(cell, m) for m in self.methods]
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["methods"] = [m.to_dict() for m in self.methods]

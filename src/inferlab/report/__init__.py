@@ -24,25 +24,25 @@ def write_reports(results: RunResults, folder: str) -> list[str]:
         drawn = sweep.draw(results, folder)
         md = sweep.render(results, drawn)
         write_text(os.path.join(folder, "report.md"), md)
-        write_text(os.path.join(folder, "report.html"), to_html(md))
+        write_text(os.path.join(folder, "report.html"), to_html(md, folder))
         return [os.path.join(folder, n) for n in ["report.md", "report.html", *drawn]]
     drawn = charts.draw_all(results, folder)
     md = markdown.render(results, drawn)
     write_text(os.path.join(folder, "report.md"), md)
-    write_text(os.path.join(folder, "report.html"), to_html(md))
+    write_text(os.path.join(folder, "report.html"), to_html(md, folder))
     written = ["report.md", "report.html", *drawn]
     if profiling.profiled(results):
         prof_charts = profiling.draw(results, folder)
         pmd = profiling.render(results, prof_charts)
         write_text(os.path.join(folder, "profiling_report.md"), pmd)
-        write_text(os.path.join(folder, "profiling_report.html"), to_html(pmd))
+        write_text(os.path.join(folder, "profiling_report.html"), to_html(pmd, folder))
         written += ["profiling_report.md", "profiling_report.html", *prof_charts]
     return [os.path.join(folder, n) for n in written]
 
 
-def to_html(md: str) -> str:
+def to_html(md: str, folder: str | None = None) -> str:
     """A minimal Markdown-to-HTML pass for our own report (headings, tables, lists, images,
-    fenced code)."""
+    fenced code). Images found in `folder` are embedded: the page is one self-contained file."""
     out, in_table, in_list, code = [], False, False, None
     for line in md.splitlines():
         if line.startswith("```"):  # a fence opens or closes a code block, kept verbatim
@@ -85,7 +85,7 @@ def to_html(md: str) -> str:
             out.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
         elif line.startswith("!["):
             src = line[line.index("(") + 1:-1]
-            out.append(f'<p><img src="{html.escape(src)}" alt="{html.escape(src)}"></p>')
+            out.append(f'<p><img src="{_image_source(src, folder)}" alt="{html.escape(src)}"></p>')
         elif line.strip():
             out.append(f"<p>{_inline(line)}</p>")
     if in_table:
@@ -98,6 +98,16 @@ def to_html(md: str) -> str:
              "font-size:13px}th{background:#eee}img{max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>inferlab report</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
+def _image_source(src: str, folder: str | None) -> str:
+    import base64
+
+    path = os.path.join(folder, src) if folder else None
+    if path and os.path.isfile(path) and src.endswith(".png"):
+        with open(path, "rb") as f:
+            return "data:image/png;base64," + base64.b64encode(f.read()).decode()
+    return html.escape(src)
 
 
 def _inline(text: str) -> str:
