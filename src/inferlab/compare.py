@@ -240,7 +240,7 @@ def figure_change(name: str, base: MethodResult, new: MethodResult, gate: Gate) 
     lab = label(r.value, r.low, r.high, gate.band, gate.slower is not None)
     need = runs_needed(r.value, r.low, r.high, gate.band, min(len(base.runs), len(new.runs))) \
         if lab == INCONCLUSIVE else None
-    return FigureChange(name, statistics.median(b), statistics.median(a), r.value, r.low, r.high,
+    return FigureChange(name, float(statistics.median(b)), float(statistics.median(a)), r.value, r.low, r.high,
                         lab, need)
 
 

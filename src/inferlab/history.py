@@ -53,7 +53,7 @@ def _why(path: str, e: Exception) -> str:
         return f"history {path} is locked by another process (waited {LOCK_WAIT_S:g} s): {text}"
     if "not a database" in text or "malformed" in text:
         return f"history {path} is corrupt ({text}): move it away and a new one is started"
-    if "readonly" in text or "read-only" in text or isinstance(e, PermissionError):
+    if "readonly" in text or "read-only" in text or isinstance(e, OSError):
         return f"history {path} cannot be written ({text}): set INFERLAB_HISTORY to a writable file"
     return f"history {path}: {text}"
 
