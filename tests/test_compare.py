@@ -6,34 +6,11 @@ import json
 import os
 import sqlite3
 
-import numpy as np
 import pytest
 
 from inferlab import cli, compare as cmp, engines
-from inferlab.results import Cell, CellResult, MethodResult, RunResults, RunSample, save
-
-MACHINE = {"cpu": "Test CPU", "cpu_flags": ["avx2"], "logical_cpus": 2, "usable_cpus": 2,
-           "memory_bytes": 8 << 30, "os": "Linux", "hostname": "box", "python": "3.11",
-           "libraries": {"torch": "2.0"}, "thread_env": {}}
-
-
-def method(name, e2e_ms, spread=0.01, n=20, seed=0, quality=None, peak=100e6, tokens=(1, 2, 3, 4)):
-    """A method whose timed runs take e2e_ms (TTFT a tenth of it), spread as a fraction."""
-    rng = np.random.default_rng(seed)
-    runs = []
-    for e in e2e_ms * (1 + spread * rng.standard_normal(n)) / 1e3:
-        runs.append(RunSample(ttft_s=e / 10, e2e_s=e, itl_s=[e * 0.9 / 3] * 3))
-    return MethodResult(method=name, status="ok", runs=runs, tokens=list(tokens), peak_rss_bytes=int(peak),
-                        quality={"verdict": quality, "kl_mean": 0.001, "top1": 0.99, "ppl_increase": 0.0}
-                        if quality else None)
-
-
-def results(*methods, model_hash="aaa", cpu="Test CPU", prompt=(1, 2, 3)):
-    return RunResults(config={"new_tokens": 4, "threads": 2, "min_repeats": 5}, machine={**MACHINE, "cpu": cpu},
-                      model={"name": "m", "content_hash": model_hash, "prompt_ids": list(prompt)},
-                      prompt_tokens=len(prompt), methods=list(methods), status="complete",
-                      created="2026-11-30T00:00:00+00:00", inferlab_version="0.1.0")
-
+from inferlab.results import Cell, CellResult, save
+from tests.made_up import method, results
 
 def line(base, new, gate=cmp.Gate()):
     (only,) = cmp.compare(results(base), results(new), "base", "new", gate).lines

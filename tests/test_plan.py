@@ -166,7 +166,7 @@ def test_plan_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
     folder = only_run_folder(tmp_path / "a")
     md = open(os.path.join(folder, "verdict.md")).read()
     first = [line for line in md.splitlines() if line.strip()][1]
-    assert first.startswith("**kv-cache on 1 thread, batch 1** meets every requirement")
+    assert first.startswith("> **kv-cache on 1 thread, batch 1** meets every requirement")  # the answer first
     assert "eager-nocache" in md  # the original baseline, added and compared
     assert "## Run the winner outside inferlab" in md and "AutoModelForCausalLM.from_pretrained" in md
     winner = os.path.join(folder, "winner", os.path.basename(tiny_models["llama"]))

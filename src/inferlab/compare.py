@@ -128,6 +128,7 @@ class Comparison:
     lines: list[Line] = field(default_factory=list)
     only_base: list[str] = field(default_factory=list)  # "method [cell]" measured on one side
     only_new: list[str] = field(default_factory=list)
+    apart_s: float | None = None  # between the two results' start times; None: one results set
 
     @property
     def outcome(self) -> str:
@@ -310,6 +311,15 @@ def apply_gate(line: Line, gate: Gate) -> None:
             line.undecided.append("quality not judged in the new results (the base's was)")
 
 
+def seconds_apart(base: RunResults, new: RunResults) -> float | None:
+    import datetime as dt
+
+    try:
+        return abs((dt.datetime.fromisoformat(new.created) - dt.datetime.fromisoformat(base.created)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
 # --- pairing ---------------------------------------------------------------------------------
 
 def compare(base: RunResults, new: RunResults, base_name: str, new_name: str, gate: Gate = Gate(),
@@ -327,7 +337,7 @@ def compare(base: RunResults, new: RunResults, base_name: str, new_name: str, ga
         raise CompareError(f"not the same {d.what}: {d.base} against {d.new}; the figures would "
                            "not measure the same work (--force compares anyway, every line marked)")
     out = Comparison(base_name, new_name, "sweep" if base.sweep else "run", gate, diffs,
-                     forced=bool(refused))
+                     forced=bool(refused), apart_s=None if base is new else seconds_apart(base, new))
     # a run is one cell: its methods pair whatever the threads (a difference said above)
     def key(cell):
         return cell.key if base.sweep else ""

@@ -29,8 +29,10 @@ def e2e_chart(results: RunResults, path: str) -> None:
         ax.bar(i, med, color="#4c78a8", alpha=0.8)
         ax.errorbar(i, med, yerr=[[med - lo], [hi - med]], color="black", capsize=6)
         ax.scatter(np.full(x.size, i) + np.linspace(-0.2, 0.2, x.size), x, s=8, color="#e45756", zorder=3)
-    ax.set_xticks(range(len(methods)), [m.method for m in methods], rotation=15)
-    ax.set_ylabel(f"E2E latency, ms ({results.config['new_tokens']} new tokens)")
+    ax.set_xticks(range(len(methods)), [m.method for m in methods], rotation=20, ha="right")
+    # a log axis: the no-cache baseline is often 10-50x the others, which would be slivers
+    ax.set_yscale("log")
+    ax.set_ylabel(f"E2E latency, ms, log scale ({results.config['new_tokens']} new tokens)")
     ax.set_title("End-to-end latency per method: median bar, min-max whisker, runs as dots")
     _save(fig, path)
 

@@ -96,6 +96,17 @@ def answer(c: Comparison) -> str:
     return f"{head}; {where}{tail}{warn}."
 
 
+def drift_line(c: Comparison) -> str | None:
+    """Two sittings: what the intervals do not cover."""
+    if c.apart_s is None:
+        return None
+    from ..progress import duration
+
+    return (f"measured {duration(c.apart_s)} apart: each interval covers its runs' own spread, not "
+            "the machine's drift between the two sittings (two methods of one run, interleaved, "
+            "are free of it)")
+
+
 def difference_lines(c: Comparison) -> list[str]:
     out = []
     for d in c.differences:
@@ -108,6 +119,8 @@ def console(c: Comparison) -> str:
     out = [f"base: {c.base}", f"new:  {c.new}"]
     diffs = difference_lines(c)
     out += (["differences:"] + [f"  {d}" for d in diffs]) if diffs else ["same machine, libraries, model and workload"]
+    if drift := drift_line(c):
+        out.append(drift)
     columns = [(name, get) for name, get in COLUMNS if name != "cell" or c.kind == "sweep"]
     cols = [name for name, _ in columns]
     table = rows(c, columns)
@@ -135,7 +148,7 @@ def _one_side_lines(c: Comparison) -> list[str]:
 
 def render(c: Comparison, chart: str | None) -> str:
     band = c.gate.band
-    lines = ["# Comparison", "", f"**{answer(c)}**", ""]
+    lines = ["# Comparison", "", f"> {answer(c)}", ""]
     if chart:
         lines += [f"![ratios with intervals]({chart})", ""]
     lines += [md_table([name for name, _ in COLUMNS], rows(c)), ""]
@@ -144,6 +157,8 @@ def render(c: Comparison, chart: str | None) -> str:
         lines += ["## The gate", ""] + [f"- {x}" for x in g] + [""]
     lines += ["## What differs between the two", ""]
     lines += [f"- {d}" for d in difference_lines(c)] or ["- nothing: same machine, libraries, model and workload"]
+    if drift := drift_line(c):
+        lines += [f"- {drift}"]
     lines += ["", "## How to read it", "",
               f"- base: `{c.base}`; new: `{c.new}`.",
               "- Each ratio is new / base of the medians over the timed runs, with its 95 % "

@@ -7,11 +7,13 @@ from ..results import RunResults
 from .tables import (
     COLD_COLUMNS,
     COLUMNS,
+    KEY_COLUMNS,
     QUALITY_COLUMNS,
     WITNESS_COLUMNS,
     cold_start_rows,
     comparison_rows,
     detail_lines,
+    key_rows,
     quality_rows,
     ranking,
     time_line,
@@ -63,19 +65,16 @@ PROTOCOL_TEXT = {
 }
 
 
-def quality_section(results: RunResults) -> list[str]:
-    """The quality table and how it was measured (a run's and a sweep's report)."""
+def quality_section(results: RunResults, chart: str | None = None) -> list[str]:
+    """The quality table beside its chart, how it was measured folded (a run's and a sweep's
+    report)."""
     qrows = quality_rows(results)
     if not qrows:
         return []
     model = results.model
     qs = results.quality_setup or {}
     b = qs.get("budget", {})
-    return [
-        "## Quality against the fp32 reference",
-        "",
-        *reference_note(model.get("gguf_type"),
-                        [m.method for m in results.methods if m.details.get("weights_exact")]),
+    how = [
         f"Text: {qs.get('text_source')}; {qs.get('windows')} non-overlapping windows of "
         f"{qs.get('context')} tokens (stride {qs.get('context')}), each scored as the method "
         f"generates: its first {qs.get('prefix')} tokens in one call, the rest one token at a "
@@ -88,10 +87,12 @@ def quality_section(results: RunResults) -> list[str]:
         f"differs from the reference's. Budget for PASS: perplexity at most "
         f"+{b.get('max_ppl_increase', 0):.0%}, mean KL at most {b.get('max_kl_mean')} nats, "
         f"top-1 agreement at least {b.get('min_top1', 0):.0%}.",
-        "",
-        md_table(QUALITY_COLUMNS, qrows),
-        "",
     ]
+    return ["## Quality against the fp32 reference", "",
+            *reference_note(model.get("gguf_type"),
+                            [m.method for m in results.methods if m.details.get("weights_exact")]),
+            *beside(md_table(QUALITY_COLUMNS, qrows), chart),
+            *folded("How quality was measured", how)]
 
 
 def environment_section(results: RunResults) -> list[str]:
@@ -113,14 +114,22 @@ def environment_section(results: RunResults) -> list[str]:
     ]
 
 
-def render(results: RunResults, charts: list[str] | None = None) -> str:
+def beside(table: str, chart: str | None) -> list[str]:
+    """A table with the chart that illustrates it, side by side in HTML (one after the other in
+    plain Markdown)."""
+    if not chart:
+        return [table, ""]
+    return ['<div class="beside">', "", table, "", f"![{chart}]({chart})", "", "</div>", ""]
+
+
+def folded(summary: str, lines: list[str]) -> list[str]:
+    """A section folded until asked for (<details>; GitHub renders it too)."""
+    return ["<details>", f"<summary>{summary}</summary>", "", *lines, "", "</details>", ""]
+
+
+def protocol_text(results: RunResults) -> str:
     cfg, model = results.config, results.model
-    parts = [
-        f"# inferlab report: {model['name']}",
-        "",
-        f"Run {results.created}, status **{results.status}**, inferlab {results.inferlab_version}, "
-        f"results schema {results.schema_version}.",
-        "",
+    return (
         f"Batch 1, greedy, exactly {cfg['new_tokens']} new tokens after a "
         f"{results.prompt_tokens}-token prompt"
         f"{' (chat template applied)' if model.get('chat_template_applied') else ''}, "
@@ -133,26 +142,25 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
         "the interval includes 1. TTFT is engine-level (token ids in, first token id out: no "
         "tokenization, HTTP or queueing, so below a serving benchmark's client-level TTFT); TPOT is "
         "what GenAI-Perf calls inter-token latency, ITL is vLLM's per-gap ITL. Definitions: "
-        "METRICS.md.",
-        "",
-        "## Comparison",
-        "",
-        md_table(COLUMNS, comparison_rows(results)),
-        "",
-    ]
-    ceil = results.derived.get("ceiling")
-    if ceil:
-        parts += [f"Bandwidth probed {ceil['probes']} times in this run (before and after the "
-                  f"measurements): {ceil['bandwidth_low'] / 1e9:.1f}-{ceil['bandwidth_high'] / 1e9:.1f} "
-                  f"GB/s. 'decode vs bandwidth floor' divides the floor (weight and KV-cache bytes "
-                  f"read per step / {ceil['bandwidth'] / 1e9:.1f} GB/s, the highest rate seen, from "
-                  f"{ceil['bandwidth_source']}) by the median TPOT.", ""]
-    witness = witness_rows(results)
-    if witness:
-        parts += ["Witness: the engine's own performance counters over the same timed runs "
-                  "(medians). Our clocks also cover the Python loop, the logits copy and the argmax, "
-                  "so a ratio slightly above 1 is expected.", "",
-                  md_table(WITNESS_COLUMNS, witness), ""]
+        "METRICS.md.")
+
+
+def render(results: RunResults, charts: list[str] | None = None) -> str:
+    """Answer first: the sentence, the key figures beside their chart, what to beware of, the
+    quality; then everything else folded."""
+    from .answer import run_answer
+
+    charts = charts or []
+
+    def chart(name):
+        return name if name in charts else None
+
+    model = results.model
+    parts = [f"# inferlab report: {model['name']}", "", f"> {run_answer(results)}", "",
+             f"Run {results.created}, status **{results.status}**, inferlab {results.inferlab_version}; "
+             f"{results.prompt_tokens}-token prompt, {results.config['new_tokens']} new tokens, "
+             f"{results.config['threads']} threads, batch 1 (how: below).", ""]
+    parts += beside(md_table([c for c, _ in KEY_COLUMNS], key_rows(results)), chart("e2e_latency.png"))
     ranked = ranking(results)
     if ranked:
         judged = (results.derived.get("ranking") or {}).get("judged")
@@ -160,20 +168,34 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
                                    if judged else " (fastest first; quality not judged)"), ""]
         parts += ranked + [""]
     parts += versus_llama_cpp(results)
-    parts += quality_section(results)
     warns = results.derived.get("warnings") or []
     parts += ["## Warnings", ""] + ([f"- {w}" for w in warns] or ["- none"]) + [""]
-    parts += ["## Cold start", "", md_table(COLD_COLUMNS, cold_start_rows(results)), ""]
-    parts += ["## What each method built", ""]
+    parts += quality_section(results, chart("speed_vs_quality.png"))
+    every = ["", md_table(COLUMNS, comparison_rows(results)), ""]
+    ceil = results.derived.get("ceiling")
+    if ceil:
+        every += [f"Bandwidth probed {ceil['probes']} times in this run (before and after the "
+                  f"measurements): {ceil['bandwidth_low'] / 1e9:.1f}-{ceil['bandwidth_high'] / 1e9:.1f} "
+                  f"GB/s. 'decode vs bandwidth floor' divides the floor (weight and KV-cache bytes "
+                  f"read per step / {ceil['bandwidth'] / 1e9:.1f} GB/s, the highest rate seen, from "
+                  f"{ceil['bandwidth_source']}) by the median TPOT.", ""]
+    witness = witness_rows(results)
+    if witness:
+        every += ["Witness: the engine's own performance counters over the same timed runs "
+                  "(medians). Our clocks also cover the Python loop, the logits copy and the argmax, "
+                  "so a ratio slightly above 1 is expected.", "",
+                  md_table(WITNESS_COLUMNS, witness), ""]
+    every += [f"![{c}]({c})" for c in ("itl_by_position.png", "speed_vs_size.png") if c in charts]
+    parts += folded("Every figure, per method (latency tails, floors, sizes, speedups)", every)
+    parts += folded("How it was measured", [protocol_text(results)])
+    parts += folded("Cold start: conversion, load and first call", [md_table(COLD_COLUMNS, cold_start_rows(results))])
+    built = []
     for m in results.methods:
-        parts.append(f"- **{m.method}**: {m.summary}")
-        parts += [f"  - {line}" for line in detail_lines(m)]
-    parts += ["", "## Generated text (first timed run)", ""]
-    for m in results.methods:
-        if m.ok:
-            text = m.text.replace("\n", " ").strip() or "(not decodable)"
-            parts.append(f"- **{m.method}**: {text[:300]}")
-    if charts:
-        parts += ["", "## Charts", ""] + [f"![{c}]({c})" for c in charts]
-    parts += [""] + environment_section(results)
+        built.append(f"- **{m.method}**: {m.summary}")
+        built += [f"  - {line}" for line in detail_lines(m)]
+    parts += folded("What each method built", built)
+    text = [f"- **{m.method}**: {(m.text.replace(chr(10), ' ').strip() or '(not decodable)')[:300]}"
+            for m in results.methods if m.ok]
+    parts += folded("Generated text (first timed run)", text)
+    parts += folded("Environment", environment_section(results)[2:])
     return "\n".join(parts)

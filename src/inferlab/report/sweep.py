@@ -56,12 +56,10 @@ def render(results: RunResults, charts: list[str]) -> str:
 
     cfg, axes = results.config, (results.sweep or {}).get("axes", {})
     done = sum(c.status == "complete" for c in results.cells)
-    parts = [
-        f"# inferlab sweep: {results.model['name']}",
-        "",
-        f"Sweep {results.created}, status **{results.status}**, {done} cells measured, inferlab "
-        f"{results.inferlab_version}, results schema {results.schema_version}.",
-        "",
+    from .answer import sweep_answer
+    from .markdown import folded
+
+    how = (
         "Axes (every combination): " + "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in axes.items())
         + f". Prompts of exactly that many tokens cut from {results.sweep.get('prompt_text')}; "
         "'@ dN': N tokens of the same text were in the cache before the prompt (filled untimed). "
@@ -70,8 +68,16 @@ def render(results: RunResults, charts: list[str]) -> str:
         f"at least {cfg['min_repeats']} runs and {cfg['min_time_s']:g} s (cap {cfg['max_repeats']}). "
         "pp tok/s = prompt tokens / median TTFT (llama-bench's pp); tg tok/s = median decode rate "
         "of one sequence, 'total' over the batch. Intervals: 95 % bootstrap of the median. "
-        "Definitions: METRICS.md.",
+        "Definitions: METRICS.md.")
+    parts = [
+        f"# inferlab sweep: {results.model['name']}",
         "",
+        f"> {sweep_answer(results)}",
+        "",
+        f"Sweep {results.created}, status **{results.status}**, {done} cells measured, inferlab "
+        f"{results.inferlab_version}, results schema {results.schema_version}.",
+        "",
+        *folded("How it was measured", [how]),
     ]
     crossings = (results.derived or {}).get("crossovers", [])
     parts += ["## Crossovers", ""] + ([f"- {c}" for c in crossings]
@@ -80,15 +86,15 @@ def render(results: RunResults, charts: list[str]) -> str:
     if knees:
         parts += ["## Batch: where total throughput stops growing", ""] + [f"- {k}" for k in knees] + [""]
     parts += ["## Cells", "", md_table(CELL_COLUMNS, cell_table_rows(results)), ""]
+    if charts:  # each chart one axis of the cells above
+        parts += ['<div class="beside">', ""] + [f"![{c}]({c})" for c in charts] + ["", "</div>", ""]
     parts += quality_section(results)
     sizes = [f"- **{m.method}**: weights {mbytes(m.weight_bytes)} MB, load {m.load_s or 0:.2f} s; "
              f"{m.summary}" for m in results.methods]
     parts += ["## Methods", ""] + sizes + [""]
     warns = (results.derived or {}).get("warnings") or []
     parts += ["## Warnings", ""] + ([f"- {w}" for w in warns] or ["- none"]) + [""]
-    if charts:
-        parts += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
-    parts += environment_section(results)
+    parts += folded("Environment", environment_section(results)[2:])
     return "\n".join(parts)
 
 

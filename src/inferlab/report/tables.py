@@ -7,6 +7,7 @@ import math
 
 from .. import defaults
 from ..results import RunResults
+from .units import duration_ms, rate, size_bytes
 
 MB = 1e6
 
@@ -25,6 +26,8 @@ def speedup(entry: dict | None, itself: bool = False) -> str:
     if not entry:
         return "-"
     mark = "" if entry["significant"] else " (n.s.)"
+    if entry["value"] < 1:  # slower: read as a slowdown, not as a speedup below one
+        return f"{1 / entry['value']:.2f}x slower [{1 / entry['high']:.2f}-{1 / entry['low']:.2f}]{mark}"
     return f"{entry['value']:.2f}x [{entry['low']:.2f}-{entry['high']:.2f}]{mark}"
 
 
@@ -124,6 +127,46 @@ def comparison_rows(results: RunResults) -> list[list[str]]:
     return rows
 
 
+def _median(name: str, fmt):
+    def get(results: RunResults, m) -> str:
+        f = figure(results, m.method, name)
+        return "-" if f is None else fmt(f["median"])
+    return get
+
+
+def _versus_reference(results: RunResults, m) -> str:
+    if m.method == defaults.REFERENCE_METHOD:
+        return "reference"
+    entry = (derived(results, m.method).get("speedups") or {}).get(f"speedup_e2e_vs_{defaults.REFERENCE_METHOD}")
+    return speedup(entry)
+
+
+def _quality_short(results: RunResults, m) -> str:
+    q = m.quality or {}
+    if not q.get("verdict"):
+        return "-"
+    kl = f", KL {q['kl_mean']:.2g}" if q.get("kl_mean") is not None else ""
+    return f"{q['verdict']}{' (marginal)' if q.get('marginal') else ''}{kl}"
+
+
+# the report's first table: what a reader compares, in human units; (column, getter(results, m))
+KEY_COLUMNS = (
+    ("method", lambda results, m: m.method),
+    ("status", lambda results, m: "ok" if m.ok else m.status.upper()),
+    ("TTFT", _median("ttft_s", lambda s: duration_ms(s * 1e3))),
+    ("TPOT", _median("tpot_s", lambda s: duration_ms(s * 1e3))),
+    ("decode", _median("decode_tps", rate)),
+    ("E2E", _median("e2e_s", lambda s: duration_ms(s * 1e3))),
+    (f"E2E vs {defaults.REFERENCE_METHOD} [95 % CI]", _versus_reference),
+    ("peak RSS", lambda results, m: size_bytes(m.peak_rss_bytes)),
+    ("quality", _quality_short),
+)
+
+
+def key_rows(results: RunResults) -> list[list[str]]:
+    return [[get(results, m) for _, get in KEY_COLUMNS] for m in results.methods]
+
+
 def cold_start_rows(results: RunResults) -> list[list[str]]:
     rows = []
     for m in results.methods:
@@ -202,9 +245,9 @@ def witness_rows(results: RunResults) -> list[list[str]]:
 def ranking(results: RunResults) -> list[str]:
     """The derived ranking as lines: fastest first among methods that pass the budget."""
     r = results.derived.get("ranking") or {}
-    lines = [f"{i}. {x['method']}: {x['e2e_s'] * 1e3:.1f} ms E2E, {x['decode_tps']:.1f} decode tok/s"
-             + (" (quality verdict marginal)" if x["marginal"] else "")
-             for i, x in enumerate(r.get("ranked", []), 1)]
+    ranked = [f"{i}. {x['method']} {duration_ms(x['e2e_s'] * 1e3)}" + (" (marginal)" if x["marginal"] else "")
+              for i, x in enumerate(r.get("ranked", []), 1)]
+    lines = ["; ".join(ranked) + " (median E2E)"] if ranked else []
     for name in r.get("not_ranked", []):
         lines.append(f"- not ranked: {name} ({verdict(results.method(name))})")
     return lines

@@ -139,7 +139,7 @@ def usage_section(v: Verdict) -> list[str]:
 def render(v: Verdict, results: RunResults) -> str:
     s = v.scenario
     machine = results.machine or {}
-    lines = [f"# Verdict: {s.name}", "", answer(v), ""] + ([s.description, ""] if s.description else []) + [
+    lines = [f"# Verdict: {s.name}", "", f"> {answer(v)}", ""] + ([s.description, ""] if s.description else []) + [
              f"Model {results.model.get('name')}; machine {machine.get('cpu', '?')}, "
              f"{machine.get('logical_cpus', '?')} logical CPUs; scenario `{s.path}`; "
              f"cost: {s.cost}. Exit code {v.exit_code} (0 met, 3 none meets, 4 only indeterminate).",
