@@ -42,9 +42,14 @@ class Crashing(_Fake):
 
 
 class Hanging(_Fake):
+    """Hangs in its first decode step; with INFERLAB_TEST_HANGING_MARK set, it first creates
+    that file, so a test knows the step has begun."""
+
     name = "hanging"
 
     def decode(self, token_id):
+        if mark := os.environ.get("INFERLAB_TEST_HANGING_MARK"):
+            open(mark, "w").close()
         time.sleep(3600)
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from inferlab import cli, engines
+from inferlab import cli, defaults, engines
 from inferlab.results import load
 
 FAST = ["--new-tokens", "6", "--repeats", "2", "--min-time", "0", "--warmup", "1", "--threads", "1"]
@@ -154,24 +154,26 @@ def test_interrupt_saves_what_was_measured(tiny_models, tmp_path, protocol, stop
         "engines.REGISTRY['hanging'] = 'tests.fake_engines:Hanging'; "
         "sys.exit(cli.main(sys.argv[1:]))"
     )
+    mark = tmp_path / "hanging-in-decode"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "run", "--model", tiny_models["llama"], "--methods",
          "kv-cache,hanging", "--output", str(out), "--quiet", "--protocol", protocol, *FAST],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "INFERLAB_TEST_HANGING_MARK": str(mark)})
     request.addfinalizer(proc.kill)
 
     def kv_cache_measured(m):  # sequential: finished; interleaved: its first call is in
         return m["status"] == "ok" if protocol == "sequential" else m["first_call_s"] is not None
 
+    measured = False
     deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.5)
+    while time.time() < deadline and not (measured and mark.exists()):  # the hanging worker is in decode
+        time.sleep(0.2)
         paths = [os.path.join(out, d, "results.json") for d in os.listdir(out)] if out.exists() else []
         if paths and os.path.exists(paths[0]):
             data = json.load(open(paths[0]))
-            if any(m["method"] == "kv-cache" and kv_cache_measured(m) for m in data["methods"]):
-                break
-    time.sleep(3)  # the hanging method's worker is now inside decode
+            measured = any(m["method"] == "kv-cache" and kv_cache_measured(m) for m in data["methods"])
+    assert measured and mark.exists(), "the run never reached the hanging method's decode"
     proc.send_signal(stop)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -278,7 +280,9 @@ def test_competing_load_is_measured_and_warned(tiny_models, tmp_path):
         burner.wait()
     folder = only_run_folder(out)
     m = load(os.path.join(folder, "results.json")).method("kv-cache")
-    assert m.other_cpu_s > 0.5 * m.timed_wall_s  # the burner had a core to itself
+    # what the warning needs, not a bound on how busy the machine was: the burner's share of
+    # the machine's CPU time during the timed runs reached the warning's threshold
+    assert m.other_load() >= defaults.WARN_OTHER_CPU
     assert "competing load" in open(os.path.join(folder, "report.md")).read()
 
 

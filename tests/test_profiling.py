@@ -96,7 +96,13 @@ def test_trace_is_written_and_parses_as_json(profiled):
     assert os.path.getsize(trace) == prof["trace_bytes"] > 0
     with open(trace) as f:
         data = json.load(f)
-    assert data  # a Chrome trace: a list of events, or a dict with traceEvents
+    # a Chrome trace (a list of events, or a dict with traceEvents) that holds the operators the
+    # profile's table names: the trace and the table come from the same profiled steps
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    names = {e.get("name") for e in events} | {(e.get("args") or {}).get("op_name") for e in events}
+    timed = [e for e in events if e.get("ph") == "X" and e.get("dur", 0) >= 0]
+    top = [o["op"] for o in prof["phases"]["decode"]["top_ops"]]
+    assert top and len(timed) >= len(top) and set(top) <= names, set(top) - names
 
 
 def test_context_sweep_reports_each_length(profiled):

@@ -6,6 +6,7 @@ import pytest
 
 from inferlab import defaults
 from inferlab.config import RunConfig
+from inferlab.derive import derive
 from inferlab.analysis import first_divergence
 from inferlab.results import (MethodResult, ResultsError, RunResults, RunSample, load, save,
                               write_json_atomic)
@@ -151,3 +152,29 @@ def test_two_processes_building_one_folder_build_it_once(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]
     with open(log) as f:
         assert len(f.read().split()) == 1
+
+
+def test_the_ranking_leaves_out_quality_failures_and_orders_by_median_e2e():
+    from inferlab.derive import ranking
+    from tests.made_up import method, results
+
+    r = results(method("a", 100, quality="PASS"), method("b", 50, quality="FAIL"), method("c", 101, quality="PASS"))
+    figures = derive(r)["methods"]
+    got = ranking(r, figures)
+    assert [x["method"] for x in got["ranked"]] == ["a", "c"] and got["not_ranked"] == ["b"] and got["judged"]
+    unjudged = results(method("a", 100), method("b", 50), method("c", 101))
+    assert [x["method"] for x in ranking(unjudged, derive(unjudged)["methods"])["ranked"]] == ["b", "a", "c"]
+
+
+@pytest.mark.parametrize("llama_ms, met", [(121, True), (119, False)])
+def test_the_target_against_llama_cpp_decides_at_its_ratio(llama_ms, met):
+    """The best passing method at 100 ms a step: llama.cpp at 121 ms is 1.21x (met, target
+    1.2), at 119 ms 1.19x (missed); the floor is kept well inside its own target."""
+    from tests.made_up import method, results
+
+    r = results(method("ours", 100 * 4, quality="PASS", seed=1),
+                method(defaults.LLAMA_CPP_PREFIX + "q8_0", llama_ms * 4, quality="PASS", seed=2))
+    r.probes = [{"threads": 2, "bandwidth_bytes_per_s": 1e9, "gemm_flops_per_s": 1e11, "method": "made up"}]
+    r.method("ours").weight_bytes = int(0.1e9)  # its floor 100 ms at 1 GB/s, its TPOT 120 ms
+    v = derive(r)["versus_llama_cpp"]
+    assert v["method"] == "ours" and v["met"] is met, v
