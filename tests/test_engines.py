@@ -6,6 +6,7 @@ import torch
 
 from inferlab.engines import REGISTRY, EngineError, EngineUnsupported, engine_class, method_names
 from inferlab.harness import argmax, generate
+from inferlab.results import EngineDetails
 
 FP32_METHODS = {"eager-nocache", "kv-cache", "onnx", "torch-compile"}  # must match the reference exactly
 ARCHS = ("gpt2", "llama")
@@ -69,7 +70,11 @@ def test_contract(loaded, method, arch):
         assert np.allclose(np.asarray(engine.append(PROMPT[4:])), continued, atol=1e-5)
     info = engine.info()
     assert info["weight_bytes"] > 0 and info["file_bytes"] > 0
-    assert isinstance(info["details"], dict)
+    # the details every engine states: the figures the roofline and the advice compute with
+    d = EngineDetails.from_dict(info["details"])
+    assert d.weight_bits in (32, 16, 8, 4) and d.activation_bits in (32, 16, 8), info["details"]
+    assert d.kv_bytes_per_value is not None and d.dtype
+    assert d.bytes_read_per_step is None or 0 < d.bytes_read_per_step <= info["weight_bytes"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -220,11 +225,11 @@ def test_bytes_read_per_step_leave_out_lookup_only_tables(loaded):
     only gathered (one row), so it is held but not read."""
     for method in ("kv-cache", "onnx"):
         info = loaded(method, "llama").info()
-        assert info["details"]["weight_bytes_read_per_step"] == info["weight_bytes"], method
+        assert info["details"]["bytes_read_per_step"] == info["weight_bytes"], method
     for method in ("torch-int8", "onnx-int8"):
         info = loaded(method, "llama").info()
         table = 320 * 64 * 4  # vocab x hidden fp32
-        assert info["weight_bytes"] - info["details"]["weight_bytes_read_per_step"] >= table, method
+        assert info["weight_bytes"] - info["details"]["bytes_read_per_step"] >= table, method
 
 
 def test_onnx_int8_quantizes_the_tied_lm_head(loaded):

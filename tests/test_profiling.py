@@ -13,7 +13,7 @@ from inferlab.profiling.parts import part_of
 from inferlab.profiling.roofline import ceiling_warnings, rooflines, verdict
 from inferlab.profiling.run import profile_engine
 from inferlab.protocol import Profile
-from inferlab.results import MethodResult, RunResults, RunSample
+from inferlab.results import EngineDetails, MethodResult, RunResults, RunSample
 
 PROMPT = [5, 17, 42, 99, 3, 250, 7, 8, 9, 10]
 
@@ -176,10 +176,10 @@ def test_verdict_removes_profiler_cost_and_names_memory_bound():
     sentence, step = verdict(m, rooflines(r)[0]["onnx"], None)
     assert "memory-bound" in sentence and "90%" in sentence  # 36 ms floor / 40 ms TPOT
     assert "int8/int4 weights" in step
-    m.details = {"dtype": "int4 weights by the Q4_1 rule"}  # already low-bit: not told to go low-bit
+    m.details = EngineDetails(weight_bits=4, activation_bits=8)  # already low-bit: not told to go low-bit
     _, step = verdict(m, rooflines(r)[0]["onnx"], None)
     assert "already low-bit" in step and "int8/int4 weights" not in step and "10.0 GB/s" in step
-    m.details = {}
+    m.details = EngineDetails()
     m.weight_bytes = 100_000_000  # floor 10 ms: far from it; overhead 5 ms of 40 after correction
     sentence, _ = verdict(m, rooflines(r)[0]["onnx"], None)
     assert "matmul-bound" in sentence and "framework overhead" not in sentence
@@ -191,7 +191,7 @@ def test_matmul_bound_advice_depends_on_the_weights_bit_width():
                                        "categories_ms": {"matmul": 36.0, "overhead": 4.0}}}}
     _, step = verdict(m, rooflines(r)[0]["onnx"], None)
     assert "faster GEMV kernel" in step and "int8" in step  # fp32 weights: fewer bytes helps too
-    m.details = {"dtype": "int4 weights by the Q4_1 rule"}
+    m.details = EngineDetails(weight_bits=4, activation_bits=8)
     _, step = verdict(m, rooflines(r)[0]["onnx"], None, ["avx", "avx2", "fma"])
     assert "faster kernel for its format" in step and "fewer weight bytes" not in step
     assert "no int8 dot-product instructions" in step  # what the CPU lacks, from its flags

@@ -7,6 +7,7 @@ import shutil
 
 from inferlab.derive import derive
 from inferlab.report import to_html, write_reports
+from inferlab.results import EngineDetails
 from tests.browser import render as open_in_browser
 from tests.made_up import method, results
 
@@ -44,7 +45,7 @@ def run_results():
                 name=hostile)
     for m in r.methods:
         m.text = hostile
-        m.details = {"dtype": "int4", "nested": {"bits": 4}}
+        m.details = EngineDetails(dtype="int4", weight_bits=4, activation_bits=8, extra={"nested": {"bits": 4}})
     r.derived = derive(r)
     return r
 

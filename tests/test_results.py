@@ -8,7 +8,7 @@ from inferlab import defaults
 from inferlab.config import RunConfig
 from inferlab.derive import derive
 from inferlab.analysis import first_divergence
-from inferlab.results import (MethodResult, ResultsError, RunResults, RunSample, load, save,
+from inferlab.results import (EngineDetails, MethodResult, ResultsError, RunResults, RunSample, load, save,
                               write_json_atomic)
 
 
@@ -16,7 +16,7 @@ def sample_results():
     def method(name, base):
         runs = [RunSample(ttft_s=base, e2e_s=base * 10 + i * 1e-3, itl_s=[base] * 9) for i in range(6)]
         return MethodResult(method=name, status="ok", runs=runs, tokens=list(range(10)),
-                            weight_bytes=100, details={"quantized_layers": 3})
+                            weight_bytes=100, details=EngineDetails(extra={"quantized_layers": 3}))
 
     r = RunResults(config=RunConfig(new_tokens=10, threads=1).to_dict(), machine={"cpu": "x"},
                    model={"name": "m", "spec": "m", "source": "folder", "content_hash": "0"},
@@ -178,3 +178,26 @@ def test_the_target_against_llama_cpp_decides_at_its_ratio(llama_ms, met):
     r.method("ours").weight_bytes = int(0.1e9)  # its floor 100 ms at 1 GB/s, its TPOT 120 ms
     v = derive(r)["versus_llama_cpp"]
     assert v["method"] == "ours" and v["met"] is met, v
+
+
+def test_a_results_file_of_schema_3_is_read_converted_and_reported(tmp_path):
+    """tests/fixtures/results-schema3.json: a tiny run saved by the version before the typed
+    engine details (schema 3). It loads, its details become typed fields, it re-derives, its
+    reports and records are written, and saved again it is schema 4 with the same figures."""
+    from inferlab.records import records
+    from inferlab.report import write_reports
+
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "results-schema3.json")
+    old = load(path)
+    assert old.schema_version == 3
+    native = old.method("native-int4").details
+    assert (native.weight_bits, native.activation_bits, native.kv_bytes_per_value, native.bytes_read_per_step) \
+        == (4, 8, 2, 69120)
+    assert native.extra["kv_cache"].startswith("in place") and "kv_cache_bytes_per_value" not in native.extra
+    assert old.method("kv-cache").details.weight_bits == 32
+    old.schema_version = defaults.SCHEMA_VERSION
+    save(old, str(tmp_path / "results.json"))
+    again = load(str(tmp_path / "results.json"))
+    assert again.schema_version == 4 and again.method("native-int4").details == native
+    assert again.derived["methods"]["native-int4"]["roofline"]["weight_mb_per_step"] == pytest.approx(0.06912)
+    assert write_reports(again, str(tmp_path)) and len(records(again, path)) == 2

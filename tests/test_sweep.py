@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from inferlab import engines
+from inferlab import defaults, engines
 from inferlab.int_lists import parse_int_list
 from inferlab.results import Cell, load
 from inferlab.sweep import SweepConfig
@@ -78,7 +78,7 @@ def test_sweep_end_to_end(tiny_models, tmp_path, capsys, monkeypatch):
     assert code == 0
     folder = only_run_folder(out)
     r = load(os.path.join(folder, "results.json"))
-    assert r.status == "complete" and r.schema_version == 3 and len(r.cells) == 8
+    assert r.status == "complete" and r.schema_version == defaults.SCHEMA_VERSION and len(r.cells) == 8
     for c in r.cells:
         assert c.status == "complete" and c.conditions["before"] and c.conditions["after"]
         for m in c.methods:

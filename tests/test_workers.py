@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from inferlab import protocol as p
-from inferlab.results import RunSample
+from inferlab.results import EngineDetails, RunSample
 from inferlab.worker_handle import WorkerError, WorkerHandle
 
 
@@ -24,7 +24,7 @@ def test_messages_round_trip_with_their_types(tiny_refs):
                     p.Generate([[1, 2], [3, 4]], 4, contexts=[[5], [6]], reset_peak=True),
                     p.Generated(RunSample(0.1, 0.5, [0.1, 0.2]), [4, 5], [[4, 5], [6, 7]], 0.3,
                                 1 << 19, 1 << 20),
-                    p.Loaded(1.5, p.EngineInfo(10, 20, 30, {"a": 1})), p.Failed("E: x")):
+                    p.Loaded(1.5, p.EngineInfo(10, 20, 30, EngineDetails("int4", 4, 8, extra={"a": [1]}))), p.Failed("E: x")):
         back = p.decode(p.encode(message))
         assert back == message and type(back) is type(message)
     assert isinstance(p.decode(p.encode(start("hog", tiny_refs["llama"]))).model, type(tiny_refs["llama"]))

@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=defaults.RESULTS_DIR,
                    help="folder under which each plan gets a new folder (default results/)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p = sub.add_parser("report", help="redraw report.md, report.html and charts from a results.json")
+    p = sub.add_parser("report", help="derive every figure again and redraw report.md, report.html and "
+                                      "charts from a results.json (saved again in this version's schema)")
     p.add_argument("results", nargs="?", help="path to a results.json (or its folder)")
     p.add_argument("--methodology", nargs="*", metavar="ALIAS=RESULTS",
                    help="write docs/methodology.md again from its template and its runs "
@@ -552,7 +553,7 @@ def cmd_report(args) -> int:
     from .report import write_reports
     from .report.markdown import console_table
     from .report.sweep import console_cells
-    from .results import ResultsError, load
+    from .results import ResultsError, load, save
 
     if args.methodology is not None:
         return _methodology(args)
@@ -565,6 +566,9 @@ def cmd_report(args) -> int:
         results = load(path)
     except ResultsError as e:
         return _fail(str(e))
+    # derived again by this version, and saved in its schema: a fix to a figure reaches old folders
+    results.schema_version = defaults.SCHEMA_VERSION
+    save(results, path)
     written = write_reports(results, os.path.dirname(os.path.abspath(path)))
     print(console_cells(results) if results.sweep else console_table(results))
     print("\nwrote: " + ", ".join(written))

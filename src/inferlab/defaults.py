@@ -119,8 +119,11 @@ CONFIDENCE = 0.95
 
 # --- files ----------------------------------------------------------------------------------
 RESULTS_DIR = "results"
-SCHEMA_VERSION = 3  # 3: sweeps' cells, where the time went (2: no cells, no timings)
-READABLE_SCHEMA_VERSIONS = (2, 3)
+# 4: engine details typed (weight and activation bits, KV bytes, bytes read per step as fields);
+# 3: sweeps' cells, where the time went (2: no cells, no timings). Older files are read and
+# converted (results.EngineDetails.from_dict)
+SCHEMA_VERSION = 4
+READABLE_SCHEMA_VERSIONS = (2, 3, 4)
 
 
 def cache_dir() -> str:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .models import ModelRef
-from .results import RunSample
+from .results import EngineDetails, RunSample
 
 
 # --- requests (runner -> worker) -------------------------------------------------------------
@@ -90,7 +90,7 @@ class EngineInfo:
     weight_bytes: int | None = None
     file_bytes: int | None = None
     parameters: int | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    details: EngineDetails = field(default_factory=EngineDetails)
 
 
 @dataclass
@@ -156,7 +156,9 @@ def _build(cls, body: dict):
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
-        value = body.get(f.name)
+        if f.name not in body:  # the field's default
+            continue
+        value = body[f.name]
         kind = hints[f.name]
         if dataclasses.is_dataclass(kind) and isinstance(value, dict):
             value = _build(kind, value)

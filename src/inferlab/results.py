@@ -23,6 +23,47 @@ class ResultsError(ValueError):
 
 
 @dataclass
+class EngineDetails:
+    """What an engine built, in one schema for every engine: the roofline and the advice read
+    the typed fields; `extra` keeps the engine's own facts (paths, versions, node counts) for
+    the report, never for arithmetic."""
+
+    dtype: str = ""  # in words, for a reader
+    weight_bits: int | None = None  # bits per weight of the matrices a decode step reads (32, 16, 8, 4)
+    activation_bits: int | None = None  # bits of the matrix products' inputs (32 fp32, 16 bf16, 8 int8)
+    kv_bytes_per_value: float | None = None  # bytes per cached key or value; 0: no cache
+    bytes_read_per_step: int | None = None  # weight bytes a decode step reads (lookup-only tables aside)
+    weights_exact: bool = False  # the quantizer found the reference's weights on its grid
+    threads: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # results of schema 3 and engines' info() used these names for two of the fields
+    RENAMED = {"kv_cache_bytes_per_value": "kv_bytes_per_value",
+               "weight_bytes_read_per_step": "bytes_read_per_step"}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "EngineDetails":
+        d = {cls.RENAMED.get(k, k): v for k, v in (d or {}).items()}
+        known = {f.name for f in fields(cls)} - {"extra"}
+        out = cls(**{k: v for k, v in d.items() if k in known},
+                  extra={**d.get("extra", {}), **{k: v for k, v in d.items() if k not in known and k != "extra"}})
+        if out.weight_bits is None and out.dtype:  # a schema-3 file: its words are all there is
+            out.weight_bits, out.activation_bits = bits_from_words(out.dtype)
+        return out
+
+
+def bits_from_words(dtype: str) -> tuple[int | None, int | None]:
+    """Weight and activation bits of a results file written before they were fields (schema 3),
+    read from its dtype text. Only for old files: engines now state their bits."""
+    text = dtype.lower()
+    weight = next((b for b, words in ((4, ("int4", "q4", "4-bit")), (8, ("int8", "q8", "8-bit")),
+                                      (32, ("float32",))) if any(w in text for w in words)), None)
+    act = 8 if "int8 compute" in text or "int8 activations" in text or "dynamically quantized" in text \
+        else 16 if "bf16 matmul" in text else 32 if weight else None
+    return weight, act
+
+
+@dataclass
 class RunSample:
     """One timed generation's raw clocks (seconds)."""
 
@@ -70,7 +111,7 @@ class MethodResult:
     other_cpu_s: float | None = None  # machine CPU time minus this run's own processes'
     steal_s: float | None = None  # CPU time the hypervisor gave to other machines
     engine_counters: list[dict[str, Any]] = field(default_factory=list)  # per timed run, if kept
-    details: dict[str, Any] = field(default_factory=dict)
+    details: EngineDetails = field(default_factory=EngineDetails)
     # against the reference
     first_divergence: int | None = None  # index of the first token differing (N if none)
     # a sweep's batch > 1: per sequence, its first token differing from the same method's
@@ -105,6 +146,7 @@ class MethodResult:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
         d["runs"] = [RunSample(**r) for r in d.get("runs", [])]
+        d["details"] = EngineDetails.from_dict(d.get("details"))
         return cls(**d)
 
 

@@ -16,6 +16,7 @@ import traceback
 import warnings
 
 from . import protocol as p
+from .results import EngineDetails
 from .lean_imports import skip_unused_imports
 from .procstat import process_memory, reset_peak_memory
 
@@ -80,7 +81,8 @@ class Worker:
     def info(self) -> p.EngineInfo:
         info = self.engine.info()
         return p.EngineInfo(weight_bytes=info.get("weight_bytes"), file_bytes=info.get("file_bytes"),
-                            parameters=info.get("parameters"), details=info.get("details", {}))
+                            parameters=info.get("parameters"),
+                            details=EngineDetails.from_dict(info.get("details")))
 
     def on_generate(self, request: p.Generate) -> p.Generated:
         from .harness import generate_timed

@@ -37,6 +37,7 @@ def source_gguf(ref) -> str:
 
 class LlamaCpp(Engine):
     gguf_type: ClassVar[str]  # the llama.cpp type this method runs
+    weight_bits: ClassVar[int]  # bits per weight of its blocks (their scales aside)
     max_batch = 16  # sequences of one context (n_seq_max), CONTEXT slots each
 
     @classmethod
@@ -204,8 +205,10 @@ print(out["choices"][0]["text"])
                 "llama_cpp_python": getattr(self.lib, "__version__", None),
                 "context_slots": CONTEXT,
                 # the tied LM head reads the whole token table every step: the file is read
-                "weight_bytes_read_per_step": size,
-                "kv_cache_bytes_per_value": 2,  # llama.cpp's default f16 cache
+                "bytes_read_per_step": size,
+                "kv_bytes_per_value": 2,  # llama.cpp's default f16 cache
+                # its quantized types multiply against activations quantized to 8 bits (Q8)
+                "weight_bits": self.weight_bits, "activation_bits": 8,
             },
         }
 
@@ -214,9 +217,11 @@ class LlamaCppQ4_1(LlamaCpp):
     name = "llama-cpp-q4_1"
     summary = "llama.cpp, GGUF Q4_1 (the bundled model's own file: its reference weights exactly)"
     gguf_type = "Q4_1"
+    weight_bits = 4
 
 
 class LlamaCppQ8_0(LlamaCpp):
     name = "llama-cpp-q8_0"
     summary = "llama.cpp, GGUF Q8_0 re-quantized from the model's GGUF by llama.cpp's quantizer"
     gguf_type = "Q8_0"
+    weight_bits = 8

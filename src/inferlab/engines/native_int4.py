@@ -142,8 +142,8 @@ print(tokenizer.decode(out))
                 "threads": self.threads, "artifact": self.folder, "library": self.library,
                 "compiler_flags": " ".join(library.COMPILER_FLAGS),
                 "kv_cache": f"in place, fp16, {d.slots} slots per layer",
-                "kv_cache_bytes_per_value": 2,
+                "kv_bytes_per_value": 2, "weight_bits": 4, "activation_bits": 8,
                 "lm_head_last_position_only": True,
-                "weight_bytes_read_per_step": d.weight_bytes - d.lookup_only_bytes,
+                "bytes_read_per_step": d.weight_bytes - d.lookup_only_bytes,
             },
         }

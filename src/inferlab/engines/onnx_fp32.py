@@ -16,8 +16,8 @@ class OnnxFp32(OrtEngine):
     def details(self, ops: dict) -> dict:
         import onnxruntime
 
-        return {"dtype": "float32", "providers": self.ort.providers(), "threads": self.threads,
-                "kv_cache_bytes_per_value": 4,
+        return {"dtype": "float32", "weight_bits": 32, "activation_bits": 32,
+                "providers": self.ort.providers(), "threads": self.threads, "kv_bytes_per_value": 4,
                 "onnxruntime": onnxruntime.__version__, "artifact": self.folder,
                 "matmul_nodes": ops.get("MatMul", 0) + ops.get("Gemm", 0),
                 "lm_head_last_position_only": LOGITS_TO_KEEP in self.ort.input_names}
@@ -26,6 +26,6 @@ class OnnxFp32(OrtEngine):
         stats = self.graph_stats
         weight_bytes = stats["initializer_bytes"]
         details = self.details(stats["ops"])
-        details["weight_bytes_read_per_step"] = weight_bytes - stats["lookup_only_bytes"]
+        details["bytes_read_per_step"] = weight_bytes - stats["lookup_only_bytes"]
         return {"weight_bytes": weight_bytes, "file_bytes": onnx_file_bytes(self.folder),
                 "details": details}

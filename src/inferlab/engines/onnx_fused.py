@@ -174,9 +174,9 @@ print(tokenizer.decode(tokens))
                 "providers": self.ort.providers(), "threads": self.threads,
                 "onnxruntime": onnxruntime.__version__, "artifact": self.folder,
                 "kv_cache": f"in place, {self.ort.slots} slots per layer",
-                "kv_cache_bytes_per_value": 4,
+                "kv_bytes_per_value": 4, "weight_bits": self.layer_bits, "activation_bits": 8,
                 "quantized_nodes": stats["ops"].get("MatMulNBits", 0),
                 "lm_head_last_position_only": True,
-                "weight_bytes_read_per_step": stats["initializer_bytes"] - stats["lookup_only_bytes"],
+                "bytes_read_per_step": stats["initializer_bytes"] - stats["lookup_only_bytes"],
             },
         }

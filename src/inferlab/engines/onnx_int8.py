@@ -140,6 +140,7 @@ class OnnxInt8(OnnxFp32):
             **super().details(ops),
             "dtype": f"int{BITS} weights (block {BLOCK_SIZE}, symmetric), int8 compute "
                      f"(accuracy_level {ACCURACY_LEVEL})",
+            "weight_bits": BITS, "activation_bits": 8,
             "quantized_nodes": quantized_nodes(ops),
             "matmul_nodes_before": fp32_ops.get("MatMul", 0) + fp32_ops.get("Gemm", 0),
             "fp32_matmul_nodes_left": ops.get("MatMul", 0) + ops.get("Gemm", 0),

@@ -185,10 +185,11 @@ print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:]))
                 "export_command": " ".join(export.get("command", [])),
                 "openvino": ov.__version__, "threads": self.threads, "artifact": self.folder,
                 "kv_cache_precision": kv,
-                "kv_cache_bytes_per_value": BYTES_PER_VALUE.get(kv, 4),
+                "kv_bytes_per_value": BYTES_PER_VALUE.get(kv, 4), "activation_bits": 8,
+                "weight_bits": {"int8": 8, "int4": 4}.get(self.weight_format),
                 "lm_head_last_position_only": LOGITS_TO_KEEP in self.inputs,
                 # the tied token table is the LM head's weight: the whole file is read per step
-                "weight_bytes_read_per_step": size,
+                "bytes_read_per_step": size,
             },
         }
 

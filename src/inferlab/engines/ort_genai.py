@@ -166,10 +166,11 @@ print(tokenizer.decode(generator.get_sequence(0)[len(ids):]))
                 "artifact": self.folder, "builder": stats.get("build", {}).get("command"),
                 "kv_cache": f"shared buffer ({search.get('past_present_share_buffer')}), "
                             f"{self.slots} slots, allocated per sequence",
-                "kv_cache_bytes_per_value": 4,
+                "kv_bytes_per_value": 4, "activation_bits": 8,
+                "weight_bits": {"int8": 8, "int4": 4}.get(self.precision),
                 "lm_head_last_position_only": False,
                 "quantized_nodes": stats["ops"].get("MatMulNBits", 0),
-                "weight_bytes_read_per_step": stats["initializer_bytes"] - stats["lookup_only_bytes"],
+                "bytes_read_per_step": stats["initializer_bytes"] - stats["lookup_only_bytes"],
             },
         }
 

@@ -29,8 +29,8 @@ class TorchEngine(Engine):
     def details(self) -> dict:
         import transformers
 
-        return {"dtype": "float32", "threads": torch.get_num_threads(),
-                "kv_cache_bytes_per_value": 0 if self.steps_are_full_forwards else 4,
+        return {"dtype": "float32", "weight_bits": 32, "activation_bits": 32, "threads": torch.get_num_threads(),
+                "kv_bytes_per_value": 0 if self.steps_are_full_forwards else 4,
                 "attention": self.model.config._attn_implementation,
                 "torch": torch.__version__, "transformers": transformers.__version__}
 
@@ -55,7 +55,7 @@ print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:]))
     def info(self) -> dict:
         weight_bytes = module_weight_bytes(self.model)
         details = self.details()
-        details["weight_bytes_read_per_step"] = weight_bytes - lookup_only_bytes(self.model)
+        details["bytes_read_per_step"] = weight_bytes - lookup_only_bytes(self.model)
         return {
             "weight_bytes": weight_bytes,
             "file_bytes": folder_weight_file_bytes(self.model_ref.path),

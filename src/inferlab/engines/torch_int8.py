@@ -24,5 +24,6 @@ class TorchInt8(QuantizedTorchEngine):
         return sum(isinstance(m, QLinear) for m in model.modules())
 
     def details(self) -> dict:
-        return {**super().details(), "dtype": "int8 weights (per-channel) / fp32 activations",
+        return {**super().details(), "dtype": "int8 weights (per-channel) / int8 activations quantized per step",
+                "weight_bits": 8, "activation_bits": 8,
                 "engine": torch.backends.quantized.engine}

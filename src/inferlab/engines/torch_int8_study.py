@@ -27,4 +27,5 @@ class TorchInt8Study(QuantizedTorchEngine):
         return sum(isinstance(m, QLinear) for m in model.modules())
 
     def details(self) -> dict:
-        return {**super().details(), "dtype": "int8 weights (per-tensor, nn.Linear only) / fp32 activations"}
+        return {**super().details(), "weight_bits": 8, "activation_bits": 8,
+                "dtype": "int8 weights (per-tensor, nn.Linear only) / int8 activations quantized per step"}

@@ -72,4 +72,5 @@ class TorchInt8WeightOnly(QuantizedTorchEngine):
     def details(self) -> dict:
         return {**super().details(),
                 "dtype": "int8 weights (per-channel, symmetric) / bf16 matmul inputs / fp32 elsewhere",
+                "weight_bits": 8, "activation_bits": 16,
                 "kernel": "aten._weight_int8pack_mm"}

@@ -44,11 +44,10 @@ def method_rates(m, results) -> dict | None:
     else:
         return None
     arch = results.model.get("architecture") or {}
-    details = m.details or {}
-    weights = details.get("weight_bytes_read_per_step") or m.weight_bytes
+    weights = m.details.bytes_read_per_step or m.weight_bytes
     n, new = results.prompt_tokens, results.config.get("new_tokens", 2)
     context = n + new / 2  # mean number of cached positions a decode step reads
-    kv_value_bytes = details.get("kv_cache_bytes_per_value", 4)
+    kv_value_bytes = m.details.kv_bytes_per_value if m.details.kv_bytes_per_value is not None else 4
     kv_per_position = (2 * arch["layers"] * arch["kv_heads"] * arch["head_dim"] * kv_value_bytes
                        if arch.get("layers") else 0)
     step_bytes = weights + kv_per_position * context
@@ -122,9 +121,8 @@ def sweep_growth(m) -> float | None:
 
 
 def low_bit(m) -> bool:
-    """Whether the method already reads 8-bit or smaller weights (its details' dtype says)."""
-    dtype = str((m.details or {}).get("dtype", "")).lower()
-    return any(t in dtype for t in ("int8", "int4", "q8", "q4", "8-bit", "4-bit"))
+    """Whether the method already reads 8-bit or smaller weights."""
+    return m.details.weight_bits is not None and m.details.weight_bits <= 8
 
 
 INT8_DOT_FLAGS = ("avx_vnni", "avx512_vnni", "amx_int8")  # int8 dot products in one instruction

@@ -90,7 +90,7 @@ def quality_section(results: RunResults, chart: str | None = None) -> list[str]:
     ]
     return ["## Quality against the fp32 reference", "",
             *reference_note(model.get("gguf_type"),
-                            [m.method for m in results.methods if m.details.get("weights_exact")]),
+                            [m.method for m in results.methods if m.details.weights_exact]),
             *beside(md_table(QUALITY_COLUMNS, qrows), chart),
             *folded("How quality was measured", how)]
 

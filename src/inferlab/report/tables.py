@@ -187,7 +187,32 @@ COLD_COLUMNS = ("method", "export/convert s", "load s", "first call ms", "warmup
 
 def detail_lines(m) -> list[str]:
     """What the engine says it actually built."""
-    return [f"{k}: {v}" for k, v in sorted(m.details.items())]
+    d = m.details
+    lines = [f"{d.dtype}" if d.dtype else "number format not stated"]
+    if d.weight_bits or d.activation_bits:
+        lines.append(f"arithmetic: {d.weight_bits or '?'}-bit weights, {d.activation_bits or '?'}-bit "
+                     "matrix-product inputs")
+    if d.bytes_read_per_step:
+        lines.append(f"weights read per decode step: {size_bytes(d.bytes_read_per_step)}")
+    if d.kv_bytes_per_value is not None:
+        lines.append("KV cache: none (recomputed every step)" if d.kv_bytes_per_value == 0
+                     else f"KV cache: {d.kv_bytes_per_value:g} bytes per value")
+    if d.weights_exact:
+        lines.append("weights exactly the reference's (on the quantizer's grid)")
+    if d.threads:
+        lines.append(f"threads: {d.threads}")
+    return lines + [f"{k.replace('_', ' ')}: {_plain(v)}" for k, v in sorted(d.extra.items()) if v not in (None, "")]
+
+
+def _plain(value) -> str:
+    """A value of an engine's own details in words: lists joined, dicts as 'key value' pairs."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "; ".join(map(_plain, value))
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 QUALITY_COLUMNS = ("method", "perplexity", "vs reference [95 % CI]", "KL mean [95 % CI]",
