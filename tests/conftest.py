@@ -5,10 +5,10 @@ import pytest
 
 # converted models, exports and hardware figures of the tests stay apart from the user's cache
 os.environ.setdefault("INFERLAB_CACHE", os.path.join(tempfile.gettempdir(), "inferlab-test-cache"))
-# every run the tests make adds itself to one history per test session (its workers share it)
+# every run the tests make adds itself to one history per test session: set here in the
+# process that starts pytest, inherited by its xdist workers (`inferlab history` lists them)
 os.environ.setdefault("INFERLAB_HISTORY", os.path.join(
-    tempfile.gettempdir(), "inferlab-test-history",
-    f"{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'session-' + str(os.getpid()))}.sqlite"))
+    tempfile.gettempdir(), "inferlab-test-history", f"session-{os.getpid()}.sqlite"))
 
 from tests.tiny import make_model
 

@@ -502,15 +502,12 @@ def cmd_export(args) -> int:
 
 
 def add_to_history(results, folder: str, kind: str) -> str:
-    """Every run, sweep and plan adds itself to the history; a history that cannot be written
-    (locked, corrupt, read-only) costs a warning, never the results. Returns ' (history #N)'."""
-    from .history import HistoryError, add
+    """The results with their reports' time, in the history (runner and sweep added them when
+    they finished; this refreshes the row and gives its kind). Returns ' (history #N)'."""
+    from .history import record
 
-    try:
-        return f" (history #{add(results, os.path.join(folder, 'results.json'), kind)})"
-    except HistoryError as e:
-        print(f"inferlab: warning: not added to the history: {e}", file=sys.stderr)
-        return ""
+    run_id = record(results, folder, kind)
+    return f" (history #{run_id})" if run_id else ""
 
 
 def cmd_doctor(args) -> int:

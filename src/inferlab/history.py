@@ -91,6 +91,18 @@ def add(results: RunResults, results_path: str, kind: str | None = None, path: s
     return run_id
 
 
+def record(results: RunResults, folder: str, kind: str | None = None) -> int | None:
+    """Add a finished (or interrupted) results set from its folder; a history that cannot be
+    written (locked, corrupt, read-only) costs a one-line warning, never the results."""
+    import sys
+
+    try:
+        return add(results, os.path.join(folder, "results.json"), kind)
+    except HistoryError as e:
+        print(f"inferlab: warning: not added to the history: {e}", file=sys.stderr)
+        return None
+
+
 def runs(path: str, model: str | None = None, method: str | None = None, machine: str | None = None,
          kind: str | None = None, limit: int | None = None) -> list[dict]:
     """Past results sets, newest first; filters match part of the text (case-insensitive)."""

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import __version__, defaults, machine, reference_tokens
+from . import __version__, defaults, history, machine, reference_tokens
 from . import protocol as p
 from .analysis import first_divergence
 from .checks import check_lengths, check_output_location
@@ -437,10 +437,12 @@ def run(config: RunConfig, show=None) -> tuple[RunResults, str]:
     prober = (ProbeProcess(config.threads, defaults.PROBE_BYTES, config.timeout_s)
               if config.speed or config.profile else None)
     try:
-        return _run(config, show, prober, t0)
+        results, folder = _run(config, show, prober, t0)
     finally:
         if prober is not None:
             prober.close()
+    history.record(results, folder)  # every run, from the CLI or the API
+    return results, folder
 
 
 def _run(config: RunConfig, show, prober: ProbeProcess | None, t0: float) -> tuple[RunResults, str]:

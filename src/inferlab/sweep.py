@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import __version__, defaults, machine
+from . import __version__, defaults, history, machine
 from . import protocol as p
 from .cells import CellSpec, LocalExecutor, WorkerPool
 from .checks import check_output_location, context_window
@@ -177,9 +177,11 @@ def run_sweep(config: SweepConfig, show, progress_factory: Callable[[int, int], 
     t0 = time.perf_counter()
     prober = ProbeProcess(config.threads, defaults.PROBE_BYTES, config.timeout_s)
     try:
-        return _run_sweep(config, show, progress_factory, prober, t0)
+        results, folder = _run_sweep(config, show, progress_factory, prober, t0)
     finally:
         prober.close()
+    history.record(results, folder)  # every sweep (and plan), from the CLI or the API
+    return results, folder
 
 
 def _run_sweep(config: SweepConfig, show, progress_factory, prober, t0) -> tuple[RunResults, str]:
