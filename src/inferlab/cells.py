@@ -146,11 +146,6 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
     for r in out.methods:
         if r.status == "running":
             r.status = "ok"
-    reference = out.method(defaults.REFERENCE_METHOD)
-    if reference is not None and reference.ok:
-        for r in out.methods:
-            if r.ok:
-                r.first_divergence = first_divergence(r.tokens, reference.tokens)
     out.conditions["after"] = machine.conditions()
     out.status, out.seconds = "complete", time.perf_counter() - t0
     return out

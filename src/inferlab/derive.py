@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from . import defaults
 from .analysis import comparisons
-from .derive_cells import cell_rows, crossovers, knees
+from .derive_cells import cell_rows, crossovers, first_divergences, knees
 from .profiling.roofline import ceiling_warnings, rooflines, sweep_growth, verdict
 from .stats import summarize, too_few_runs
 
@@ -19,6 +19,7 @@ def derive(results) -> dict:
     cpus = (results.machine or {}).get("logical_cpus")
     comps = comparisons(results)
     roofs, ceiling = rooflines(results)
+    divergences = first_divergences(results)
     methods = {}
     for m in results.methods:
         figures = {name: summarize(m.samples(name), f"{m.method} {name}") for name in FIGURES}
@@ -31,6 +32,8 @@ def derive(results) -> dict:
             "roofline": roofs.get(m.method),
             "bottleneck": None,
             "witness": witness(m, figures["tpot_s"], ttft),
+            # a run's greedy tokens against the reference's (a sweep's: per cell, in its rows)
+            "first_divergence": None if results.sweep else divergences.get((results.run_cell().key, m.method)),
         }
         if m.ok and m.profile:
             sentence, step = verdict(m, roofs.get(m.method), sweep_growth(m),
@@ -45,7 +48,7 @@ def derive(results) -> dict:
         "warnings": warnings(results, methods, ceiling),
     }
     if results.cells:
-        rows = cell_rows(results)
+        rows = cell_rows(results, divergences)
         failed = {m.method for m in results.methods if verdict_of(m) == "FAIL"}
         out.update(cells=rows, crossovers=crossovers(rows, failed), knees=knees(rows))
         asked = (results.config or {}).get("min_repeats", defaults.WARN_MIN_SAMPLES)
@@ -142,9 +145,10 @@ def warnings(results, methods: dict, ceiling: dict | None) -> list[str]:
             out.append(f"{m.method}: other processes took {m.other_cpu_s:.1f} CPU-s during its "
                        f"{m.timed_wall_s:.1f} s of timed runs ({load:.0%} of the machine's CPU time): "
                        "its figures are slowed by competing load; close other programs")
-        if m.first_divergence is not None and m.first_divergence < len(m.tokens):
+        first = d["first_divergence"]
+        if first is not None and first < len(m.tokens):
             out.append(f"{m.method}: greedy tokens differ from {defaults.REFERENCE_METHOD}'s from "
-                       f"token {m.first_divergence} of {len(m.tokens)}")
+                       f"token {first} of {len(m.tokens)}")
         q = m.quality or {}
         if q.get("verdict") in ("FAIL", "error"):
             out.append(f"{m.method}: quality {q['verdict']}: {'; '.join(q.get('reasons', []))}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from itertools import groupby
 
+from .analysis import first_divergence
 from .stats import median_interval, summarize
 
 # the axes a crossover is looked for along, and the figure that ranks methods there:
@@ -16,8 +17,29 @@ CROSSOVER_AXES = (("n_prompt", "e2e_ms", "prompt tokens", "end to end"),
 AXES = ("n_prompt", "n_gen", "n_depth", "n_threads", "n_batch")
 
 
-def cell_rows(results) -> list[dict]:
+def first_divergences(results) -> dict[tuple[str, str], int]:
+    """(cell key, method) -> the index of the first greedy token that differs from the fp32
+    reference's in the same cell (N when none): a sweep's cells against their own reference
+    run, a run against the reference's tokens for its prompt."""
+    from . import defaults
+
+    out = {}
+    if results.sweep:
+        for c in results.cells:
+            ref = c.method(defaults.REFERENCE_METHOD)
+            if ref is not None and ref.ok and ref.tokens:
+                out.update({(c.cell.key, m.method): first_divergence(m.tokens, ref.tokens)
+                            for m in c.methods if m.ok and m.tokens})
+    elif results.reference_tokens:
+        key = results.run_cell().key
+        out.update({(key, m.method): first_divergence(m.tokens, results.reference_tokens)
+                    for m in results.methods if m.tokens})
+    return out
+
+
+def cell_rows(results, divergences: dict | None = None) -> list[dict]:
     asked = (results.config or {}).get("min_repeats", 0)
+    divergences = first_divergences(results) if divergences is None else divergences
     rows = []
     for c in results.cells:
         cell = c.cell
@@ -27,7 +49,7 @@ def cell_rows(results) -> list[dict]:
                    "n_threads": cell.threads, "n_batch": cell.batch, "status": m.status,
                    "error": m.error, "runs": len(m.runs), "warnings": []}
             if m.ok and m.runs:
-                row.update(cell_figures(m, cell, asked))
+                row.update(cell_figures(m, cell, asked), first_divergence=divergences.get((cell.key, m.method)))
             rows.append(row)
     return rows
 
@@ -59,7 +81,6 @@ def cell_figures(m, cell, asked: int) -> dict:
         "tg_tps_total": s["decode_tps"].median * cell.batch,
         "steady_rss_mb": m.steady_rss_bytes / 1e6 if m.steady_rss_bytes else None,
         "peak_rss_mb": m.peak_rss_bytes / 1e6 if m.peak_rss_bytes else None,
-        "first_divergence": m.first_divergence,
         "batch_divergence": min(m.batch_divergence) if m.batch_divergence else None,
         "warnings": warnings,
     }

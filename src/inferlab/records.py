@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from .derive_cells import cell_figures
+from .derive_cells import cell_figures, first_divergences
 from .machine import LIBRARIES
 from .results import Cell, MethodResult, RunResults
 
@@ -80,7 +80,7 @@ COLUMNS = (
     ("ppl_increase", "REAL", _q("ppl_increase")),
     ("kl_mean", "REAL", _q("kl_mean")),
     ("top1", "REAL", _q("top1")),
-    ("first_divergence", "INTEGER", lambda r, cell, m, fig, where: m.first_divergence),
+    ("first_divergence", "INTEGER", _fig("first_divergence")),
     ("other_load", "REAL", lambda r, cell, m, fig, where: m.other_load((r.machine or {}).get("logical_cpus"))),
     ("cpu", "TEXT", _machine("cpu")),
     ("cpu_flags", "TEXT", lambda r, cell, m, fig, where: " ".join((r.machine or {}).get("cpu_flags") or [])),
@@ -110,9 +110,11 @@ def located(results: RunResults) -> list[tuple[Cell, MethodResult, str]]:
 def records(results: RunResults, path: str) -> list[dict]:
     """One dict per method and cell (keys: NAMES); `path` is the results.json the samples are in."""
     asked = (results.config or {}).get("min_repeats", 0)
+    divergences = first_divergences(results)
     out = []
     for cell, m, pointer in located(results):
         fig = cell_figures(m, cell, asked) if m.ok and m.runs else {}
+        fig["first_divergence"] = divergences.get((cell.key, m.method))
         out.append({name: get(results, cell, m, fig, f"{path}#{pointer}") for name, _, get in COLUMNS})
     return out
 

@@ -112,8 +112,6 @@ class MethodResult:
     steal_s: float | None = None  # CPU time the hypervisor gave to other machines
     engine_counters: list[dict[str, Any]] = field(default_factory=list)  # per timed run, if kept
     details: EngineDetails = field(default_factory=EngineDetails)
-    # against the reference
-    first_divergence: int | None = None  # index of the first token differing (N if none)
     # a sweep's batch > 1: per sequence, its first token differing from the same method's
     # tokens for that sequence alone (batch 1); N if none
     batch_divergence: list[int] | None = None

@@ -23,7 +23,6 @@ from typing import Any, Callable
 
 from . import __version__, defaults, history, machine, reference_tokens
 from . import protocol as p
-from .analysis import first_divergence
 from .checks import check_lengths, check_output_location
 from .config import RunConfig
 from .engines import default_methods, engine_class, engine_path, has_prepare
@@ -297,7 +296,6 @@ class Session:
             self.generate(run, timed=True)
 
         def after_round() -> None:
-            self.score_agreement()
             self.save()
 
         rotating_rounds(runs, lambda r: r.listed and r.live and needs_more_runs(r.result, self.config),
@@ -348,7 +346,6 @@ class Session:
             self.save()
         for run in runs:
             self.finish(run)
-        self.score_agreement()
         self.save()
 
     def profile(self, run: MethodRun) -> None:
@@ -387,13 +384,6 @@ class Session:
             data = self.prober.measure()
         self.results.probes.append({**data, "when": when})
         self.save()
-
-    def score_agreement(self) -> None:
-        ref = self.results.reference_tokens
-        for m in self.results.methods:
-            if m.tokens and ref:
-                m.first_divergence = first_divergence(m.tokens, ref)
-
 
 def read_text(text_file: str | None) -> tuple[str, str]:
     """(text, source) of --text-file, or CPython's pydoc_data.topics without one. Raises
@@ -526,7 +516,6 @@ def _run(config: RunConfig, show, prober: ProbeProcess | None, t0: float) -> tup
     finally:
         session.close_all()
         shutil.rmtree(session.workdir, ignore_errors=True)
-    session.score_agreement()
     results.timings["total"] = time.perf_counter() - t0
     session.save()
     return results, folder

@@ -52,10 +52,11 @@ def agreement(results: RunResults, m) -> str:
         return "reference"
     if not m.tokens:
         return "-"
-    if m.first_divergence is None:
+    first = derived(results, m.method).get("first_divergence")
+    if first is None:
         return "no reference"
     n = len(m.tokens)
-    return f"{n}/{n} same" if m.first_divergence >= n else f"differs at token {m.first_divergence}"
+    return f"{n}/{n} same" if first >= n else f"differs at token {first}"
 
 
 COLUMNS = (
