@@ -81,7 +81,7 @@ def test_native_profile_splits_each_call_by_the_clock(exact, tmp_path):
         pytest.skip("only the native decoder keeps a clock of its own")
     from inferlab.profiling import native_profile
 
-    data = native_profile.profile(e.decoder, PROMPT, 3, str(tmp_path / "trace.json"))
+    data = native_profile.profile(e, PROMPT, 3, str(tmp_path / "trace.json"))
     decode = data["phases"]["decode"]
     assert decode["calls"] == 3 and data["phases"]["prefill"]["calls"] == 1
     # the phases of each call lie inside that call's wall time: no time from another call

@@ -10,6 +10,7 @@ from inferlab import probe
 from inferlab.profiling.breakdown import OpRecord, breakdown
 from inferlab.profiling.categories import CATEGORIES, categorize
 from inferlab.profiling.parts import part_of
+from inferlab.derive import method_figures
 from inferlab.profiling.roofline import ceiling_warnings, rooflines, verdict
 from inferlab.profiling.run import profile_engine
 from inferlab.protocol import Profile
@@ -140,7 +141,7 @@ def known_run(method: str, weight_bytes: int):
 
 def test_roofline_arithmetic_on_known_inputs():
     r, m = known_run("kv-cache", 200_000_000)
-    roofs, ceiling = rooflines(r)
+    roofs, ceiling = rooflines(r, method_figures(r))
     roof = roofs["kv-cache"]
     # KV cache: 2 (K, V) x 2 layers x 1 head x 4 dims x 4 bytes x 12.5 mean positions = 800 B
     assert roof["kv_mb_per_step"] == pytest.approx(800 / 1e6)
@@ -160,7 +161,7 @@ def test_roofline_arithmetic_on_known_inputs():
 
 def test_a_method_faster_than_the_probe_sets_the_ceiling_and_is_named():
     r, m = known_run("onnx", 600_000_000)  # 600 MB per 40 ms step: 15 GB/s > the probe's 10
-    roofs, ceiling = rooflines(r)
+    roofs, ceiling = rooflines(r, method_figures(r))
     assert roofs["onnx"]["decode_efficiency"] == pytest.approx(1.0)  # never above 100 %
     assert ceiling["bandwidth_source"] == "onnx"
     assert "onnx streamed 15.0 GB/s, above the probe's best 10.0 GB/s" in ceiling_warnings(ceiling)[0]
@@ -173,15 +174,15 @@ def test_verdict_removes_profiler_cost_and_names_memory_bound():
                  "phases": {"decode": {"wall_ms": 80.0,
                                        "categories_share": {"matmul": 0.4375, "overhead": 0.5625},
                                        "categories_ms": {"matmul": 35.0, "overhead": 45.0}}}}
-    sentence, step = verdict(m, rooflines(r)[0]["onnx"], None)
+    sentence, step = verdict(m, rooflines(r, method_figures(r))[0]["onnx"], None)
     assert "memory-bound" in sentence and "90%" in sentence  # 36 ms floor / 40 ms TPOT
     assert "int8/int4 weights" in step
     m.details = EngineDetails(weight_bits=4, activation_bits=8)  # already low-bit: not told to go low-bit
-    _, step = verdict(m, rooflines(r)[0]["onnx"], None)
+    _, step = verdict(m, rooflines(r, method_figures(r))[0]["onnx"], None)
     assert "already low-bit" in step and "int8/int4 weights" not in step and "10.0 GB/s" in step
     m.details = EngineDetails()
     m.weight_bytes = 100_000_000  # floor 10 ms: far from it; overhead 5 ms of 40 after correction
-    sentence, _ = verdict(m, rooflines(r)[0]["onnx"], None)
+    sentence, _ = verdict(m, rooflines(r, method_figures(r))[0]["onnx"], None)
     assert "matmul-bound" in sentence and "framework overhead" not in sentence
 
 
@@ -189,11 +190,11 @@ def test_matmul_bound_advice_depends_on_the_weights_bit_width():
     r, m = known_run("onnx", 100_000_000)  # floor 10 ms of a 40 ms step: below the bandwidth
     m.profile = {"phases": {"decode": {"wall_ms": 40.0, "categories_share": {"matmul": 0.9, "overhead": 0.1},
                                        "categories_ms": {"matmul": 36.0, "overhead": 4.0}}}}
-    _, step = verdict(m, rooflines(r)[0]["onnx"], None)
+    _, step = verdict(m, rooflines(r, method_figures(r))[0]["onnx"], None)
     assert "faster GEMV kernel" in step and "int8" in step  # fp32 weights: fewer bytes helps too
     m.details = EngineDetails(weight_bits=4, activation_bits=8)
-    _, step = verdict(m, rooflines(r)[0]["onnx"], None, ["avx", "avx2", "fma"])
+    _, step = verdict(m, rooflines(r, method_figures(r))[0]["onnx"], None, ["avx", "avx2", "fma"])
     assert "faster kernel for its format" in step and "fewer weight bytes" not in step
     assert "no int8 dot-product instructions" in step  # what the CPU lacks, from its flags
-    _, step = verdict(m, rooflines(r)[0]["onnx"], None, ["avx2", "avx512f", "avx512_vnni"])
+    _, step = verdict(m, rooflines(r, method_figures(r))[0]["onnx"], None, ["avx2", "avx512f", "avx512_vnni"])
     assert "even with this CPU's avx512_vnni" in step

@@ -15,14 +15,21 @@ from .stats import summarize, too_few_runs
 FIGURES = ("ttft_s", "tpot_s", "itl_s", "e2e_s", "decode_tps")
 
 
+def method_figures(results) -> dict:
+    """{method: {figure: Summary or None}}: the one place a run's figures are summarized."""
+    return {m.method: {name: summarize(m.samples(name), f"{m.method} {name}") for name in FIGURES}
+            for m in results.methods}
+
+
 def derive(results) -> dict:
     cpus = (results.machine or {}).get("logical_cpus")
     comps = comparisons(results)
-    roofs, ceiling = rooflines(results)
+    summaries = method_figures(results)
+    roofs, ceiling = rooflines(results, summaries)
     divergences = first_divergences(results)
     methods = {}
     for m in results.methods:
-        figures = {name: summarize(m.samples(name), f"{m.method} {name}") for name in FIGURES}
+        figures = summaries[m.method]
         ttft = figures["ttft_s"]
         entry = {
             "figures": {k: (v.to_dict() if v else None) for k, v in figures.items()},

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable, ContextManager
 
 from .engines.base import Engine
+from .results import RunSample
 
 clock = time.perf_counter
 
@@ -18,22 +19,15 @@ def argmax(logits) -> int:
 
 
 @dataclass
-class Generation:
-    tokens: list[int]  # the sequence's new tokens (a batch: its first sequence's)
-    ttft_s: float  # prefill + first argmax (a batch: of every sequence)
-    itl_s: list[float]  # N-1 gaps between consecutive new tokens (steps of the whole batch)
-    e2e_s: float  # start to the N-th token
+class Generation(RunSample):
+    """One generation's clocks (RunSample: TTFT, E2E, the N-1 gaps between new tokens, and
+    the TPOT and decode rate defined there, once) with its tokens."""
+
+    tokens: list[int] = field(default_factory=list)  # the sequence's new tokens (a batch: its first sequence's)
     sequences: list[list[int]] = field(default_factory=list)  # a batch: every sequence's tokens
 
-    @property
-    def tpot_s(self) -> float:
-        n = len(self.tokens)
-        return (self.e2e_s - self.ttft_s) / (n - 1) if n > 1 else float("nan")
-
-    @property
-    def decode_tps(self) -> float:
-        n = len(self.tokens)
-        return (n - 1) / (self.e2e_s - self.ttft_s) if n > 1 else float("nan")
+    def sample(self) -> RunSample:
+        return RunSample(ttft_s=self.ttft_s, e2e_s=self.e2e_s, itl_s=self.itl_s)
 
 
 def generate(engine: Engine, prompt_ids: list[int], new_tokens: int,

@@ -121,6 +121,7 @@ def bottleneck(config: Configuration, results: RunResults, model: ModelRef, scen
     decided, how far each phase is from its hardware floor (roofline.py, with the sweep's
     probes) and, where inferlab has a profiler for its engine, the profile's verdict and the
     next optimization to try. The profile runs in its own process, after every cell."""
+    from .derive import method_figures
     from .profiling.roofline import rooflines, verdict
     from .prompts import load_tokenizer
     from .runner import read_text
@@ -153,7 +154,7 @@ def bottleneck(config: Configuration, results: RunResults, model: ModelRef, scen
     # the roofline of this cell alone: its prompt, its new tokens, the sweep's probes
     view = SimpleNamespace(methods=[record], probes=results.probes, model=results.model,
                            prompt_tokens=cell.cell.prompt_tokens, config={"new_tokens": cell.cell.new_tokens})
-    roofs, _ = rooflines(view)
+    roofs, _ = rooflines(view, method_figures(view))
     roof = roofs.get(config.method) or {}
     out.update({k: roof.get(k) for k in ("decode_efficiency", "decode_floor_ms", "prefill_efficiency",
                                           "prefill_floor_ms", "bandwidth_gb_s", "gemm_gflop_s")})

@@ -65,7 +65,8 @@ def bits_from_words(dtype: str) -> tuple[int | None, int | None]:
 
 @dataclass
 class RunSample:
-    """One timed generation's raw clocks (seconds)."""
+    """One timed generation's raw clocks (seconds); TPOT and the decode rate are defined here
+    and nowhere else (METRICS.md)."""
 
     ttft_s: float
     e2e_s: float

@@ -101,11 +101,8 @@ class Worker:
         cpu_s = time.process_time() - cpu0
         counters = self.engine.counters()
         rss, hwm = process_memory()
-        from .results import RunSample
-
-        return p.Generated(sample=RunSample(ttft_s=g.ttft_s, e2e_s=g.e2e_s, itl_s=g.itl_s),
-                           tokens=g.tokens, sequences=g.sequences, cpu_s=cpu_s, rss_bytes=rss, peak_rss_bytes=hwm,
-                           counters=counters)
+        return p.Generated(sample=g.sample(), tokens=g.tokens, sequences=g.sequences, cpu_s=cpu_s,
+                           rss_bytes=rss, peak_rss_bytes=hwm, counters=counters)
 
     def fill(self, contexts: list[list[int]]) -> None:
         """Put the contexts in the cache: by rewinding to them when the cache already starts

@@ -38,6 +38,9 @@ class Engine(ABC):
     # True when every decode step recomputes the whole sequence (no cache): one call over a
     # window then gives each step's logits, and quality scores it that way (quality.py)
     steps_are_full_forwards: ClassVar[bool] = False
+    # the profiler of its framework (profiling/run.py: "torch", "onnxruntime", "native"); None:
+    # inferlab has none for it, and `inferlab profile` says so
+    profiler: ClassVar[str | None] = None
     # sequences one prefill or decode call can carry; a sweep's cell of a larger batch is
     # skipped for the method, with that reason
     max_batch: ClassVar[int] = 1

@@ -19,6 +19,7 @@ RECIPE = "r3"  # bump when the packed layout changes: it is part of the cache ke
 
 
 class NativeInt4(Engine):
+    profiler = "native"
     name = "native-int4"
     summary = ("inferlab's own C decoder (AVX2, compiled on this machine): 4-bit weights by the Q4_1 "
                "rule with fp16 scales (exact when the model came from Q4_1), 8-bit LM head, int8 "

@@ -165,6 +165,7 @@ def cpu_session(model_path: str, threads: int, profile_prefix: str | None = None
 
 
 class OrtEngine(Engine):
+    profiler = "onnxruntime"
     """An ONNX Runtime method: a cached graph (`artifact`) run by a driver class that takes
     (model path, threads, profile prefix) and offers prefill/decode."""
 

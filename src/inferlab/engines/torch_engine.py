@@ -16,6 +16,7 @@ from .torch_common import (
 
 
 class TorchEngine(Engine):
+    profiler = "torch"
     # what `usage` adds between loading the model with transformers and generating: this
     # method's own change to the model; None when it has no form outside inferlab
     usage_transform: str | None = ""

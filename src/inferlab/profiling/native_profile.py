@@ -5,10 +5,12 @@ profiling it also keeps each span), so a profile runs exactly the code the bench
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 
+from ..harness import generate
 from .breakdown import OpRecord, breakdown
 
 # the decoder's phase -> (operator name in the tables, model part)
@@ -25,25 +27,30 @@ PHASES = {
 }
 
 
-def _call(fn, arg, name: str, windows: list, ops: list, events: list, decoder):
-    decoder.record_spans(True)
-    start = time.perf_counter()
-    out = fn(arg)
-    end = time.perf_counter()
-    decoder.record_spans(False)
-    windows.append((name, start * 1e6, end * 1e6))
-    for phase, s, e in decoder.spans():  # one per phase per layer, at the time it ran
-        op, part = PHASES.get(phase, (f"native::{phase}", "other"))
-        ops.append(OpRecord(op, s * 1e6, (e - s) * 1e6, part))
-        events.append({"name": phase, "cat": name, "ph": "X", "ts": s * 1e6, "dur": (e - s) * 1e6, "pid": 1, "tid": 1})
-    return out
-
-
-def profile(decoder, prompt_ids, steps: int, trace_path: str) -> dict:
+def profile(engine, prompt_ids, steps: int, trace_path: str) -> dict:
+    """The harness's loop (a warm-up pair, then a prefill and `steps` decode steps), each
+    engine call wrapped so that the decoder keeps its spans for that call only."""
+    decoder = engine.decoder
     windows, ops, events = [], [], []
-    logits = _call(decoder.prefill, list(prompt_ids), "prefill", windows, ops, events, decoder)
-    for _ in range(steps):
-        logits = _call(decoder.decode, int(logits.argmax()), "decode", windows, ops, events, decoder)
+
+    @contextlib.contextmanager
+    def spans_of(name: str):
+        decoder.record_spans(True)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            end = time.perf_counter()
+            decoder.record_spans(False)
+            windows.append((name, start * 1e6, end * 1e6))
+            for phase, s, e in decoder.spans():  # one per phase per layer, at the time it ran
+                op, part = PHASES.get(phase, (f"native::{phase}", "other"))
+                ops.append(OpRecord(op, s * 1e6, (e - s) * 1e6, part))
+                events.append({"name": phase, "cat": name, "ph": "X", "ts": s * 1e6, "dur": (e - s) * 1e6,
+                               "pid": 1, "tid": 1})
+
+    generate(engine, prompt_ids, 2)  # warm, as the other profilers do
+    generate(engine, prompt_ids, steps + 1, around=spans_of)
     with open(trace_path, "w") as f:  # a timeline: each phase of each layer as one slice
         json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, f)
     return {

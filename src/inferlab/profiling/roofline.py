@@ -28,14 +28,13 @@ def probed_limits(results) -> dict | None:
             "method": ok[0].get("method", "")}
 
 
-def method_rates(m, results) -> dict | None:
-    """What one method moved and computed per step, and how fast (before any ceiling)."""
+def method_rates(m, results, figures: dict) -> dict | None:
+    """What one method moved and computed per step, and how fast (before any ceiling).
+    figures: the method's summaries (derive.method_figures)."""
     if m.status not in ("ok", "running") or m.weight_bytes is None:
         return None
     if m.runs:
-        from statistics import median  # the same medians derive.py reports, without the summary
-
-        tpot, ttft = median(m.samples("tpot_s")), median(m.samples("ttft_s"))
+        tpot, ttft = figures["tpot_s"].median, figures["ttft_s"].median
         source = "benchmark medians"
     elif (m.profile or {}).get("unprofiled"):
         u = m.profile["unprofiled"]
@@ -63,10 +62,11 @@ def method_rates(m, results) -> dict | None:
     return out
 
 
-def rooflines(results) -> tuple[dict, dict | None]:
-    """({method: roofline}, ceilings): floors and efficiencies against the highest rates seen."""
+def rooflines(results, figures: dict) -> tuple[dict, dict | None]:
+    """({method: roofline}, ceilings): floors and efficiencies against the highest rates seen.
+    figures: {method: its summaries} (derive.method_figures)."""
     limits = probed_limits(results)
-    rates = {m.method: r for m in results.methods if (r := method_rates(m, results))}
+    rates = {m.method: r for m in results.methods if (r := method_rates(m, results, figures[m.method]))}
     if not limits or not rates:
         return {}, None
     bw_rates = {k: r["achieved_gb_s"] * 1e9 for k, r in rates.items() if r.get("achieved_gb_s")}
