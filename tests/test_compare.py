@@ -229,3 +229,12 @@ def test_bad_inputs_of_compare_and_export_exit_2(tmp_path, capsys):
         assert message in capsys.readouterr().err.strip().splitlines()[-1], args
     assert not os.path.exists(tmp_path / "no")
     assert [f for f in os.listdir(good) if ".tmp" in f] == []
+
+
+def test_the_gate_judges_only_the_figures_asked():
+    base, new = method("a", 100), method("a", 100, seed=1)
+    for run in new.runs:  # a prefill twice as slow inside an unchanged E2E (a faster decode)
+        run.ttft_s *= 2
+    assert line(base, new, cmp.Gate(slower=0.05)).failures[0].startswith("TTFT")
+    assert not line(base, new, cmp.Gate(slower=0.05, figures=("e2e_s",))).failures
+    assert run_cli("compare", "x", "--figures", "e2e,latency") == 2

@@ -68,6 +68,14 @@ def _share(text: str) -> float:
     return value
 
 
+def _figure_list(text: str) -> tuple[str, ...]:
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ("e2e", "ttft", "tpot")]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"figures are e2e, ttft, tpot: {text}")
+    return tuple(f"{n}_s" for n in names)
+
+
 def _method_pair(text: str) -> list[str]:
     names = _methods_arg(text)
     if len(names) not in (1, 2):
@@ -231,14 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-if-slower", type=_share, metavar="PCT",
                    help="exit 1 when a method is slower (E2E, TTFT or TPOT) by more than this, "
                         "e.g. 5%%, with 95 %% confidence; exit 3 when the intervals cannot tell")
+    p.add_argument("--figures", type=_figure_list, default=("e2e_s", "ttft_s", "tpot_s"),
+                   help="the timed figures that decide the label and the gate: e2e, ttft, tpot "
+                        "(default all three; a short prompt's TTFT is the noisiest)")
     p.add_argument("--fail-if-larger", type=_share, metavar="PCT",
                    help="exit 1 when a method's peak RSS grew by more than this, e.g. 10%%")
     p.add_argument("--fail-on-quality", action="store_true",
                    help="exit 1 when a method of NEW fails the quality budget")
     p.add_argument("--force", action="store_true",
                    help="compare results of different models or workloads anyway (every line marked)")
-    p.add_argument("--output", default=defaults.RESULTS_DIR,
-                   help="folder under which the comparison gets a new folder (default results/)")
+    p.add_argument("--output", default=os.path.join(defaults.RESULTS_DIR, "comparisons"),
+                   help="folder under which the comparison gets a new folder (default results/comparisons/)")
     p = sub.add_parser("history", help="list past runs, sweeps and plans (the SQLite history every "
                                        "one adds itself to), newest first")
     p.add_argument("--model", help="only results whose model name contains this")
@@ -438,7 +449,7 @@ def cmd_compare(args) -> int:
     try:
         new = load_side(args.new or args.base)
         base = load_side(args.base, like=new) if args.new else new
-        gate = Gate(args.fail_if_slower, args.fail_if_larger, args.fail_on_quality)
+        gate = Gate(args.fail_if_slower, args.fail_if_larger, args.fail_on_quality, args.figures)
         c = compare(base.results, new.results, base.name, new.name, gate, tuple(pair) if pair else None,
                     args.force)
     except (ResultsError, CompareError) as e:

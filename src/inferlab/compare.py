@@ -37,6 +37,7 @@ class Gate:
     slower: float | None = None
     larger: float | None = None
     quality: bool = False
+    figures: tuple[str, ...] = tuple(name for name, _ in FIGURES)  # the timed figures judged
 
     @property
     def active(self) -> bool:
@@ -276,7 +277,7 @@ def compare_line(cell: str, base: MethodResult, new: MethodResult, gate: Gate) -
             line.label, line.note = INCONCLUSIVE, f"neither side measured ({base.status}, {new.status})"
         return line
     line.figures = [f for name, _ in FIGURES if (f := figure_change(name, base, new, gate))]
-    labels = {f.label for f in line.figures}
+    labels = {f.label for f in line.figures if f.figure in gate.figures}
     if REGRESSED in labels:
         line.label = REGRESSED
     elif INCONCLUSIVE in labels:
@@ -293,12 +294,13 @@ def compare_line(cell: str, base: MethodResult, new: MethodResult, gate: Gate) -
 
 def apply_gate(line: Line, gate: Gate) -> None:
     if gate.slower is not None:  # the figures' labels were judged at the gate's threshold
-        for f in line.figures:
+        for f in (f for f in line.figures if f.figure in gate.figures):
             if f.label == REGRESSED:
                 line.failures.append(f"{f.name} {f.words()}: slower than the {gate.slower:.0%} allowed")
             elif f.label == INCONCLUSIVE:
                 more = (f"about {f.runs_needed} timed runs a side would decide" if f.runs_needed
-                        else "its median sits at the threshold: more runs would not decide")
+                        else f"its median lies so close to the threshold that more than "
+                             f"{defaults.PLAN_DECIDABLE_RUNS} timed runs a side would be needed")
                 line.undecided.append(f"{f.name} {f.words()}: cannot exclude slower than "
                                       f"{gate.slower:.0%}; {more}")
     if gate.larger is not None and (r := line.memory_ratio) is not None and r > 1 + gate.larger:
