@@ -3,7 +3,7 @@ pages tested without measuring anything."""
 
 import numpy as np
 
-from inferlab.results import MethodResult, RunResults, RunSample
+from inferlab.results import MethodResult, QualityResult, RunResults, RunSample
 
 MACHINE = {"cpu": "Test CPU", "cpu_flags": ["avx2"], "logical_cpus": 2, "usable_cpus": 2,
            "memory_bytes": 8 << 30, "os": "Linux", "hostname": "box", "python": "3.11",
@@ -17,7 +17,7 @@ def method(name, e2e_ms, spread=0.01, n=20, seed=0, quality=None, peak=100e6, to
     for e in e2e_ms * (1 + spread * rng.standard_normal(n)) / 1e3:
         runs.append(RunSample(ttft_s=e / 10, e2e_s=e, itl_s=[e * 0.9 / 3] * 3))
     return MethodResult(method=name, status="ok", runs=runs, tokens=list(tokens), peak_rss_bytes=int(peak),
-                        quality={"verdict": quality, "kl_mean": 0.001, "top1": 0.99, "ppl_increase": 0.0}
+                        quality=QualityResult(verdict=quality, kl_mean=0.001, top1=0.99, ppl_increase=0.0)
                         if quality else None)
 
 

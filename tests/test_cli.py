@@ -199,10 +199,10 @@ def test_quality_command_judges_without_timing(tiny_models, tmp_path):
     assert [m.method for m in r.methods] == ["torch-int8", "onnx"]
     for m in r.methods:
         assert m.ok and not m.runs  # no timing
-        assert m.quality["verdict"] in ("PASS", "FAIL") and m.quality["scored_tokens"] > 0
-    assert r.method("onnx").quality["verdict"] == "PASS"  # fp32 export: same distributions
+        assert m.quality.verdict in ("PASS", "FAIL") and m.quality.scored_tokens > 0
+    assert r.method("onnx").quality.verdict == "PASS"  # fp32 export: same distributions
     assert r.quality_setup["budget"]["max_kl_mean"] == 0.5  # the budget set on the CLI
-    assert all(m.quality["budget"]["max_kl_mean"] == 0.5 for m in r.methods)
+    assert all(m.quality.budget["max_kl_mean"] == 0.5 for m in r.methods)
     md = open(os.path.join(folder, "report.md")).read()
     assert "## Quality against the fp32 reference" in md
 
@@ -265,7 +265,7 @@ def test_a_quality_pass_that_crashes_keeps_the_speed_figures(tiny_models, tmp_pa
     r = load(os.path.join(only_run_folder(out), "results.json"))
     m = r.method("quality-crash")
     assert m.ok and len(m.runs) == 2 and r.derived["methods"][m.method]["first_divergence"] == 6
-    assert m.quality["verdict"] == "error" and "SIGSEGV" in m.quality["reasons"][0]
+    assert m.quality.verdict == "error" and "SIGSEGV" in m.quality.reasons[0]
 
 
 def test_competing_load_is_measured_and_warned(tiny_models, tmp_path):

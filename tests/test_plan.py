@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from inferlab.results import Cell, CellResult, MethodResult, RunResults, RunSample
+from inferlab.results import Cell, CellResult, MethodResult, QualityResult, RunResults, RunSample
 from inferlab.scenario import ScenarioError, example_names, find_scenario, load_scenario, write_template
 from inferlab.verdict import EXIT_MET, EXIT_NONE_MET, EXIT_ONLY_INDETERMINATE, INDETERMINATE, MET, MISSED, judge
 from tests.test_cli import only_run_folder, run_cli
@@ -120,7 +120,7 @@ def _results(per_threads):
         cells.append(cell)
     names = sorted({m for ms in per_threads.values() for m in ms})
     return RunResults(config={}, machine={}, model={"name": "tiny"}, prompt_tokens=8, cells=cells,
-                      methods=[MethodResult(method=m, status="ok", quality={"verdict": "PASS"}) for m in names])
+                      methods=[MethodResult(method=m, status="ok", quality=QualityResult(verdict="PASS")) for m in names])
 
 
 def test_met_missed_and_indeterminate_follow_the_interval_not_the_point(tmp_path):
@@ -149,7 +149,7 @@ def test_a_method_that_failed_a_run_or_the_quality_budget_misses(tmp_path):
     s = load_scenario(write(tmp_path, GOOD))
     r = _results({1: {"a": [100] * 5, "b": [100] * 5}})
     r.cells[0].methods[0].status, r.cells[0].methods[0].error = "failed", "boom"
-    r.method("b").quality = {"verdict": "FAIL", "reasons": ["KL 0.1 > 0.02 nats"], "marginal": []}
+    r.method("b").quality = QualityResult(verdict="FAIL", reasons=["KL 0.1 > 0.02 nats"])
     v = judge(s, r)
     assert v.recommended is None
     checks = {c.method: {ch.requirement.metric: ch.status for ch in c.checks} for c in v.configurations}

@@ -133,19 +133,19 @@ def test_reference_against_itself_and_a_damaged_engine(ref_engine, tiny_models, 
     # the reference is scored from the distributions it has just saved: KL 0 by construction,
     # which checks nothing. The check: a second pass through the engine, scored as generated
     # (a prefix, then one token at a time) against those saved arrays, gives the same ones
-    assert own["verdict"] == "PASS" and own["ppl"] > 1
+    assert own.verdict == "PASS" and own.ppl > 1
     again = quality.evaluate(ref_engine, plan, is_reference=False)
-    assert again["kl_mean"] == pytest.approx(0.0, abs=1e-9) and again["top1"] == 1.0
+    assert again.kl_mean == pytest.approx(0.0, abs=1e-9) and again.top1 == 1.0
     # same model through another engine: the no-cache path gives the same distributions
     nocache = engine_class("eager-nocache")(ref_engine.model_ref, threads=1)
     nocache.load()
     same = quality.evaluate(nocache, plan, is_reference=False)
-    assert same["kl_mean"] < 1e-6 and same["verdict"] == "PASS"
+    assert same.kl_mean < 1e-6 and same.verdict == "PASS"
     # a damaged engine: noise in the logits
     damaged = quality.evaluate(Damaged(ref_engine, scale=2.0), plan, is_reference=False)
-    assert damaged["verdict"] == "FAIL" and any("KL" in r for r in damaged["reasons"])
+    assert damaged.verdict == "FAIL" and any("KL" in r for r in damaged.reasons)
     # the window's last position has no target: every figure uses the same positions
-    assert own["scored_tokens"] == damaged["scored_tokens"] == len(plan["windows"]) * (plan["context"] - 1)
+    assert own.scored_tokens == damaged.scored_tokens == len(plan["windows"]) * (plan["context"] - 1)
 
 
 def test_random_weights_are_not_judged(ref_engine, tiny_models, tmp_path):
@@ -153,8 +153,8 @@ def test_random_weights_are_not_judged(ref_engine, tiny_models, tmp_path):
 
     plan = _plan(tmp_path, AutoTokenizer.from_pretrained(tiny_models["llama"]), meaningful=False)
     q = quality.evaluate(ref_engine, plan, is_reference=True)
-    assert q["verdict"] == "not meaningful" and q["ppl"] is None and q["kl_mean"] is None
-    assert q["greedy_identical_share"] == 1.0  # token equality stays valid
+    assert q.verdict == "not meaningful" and q.ppl is None and q.kl_mean is None
+    assert q.greedy_identical_share == 1.0  # token equality stays valid
 
 
 def _judged(**figures):

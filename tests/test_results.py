@@ -8,7 +8,7 @@ from inferlab import defaults
 from inferlab.config import RunConfig
 from inferlab.derive import derive
 from inferlab.analysis import first_divergence
-from inferlab.results import (EngineDetails, MethodResult, ResultsError, RunResults, RunSample, load, save,
+from inferlab.results import (EngineDetails, MethodResult, QualityResult, ResultsError, RunResults, RunSample, load, save,
                               write_json_atomic)
 
 
@@ -106,7 +106,7 @@ def test_the_fastest_passing_method_is_compared_with_the_fastest_passing_llama_c
     def method(name, tpot, verdict):
         runs = [RunSample(ttft_s=0.01, e2e_s=0.01 + 9 * tpot, itl_s=[tpot] * 9) for _ in range(6)]
         return MethodResult(method=name, status="ok", runs=runs, tokens=list(range(10)),
-                            weight_bytes=100, quality={"verdict": verdict})
+                            weight_bytes=100, quality=QualityResult(verdict=verdict))
 
     r.methods = [method("kv-cache", 0.060, "PASS"), method("fast-but-wrong", 0.003, "FAIL"),
                  method("onnx-int4", 0.008, "PASS"), method("llama-cpp-q4_1", 0.012, "PASS"),

@@ -302,8 +302,8 @@ def test_quality_is_judged_once_per_method_per_sweep(tiny_models, tmp_path):
     r = load(os.path.join(only_run_folder(out), "results.json"))
     assert len(r.cells) == 2 and r.quality_setup["reference"] == "kv-cache"
     for m in r.methods:
-        assert m.ok and m.quality["verdict"] in ("PASS", "FAIL") and m.quality["scored_tokens"] > 0
-    assert r.method("kv-cache").quality["kl_mean"] == pytest.approx(0, abs=1e-6)
+        assert m.ok and m.quality.verdict in ("PASS", "FAIL") and m.quality.scored_tokens > 0
+    assert r.method("kv-cache").quality.kl_mean == pytest.approx(0, abs=1e-6)
     md = open(os.path.join(only_run_folder(out), "report.md")).read()  # how quality was judged
     assert f"; {r.quality_setup['windows']} non-overlapping windows" in md and "None" not in md
 

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 from . import defaults
 from .records import model_key, workload
-from .results import MethodResult, RunResults
+from .analysis import first_divergence
+from .results import MethodResult, QualityResult, RunResults
 from .stats import ratio_of_medians
 
 # the timed figures compared, with the name a reader knows them by
@@ -95,8 +96,8 @@ class Line:
     figures: list[FigureChange] = field(default_factory=list)
     base_peak_rss: int | None = None
     new_peak_rss: int | None = None
-    base_quality: dict | None = None  # verdict, ppl_increase, kl_mean, top1
-    new_quality: dict | None = None
+    base_quality: QualityResult | None = None
+    new_quality: QualityResult | None = None
     same_tokens_until: int | None = None  # first greedy token that differs (N when none)
     tokens: int = 0
     note: str = ""  # a side that did not run, a quality budget broken
@@ -246,25 +247,16 @@ def figure_change(name: str, base: MethodResult, new: MethodResult, gate: Gate) 
                         lab, need)
 
 
-def quality_of(m: MethodResult) -> dict | None:
-    q = m.quality
-    if not q:
-        return None
-    return {k: q.get(k) for k in ("verdict", "ppl_increase", "kl_mean", "top1")}
-
-
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    if not a or not b:
-        return None
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+def _verdict(q: QualityResult | None) -> str | None:
+    return q.verdict if q else None
 
 
 def compare_line(cell: str, base: MethodResult, new: MethodResult, gate: Gate) -> Line | None:
     if base.status == "skipped" and new.status == "skipped":
         return None
     line = Line(cell, base.method, new.method, NO_CHANGE, base_peak_rss=base.peak_rss_bytes,
-                new_peak_rss=new.peak_rss_bytes, base_quality=quality_of(base),
-                new_quality=quality_of(new), same_tokens_until=first_difference(base.tokens, new.tokens),
+                new_peak_rss=new.peak_rss_bytes, base_quality=base.quality, new_quality=new.quality,
+                same_tokens_until=first_divergence(new.tokens, base.tokens) if base.tokens and new.tokens else None,
                 tokens=min(len(base.tokens), len(new.tokens)))
     if not (base.ok and base.runs) or not (new.ok and new.runs):
         if new.ok and new.runs:
@@ -284,10 +276,9 @@ def compare_line(cell: str, base: MethodResult, new: MethodResult, gate: Gate) -
         line.label = INCONCLUSIVE
     elif IMPROVED in labels:
         line.label = IMPROVED
-    broke = (line.new_quality or {}).get("verdict") in ("FAIL", "error") and \
-        (line.base_quality or {}).get("verdict") not in ("FAIL", "error")
-    if broke:  # a speedup that breaks the quality budget is a regression
-        line.label, line.note = REGRESSED, f"quality {line.new_quality['verdict']} (base {line.base_quality and line.base_quality['verdict'] or 'not judged'})"
+    now, before = _verdict(line.new_quality), _verdict(line.base_quality)
+    if now in ("FAIL", "error") and before not in ("FAIL", "error"):  # a speedup that breaks the budget
+        line.label, line.note = REGRESSED, f"quality {now} (base {before or 'not judged'})"
     apply_gate(line, gate)
     return line
 
@@ -306,7 +297,7 @@ def apply_gate(line: Line, gate: Gate) -> None:
     if gate.larger is not None and (r := line.memory_ratio) is not None and r > 1 + gate.larger:
         line.failures.append(f"peak RSS {r:.2f}x the base's: larger than the {gate.larger:.0%} allowed")
     if gate.quality:
-        verdict = (line.new_quality or {}).get("verdict")
+        verdict = _verdict(line.new_quality)
         if verdict in ("FAIL", "error"):
             line.failures.append(f"quality {verdict}")
         elif verdict is None and line.base_quality:

@@ -82,7 +82,7 @@ def witness(m, tpot, ttft) -> dict | None:
 
 
 def verdict_of(m) -> str | None:
-    return (m.quality or {}).get("verdict")
+    return m.quality.verdict if m.quality else None
 
 
 def ranking(results, methods: dict) -> dict:
@@ -97,7 +97,7 @@ def ranking(results, methods: dict) -> dict:
 
     ranked = [{"method": m.method, "e2e_s": e2e(m),
                "decode_tps": methods[m.method]["figures"]["decode_tps"]["median"],
-               "marginal": bool((m.quality or {}).get("marginal"))}
+               "marginal": bool(m.quality and m.quality.marginal)}
               for m in sorted(pool, key=e2e)]
     left_out = [m.method for m in timed if m not in pool]
     return {"judged": judged, "ranked": ranked, "not_ranked": left_out}
@@ -156,11 +156,13 @@ def warnings(results, methods: dict, ceiling: dict | None) -> list[str]:
         if first is not None and first < len(m.tokens):
             out.append(f"{m.method}: greedy tokens differ from {defaults.REFERENCE_METHOD}'s from "
                        f"token {first} of {len(m.tokens)}")
-        q = m.quality or {}
-        if q.get("verdict") in ("FAIL", "error"):
-            out.append(f"{m.method}: quality {q['verdict']}: {'; '.join(q.get('reasons', []))}")
-        for line in q.get("marginal", []):
-            out.append(f"{m.method}: quality verdict {q['verdict']} is marginal: {line}; "
+        q = m.quality
+        if q is None:
+            continue
+        if q.verdict in ("FAIL", "error"):
+            out.append(f"{m.method}: quality {q.verdict}: {'; '.join(q.reasons)}")
+        for line in q.marginal:
+            out.append(f"{m.method}: quality verdict {q.verdict} is marginal: {line}; "
                        "score more text (--text-file) before relying on it")
     out.extend(ceiling_warnings(ceiling))
     failed_probes = [p["error"] for p in results.probes if p.get("error")]

@@ -103,6 +103,17 @@ def record(results: RunResults, folder: str, kind: str | None = None) -> int | N
         return None
 
 
+def _query(path: str, sql: str, args=()) -> list[dict]:
+    """Rows of a read-only query on an existing history; HistoryError with the reason."""
+    db = _connect(path, create=False)
+    try:
+        return [dict(r) for r in db.execute(sql, args)]
+    except sqlite3.Error as e:
+        raise HistoryError(_why(path, e)) from None
+    finally:
+        db.close()
+
+
 def runs(path: str, model: str | None = None, method: str | None = None, machine: str | None = None,
          kind: str | None = None, limit: int | None = None) -> list[dict]:
     """Past results sets, newest first; filters match part of the text (case-insensitive)."""
@@ -117,49 +128,25 @@ def runs(path: str, model: str | None = None, method: str | None = None, machine
     sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC, id DESC"
     if limit:
         sql += f" LIMIT {int(limit)}"
-    db = _connect(path, create=False)
-    try:
-        return [dict(r) for r in db.execute(sql, args)]
-    except sqlite3.Error as e:
-        raise HistoryError(_why(path, e)) from None
-    finally:
-        db.close()
+    return _query(path, sql, args)
 
 
 def run_records(path: str, run_id: int) -> list[dict]:
-    db = _connect(path, create=False)
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM records WHERE run_id = ?", (run_id,))]
-    except sqlite3.Error as e:
-        raise HistoryError(_why(path, e)) from None
-    finally:
-        db.close()
+    return _query(path, "SELECT * FROM records WHERE run_id = ?", (run_id,))
 
 
 def find(path: str, run_id: int) -> dict:
-    db = _connect(path, create=False)
-    try:
-        row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-    except sqlite3.Error as e:
-        raise HistoryError(_why(path, e)) from None
-    finally:
-        db.close()
-    if row is None:
+    found = _query(path, "SELECT * FROM runs WHERE id = ?", (run_id,))
+    if not found:
         raise HistoryError(f"no run {run_id} in the history {path} (`inferlab history` lists them)")
-    return dict(row)
+    return found[0]
 
 
 def last_before(path: str, results: RunResults, results_path: str) -> dict:
     """The newest earlier results set of the same configuration as `results`."""
-    db = _connect(path, create=False)
-    try:
-        row = db.execute("SELECT * FROM runs WHERE configuration = ? AND results_path != ? AND created <= ? "
+    found = _query(path, "SELECT * FROM runs WHERE configuration = ? AND results_path != ? AND created <= ? "
                          "ORDER BY created DESC, id DESC LIMIT 1",
-                         (configuration(results), os.path.abspath(results_path), results.created)).fetchone()
-    except sqlite3.Error as e:
-        raise HistoryError(_why(path, e)) from None
-    finally:
-        db.close()
-    if row is None:
+                   (configuration(results), os.path.abspath(results_path), results.created))
+    if not found:
         raise HistoryError(f"no earlier run of this configuration in the history {path}")
-    return dict(row)
+    return found[0]

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .models import ModelRef
-from .results import EngineDetails, RunSample
+from .results import EngineDetails, QualityResult, RunSample
 
 
 # --- requests (runner -> worker) -------------------------------------------------------------
@@ -118,7 +118,7 @@ class Generated:
 
 @dataclass
 class Evaluated:
-    quality: dict[str, Any]  # QualityResult.to_dict()
+    quality: QualityResult
 
 
 @dataclass

@@ -10,11 +10,10 @@ way and saved (float32 .npy); each method's process compares its own logits with
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
-
 import numpy as np
 
 from . import defaults
+from .results import QualityResult
 
 # --- what is evaluated (sized to a few minutes on two cores for SmolLM2) --------------------
 EVAL_CONTEXT = 256  # tokens per window
@@ -29,38 +28,6 @@ GREEDY_PROMPTS = (
     "Translate 'good morning' into Spanish and German.",
     "What is 17 multiplied by 23?",
 )
-
-
-@dataclass
-class QualityResult:
-    meaningful: bool
-    text_source: str
-    context: int
-    stride: int
-    scored_tokens: int
-    ppl: float | None = None
-    ref_ppl: float | None = None
-    ppl_increase: float | None = None  # ppl / ref_ppl - 1
-    kl_mean: float | None = None
-    kl_p99: float | None = None
-    top1: float | None = None
-    # 95 % intervals [low, high] (block bootstrap over positions, METRICS.md)
-    ppl_increase_ci: list[float] | None = None
-    kl_mean_ci: list[float] | None = None
-    top1_ci: list[float] | None = None
-    # mean KL and positions by regime: the prefix call vs one token at a time
-    regimes: dict = field(default_factory=dict)
-    prefix: int = EVAL_PREFIX
-    greedy_first_divergence: list[int] = field(default_factory=list)
-    greedy_new_tokens: int = GREEDY_NEW_TOKENS
-    greedy_identical_share: float | None = None
-    verdict: str = "n/a"  # PASS | FAIL | not meaningful | error
-    marginal: list[str] = field(default_factory=list)  # budget lines an interval straddles
-    reasons: list[str] = field(default_factory=list)
-    budget: dict = field(default_factory=lambda: dict(defaults.QUALITY_BUDGET))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def default_text() -> tuple[str, str]:
@@ -221,7 +188,7 @@ def greedy_tokens(engine, prompts_ids: list[list[int]], new_tokens: int) -> list
     return [generate(engine, ids, new_tokens).tokens for ids in prompts_ids]
 
 
-def evaluate(engine, plan: dict, is_reference: bool) -> dict:
+def evaluate(engine, plan: dict, is_reference: bool) -> QualityResult:
     """Run in a method's process: plan carries the windows, prompts and reference files."""
     from .analysis import first_divergence
 
@@ -245,7 +212,7 @@ def evaluate(engine, plan: dict, is_reference: bool) -> dict:
         for key in ("ppl", "ref_ppl", "ppl_increase", "kl_mean", "kl_p99", "top1",
                     "ppl_increase_ci", "kl_mean_ci", "top1_ci", "regimes"):
             setattr(q, key, s[key])
-    return judge(q).to_dict()
+    return judge(q)
 
 
 def make_plan(tokenizer, text: str, text_source: str, meaningful: bool, workdir: str,

@@ -43,7 +43,7 @@ def _lib(name: str):
 
 
 def _q(key: str):
-    return lambda r, cell, m, fig, where: (m.quality or {}).get(key)
+    return lambda r, cell, m, fig, where: getattr(m.quality, key) if m.quality else None
 
 
 def _fig(key: str):

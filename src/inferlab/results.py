@@ -64,6 +64,48 @@ def bits_from_words(dtype: str) -> tuple[int | None, int | None]:
 
 
 @dataclass
+class QualityResult:
+    """A method's quality against the fp32 reference (quality.py measures it; METRICS.md
+    "Quality"). A pass that could not run keeps verdict 'error' and its reason."""
+
+    meaningful: bool = True  # False: random weights, where perplexity and KL mean nothing
+    text_source: str = ""
+    context: int = 0  # tokens per scored window
+    stride: int = 0
+    scored_tokens: int = 0
+    ppl: float | None = None
+    ref_ppl: float | None = None
+    ppl_increase: float | None = None  # ppl / ref_ppl - 1
+    kl_mean: float | None = None
+    kl_p99: float | None = None
+    top1: float | None = None
+    # 95 % intervals [low, high] (block bootstrap over positions, METRICS.md)
+    ppl_increase_ci: list[float] | None = None
+    kl_mean_ci: list[float] | None = None
+    top1_ci: list[float] | None = None
+    # mean KL and positions by regime: the prefix call vs one token at a time
+    regimes: dict = field(default_factory=dict)
+    prefix: int = 0  # tokens of a window scored in one call
+    greedy_first_divergence: list[int] = field(default_factory=list)
+    greedy_new_tokens: int = 0
+    greedy_identical_share: float | None = None
+    verdict: str = "n/a"  # PASS | FAIL | not meaningful | error
+    marginal: list[str] = field(default_factory=list)  # budget lines an interval straddles
+    reasons: list[str] = field(default_factory=list)
+    budget: dict = field(default_factory=lambda: dict(defaults.QUALITY_BUDGET))
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "QualityResult | None":
+        if d is None:
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
 class RunSample:
     """One timed generation's raw clocks (seconds); TPOT and the decode rate are defined here
     and nowhere else (METRICS.md)."""
@@ -116,7 +158,7 @@ class MethodResult:
     # a sweep's batch > 1: per sequence, its first token differing from the same method's
     # tokens for that sequence alone (batch 1); N if none
     batch_divergence: list[int] | None = None
-    quality: dict[str, Any] | None = None
+    quality: QualityResult | None = None
     profile: dict[str, Any] | None = None  # profiling/breakdown.py per phase, sweep, trace
     profile_error: str | None = None
 
@@ -146,6 +188,7 @@ class MethodResult:
         d = {k: v for k, v in d.items() if k in known}
         d["runs"] = [RunSample(**r) for r in d.get("runs", [])]
         d["details"] = EngineDetails.from_dict(d.get("details"))
+        d["quality"] = QualityResult.from_dict(d.get("quality"))
         return cls(**d)
 
 

@@ -31,7 +31,7 @@ from .models import (ModelRef, architecture, gguf_file_type, gguf_source_path, p
 from .probe import ProbeProcess
 from .procstat import machine_cpu_seconds
 from .prompts import decode_text, load_tokenizer, tokenize_prompt
-from .results import MethodResult, RunResults, save
+from .results import MethodResult, QualityResult, RunResults, save
 from .worker_handle import WorkerError, WorkerHandle
 
 
@@ -310,7 +310,7 @@ class Session:
                 out = run.worker.request(p.Evaluate(self.plan, run.is_reference), self.config.timeout_s)
             run.result.quality = out.quality
         except WorkerError as e:
-            run.result.quality = {"verdict": "error", "reasons": [f"quality pass {e.status}: {e.message}"]}
+            run.result.quality = QualityResult(verdict="error", reasons=[f"quality pass {e.status}: {e.message}"])
             if run.worker.proc.poll() is not None:  # killed or crashed: nothing more to ask
                 self._stop(run.worker)
                 run.worker = None

@@ -27,7 +27,7 @@ from .models import ModelRef, architecture, parameter_count, resolve
 from .probe import ProbeProcess
 from .progress import SweepProgress
 from .report.cells_csv import write_cells_csv
-from .results import Cell, CellResult, MethodResult, RunResults, ResultsError, load, save
+from .results import Cell, CellResult, MethodResult, QualityResult, RunResults, ResultsError, load, save
 from .runner import new_results_folder, quality_plan, quality_setup, read_text
 from .worker_handle import WorkerError, WorkerHandle
 from .workload import text_tokens
@@ -327,7 +327,7 @@ def _judge_quality(results: RunResults, model: ModelRef, config: SweepConfig, po
                 show(f"the reference failed ({e.message}): no quality comparisons in this sweep")
                 return
             if record is not None:
-                record.quality = {"verdict": "error", "reasons": [f"quality pass {e.status}: {e.message}"]}
+                record.quality = QualityResult(verdict="error", reasons=[f"quality pass {e.status}: {e.message}"])
             continue
         if record is not None:
             record.quality = out.quality

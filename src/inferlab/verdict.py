@@ -216,15 +216,16 @@ def _check(req: Requirement, cells: list[tuple[CellResult, MethodResult]], resul
 def _quality_check(req: Requirement, record: MethodResult | None) -> Check:
     """The method's quality verdict (judged once per plan); indeterminate when a budget line
     it fails lies inside that line's interval."""
-    q = (record.quality if record else None) or {}
-    verdict = q.get("verdict")
-    if verdict == "PASS":
-        return Check(req, MET, note="; ".join(q.get("marginal") or []))
-    if verdict == "not meaningful":
+    q = record.quality if record else None
+    if q is None:
+        return Check(req, MISSED, note="quality not judged")
+    if q.verdict == "PASS":
+        return Check(req, MET, note="; ".join(q.marginal))
+    if q.verdict == "not meaningful":
         return Check(req, MET, note="random weights: only token agreement was checked")
-    if verdict == "FAIL" and q.get("marginal"):
-        return Check(req, INDETERMINATE, note="; ".join(q.get("reasons", []) + q["marginal"]))
-    return Check(req, MISSED, note="; ".join(q.get("reasons") or []) or "quality not judged")
+    if q.verdict == "FAIL" and q.marginal:
+        return Check(req, INDETERMINATE, note="; ".join(q.reasons + q.marginal))
+    return Check(req, MISSED, note="; ".join(q.reasons) or "quality not judged")
 
 
 def configurations(scenario: Scenario, results: RunResults) -> list[Configuration]:

@@ -19,11 +19,12 @@ def _speedup(entry: dict | None, what: str) -> str | None:
 
 
 def _quality(m) -> str:
-    q = m.quality or {}
-    if q.get("kl_mean") is None:
-        return "quality not judged" if not q else f"quality {q.get('verdict')}"
-    return (f"quality {q['verdict']} against the fp32 reference (KL {q['kl_mean']:.2g} nats, top-1 "
-            f"{q['top1']:.1%})")
+    q = m.quality
+    if q is None:
+        return "quality not judged"
+    if q.kl_mean is None:
+        return f"quality {q.verdict}"
+    return f"quality {q.verdict} against the fp32 reference (KL {q.kl_mean:.2g} nats, top-1 {q.top1:.1%})"
 
 
 def run_answer(results: RunResults) -> str:
@@ -61,7 +62,7 @@ def run_answer(results: RunResults) -> str:
 
 def sweep_answer(results: RunResults) -> str:
     rows = [r for r in (results.derived or {}).get("cells") or [] if r.get("e2e_ms") is not None]
-    failed = {m.method for m in results.methods if (m.quality or {}).get("verdict") == "FAIL"}
+    failed = {m.method for m in results.methods if m.quality and m.quality.verdict == "FAIL"}
     rows = [r for r in rows if r["method"] not in failed]
     if not rows:
         return "No cell finished a timed run: see the warnings below."

@@ -70,13 +70,13 @@ def quality_chart(results: RunResults, path: str) -> bool:
     """Speedup against the reference vs KL: one point per method, the KL budget as a line."""
     points = []
     for m in _ok(results):
-        q = m.quality or {}
+        q = m.quality
         sp = derived(results, m.method).get("speedups", {}).get(
             f"speedup_e2e_vs_{defaults.REFERENCE_METHOD}")
         value = 1.0 if m.method == defaults.REFERENCE_METHOD else (sp or {}).get("value")
-        if q.get("kl_mean") is None or value is None:
+        if q is None or q.kl_mean is None or value is None:
             continue
-        points.append((m.method, q["kl_mean"], value, q.get("verdict")))
+        points.append((m.method, q.kl_mean, value, q.verdict))
     if not points:
         return False
     fig, ax = plt.subplots(figsize=(7.5, 4.5))

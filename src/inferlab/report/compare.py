@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from ..compare import IMPROVED, INCONCLUSIVE, NO_CHANGE, REGRESSED, Comparison, Line
+from ..results import QualityResult
 from .markdown import md_table
 
 
@@ -23,12 +24,10 @@ def _memory(line: Line) -> str:
     return "-" if r is None else f"{line.base_peak_rss / 1e6:.0f} -> {line.new_peak_rss / 1e6:.0f} MB"
 
 
-def _quality_side(q: dict | None) -> str:
-    if not q:
+def _quality_side(q: QualityResult | None) -> str:
+    if q is None:
         return "not judged"
-    if q.get("kl_mean") is None:
-        return str(q.get("verdict"))
-    return f"{q['verdict']} KL {q['kl_mean']:.2g}"
+    return q.verdict if q.kl_mean is None else f"{q.verdict} KL {q.kl_mean:.2g}"
 
 
 def _quality(line: Line) -> str:

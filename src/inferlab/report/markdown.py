@@ -11,11 +11,10 @@ from .tables import (
     QUALITY_COLUMNS,
     WITNESS_COLUMNS,
     cold_start_rows,
-    comparison_rows,
     detail_lines,
-    key_rows,
     quality_rows,
     ranking,
+    rows_of,
     time_line,
     versus_llama_cpp,
     witness_rows,
@@ -33,12 +32,11 @@ def md_table(columns, rows) -> str:
 
 def console_table(results: RunResults) -> str:
     """A compact fixed-width table for the terminal."""
-    keep = [COLUMNS.index(c) for c in ("method", "status", "TTFT ms", "TPOT ms", "decode tok/s",
-                                       "E2E ms (median ± scaled MAD)",
-                                       f"E2E speedup vs {defaults.REFERENCE_METHOD}", "weights MB",
-                                       "peak RSS MB", "quality")]
-    cols = [COLUMNS[i] for i in keep]
-    rows = [[r[i] for i in keep] for r in comparison_rows(results)]
+    shown = ("method", "status", "TTFT ms", "TPOT ms", "decode tok/s", "E2E ms (median ± scaled MAD)",
+             f"E2E speedup vs {defaults.REFERENCE_METHOD}", "weights MB", "peak RSS MB", "quality")
+    columns = [(name, get) for name, get in COLUMNS if name in shown]
+    cols = [name for name, _ in columns]
+    rows = rows_of(results, columns)
     widths = [max(len(str(x)) for x in [c] + [r[i] for r in rows]) for i, c in enumerate(cols)]
     fmt = lambda row: "  ".join(str(x).ljust(w) for x, w in zip(row, widths))  # noqa: E731
     return "\n".join([fmt(cols), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
@@ -160,7 +158,7 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
              f"Run {results.created}, status **{results.status}**, inferlab {results.inferlab_version}; "
              f"{results.prompt_tokens}-token prompt, {results.config['new_tokens']} new tokens, "
              f"{results.config['threads']} threads, batch 1 (how: below).", ""]
-    parts += beside(md_table([c for c, _ in KEY_COLUMNS], key_rows(results)), chart("e2e_latency.png"))
+    parts += beside(md_table([c for c, _ in KEY_COLUMNS], rows_of(results, KEY_COLUMNS)), chart("e2e_latency.png"))
     ranked = ranking(results)
     if ranked:
         judged = (results.derived.get("ranking") or {}).get("judged")
@@ -171,7 +169,7 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
     warns = results.derived.get("warnings") or []
     parts += ["## Warnings", ""] + ([f"- {w}" for w in warns] or ["- none"]) + [""]
     parts += quality_section(results, chart("speed_vs_quality.png"))
-    every = ["", md_table(COLUMNS, comparison_rows(results)), ""]
+    every = ["", md_table([c for c, _ in COLUMNS], rows_of(results, COLUMNS)), ""]
     ceil = results.derived.get("ceiling")
     if ceil:
         every += [f"Bandwidth probed {ceil['probes']} times in this run (before and after the "

@@ -47,10 +47,10 @@ def figure(results: RunResults, name: str, arg: str | None) -> str:
         r = ratio_of_medians(_method(results, slow).samples("e2e_s"), _method(results, fast).samples("e2e_s"))
         return f"{r.value:.2f}x" if name == "speedup" else f"[{r.low:.2f}, {r.high:.2f}]"
     if name in ("kl", "top1", "verdict"):
-        q = _method(results, arg).quality or {}
+        q = _method(results, arg).quality
         if name == "verdict":
-            return str(q.get("verdict"))
-        value = q.get("kl_mean" if name == "kl" else "top1")
+            return str(q.verdict if q else None)
+        value = getattr(q, "kl_mean" if name == "kl" else "top1") if q else None
         if value is None:
             raise MethodologyError(f"{arg} has no {name} in this run (quality off?)")
         return f"{value:.4f}" if name == "kl" else f"{value:.1%}"

@@ -59,23 +59,14 @@ def agreement(results: RunResults, m) -> str:
     return f"{n}/{n} same" if first >= n else f"differs at token {first}"
 
 
-COLUMNS = (
-    "method", "status", "TTFT ms", "prefill tok/s", "TPOT ms", "ITL p50/p90/p99 ms",
-    "decode tok/s", "decode vs bandwidth floor", "E2E ms (median ± scaled MAD)",
-    f"E2E speedup vs {defaults.BASELINE_METHOD}", f"E2E speedup vs {defaults.REFERENCE_METHOD}",
-    "weights MB", "file MB", "steady RSS MB", "peak RSS MB", "greedy tokens vs reference",
-    "quality",
-)
-
-
 def verdict(m) -> str:
-    q = m.quality or {}
-    v = q.get("verdict")
-    if not v:
+    q = m.quality
+    if q is None:
         return "-"
-    if q.get("marginal") and v in ("PASS", "FAIL"):
+    v = q.verdict
+    if q.marginal and v in ("PASS", "FAIL"):
         v += " (marginal)"
-    return v if not q.get("reasons") or v == "not meaningful" else f"{v}: {'; '.join(q['reasons'])}"
+    return v if not q.reasons or v == "not meaningful" else f"{v}: {'; '.join(q.reasons)}"
 
 
 def with_interval(value, ci, fmt: str) -> str:
@@ -94,38 +85,64 @@ def _f(fig: dict | None, scale=1e3, fmt="{:.1f}"):
     return "-" if fig is None else fmt.format(fig["median"] * scale)
 
 
-def comparison_rows(results: RunResults) -> list[list[str]]:
-    rows = []
-    for m in results.methods:
-        if not m.ok:
-            rows.append([m.method, m.status.upper()] + ["-"] * (len(COLUMNS) - 3) + [m.error or ""])
-            continue
-        d = derived(results, m.method)
-        figs, c = d.get("figures") or {}, d.get("speedups") or {}
-        itl, e2e = figs.get("itl_s"), figs.get("e2e_s")
-        rate = d.get("prefill_tokens_per_s")
-        rows.append([
-            m.method,
-            "ok",
-            _f(figs.get("ttft_s")),
-            "-" if rate is None else f"{rate:.0f}",
-            _f(figs.get("tpot_s")),
-            "-" if itl is None else tails(itl),
-            _f(figs.get("decode_tps"), scale=1),
-            efficiency(d.get("roofline")),
-            "-" if e2e is None else f"{ms(e2e['median'])} ± {ms(e2e['scaled_mad'])}",
-            speedup(c.get(f"speedup_e2e_vs_{defaults.BASELINE_METHOD}"),
-                    m.method == defaults.BASELINE_METHOD and bool(m.runs)),
-            speedup(c.get(f"speedup_e2e_vs_{defaults.REFERENCE_METHOD}"),
-                    m.method == defaults.REFERENCE_METHOD and bool(m.runs)),
-            mbytes(m.weight_bytes),
-            mbytes(m.file_bytes),
-            mbytes(m.steady_rss_bytes),
-            mbytes(m.peak_rss_bytes),
-            agreement(results, m),
-            verdict(m),
-        ])
-    return rows
+def _measured(get):
+    """A getter that shows '-' for a method that did not finish."""
+    return lambda results, m: get(results, m, derived(results, m.method)) if m.ok else "-"
+
+
+def _figure(name: str, scale=1e3, fmt="{:.1f}"):
+    return _measured(lambda results, m, d: _f((d.get("figures") or {}).get(name), scale, fmt))
+
+
+def _speedup_vs(against: str):
+    return _measured(lambda results, m, d: speedup((d.get("speedups") or {}).get(f"speedup_e2e_vs_{against}"),
+                                                   m.method == against and bool(m.runs)))
+
+
+def _size(attr: str):
+    return _measured(lambda results, m, d: mbytes(getattr(m, attr)))
+
+
+def _e2e(results: RunResults, m, d) -> str:
+    e2e = (d.get("figures") or {}).get("e2e_s")
+    return "-" if e2e is None else f"{ms(e2e['median'])} ± {ms(e2e['scaled_mad'])}"
+
+
+def _itl(results: RunResults, m, d) -> str:
+    itl = (d.get("figures") or {}).get("itl_s")
+    return "-" if itl is None else tails(itl)
+
+
+def _prefill_rate(results: RunResults, m, d) -> str:
+    rate = d.get("prefill_tokens_per_s")
+    return "-" if rate is None else f"{rate:.0f}"
+
+
+# every figure per method, one (column, getter(results, method result)) pair each
+COLUMNS = (
+    ("method", lambda results, m: m.method),
+    ("status", lambda results, m: "ok" if m.ok else m.status.upper()),
+    ("TTFT ms", _figure("ttft_s")),
+    ("prefill tok/s", _measured(_prefill_rate)),
+    ("TPOT ms", _figure("tpot_s")),
+    ("ITL p50/p90/p99 ms", _measured(_itl)),
+    ("decode tok/s", _figure("decode_tps", scale=1)),
+    ("decode vs bandwidth floor", _measured(lambda results, m, d: efficiency(d.get("roofline")))),
+    ("E2E ms (median ± scaled MAD)", _measured(_e2e)),
+    (f"E2E speedup vs {defaults.BASELINE_METHOD}", _speedup_vs(defaults.BASELINE_METHOD)),
+    (f"E2E speedup vs {defaults.REFERENCE_METHOD}", _speedup_vs(defaults.REFERENCE_METHOD)),
+    ("weights MB", _size("weight_bytes")),
+    ("file MB", _size("file_bytes")),
+    ("steady RSS MB", _size("steady_rss_bytes")),
+    ("peak RSS MB", _size("peak_rss_bytes")),
+    ("greedy tokens vs reference", _measured(lambda results, m, d: agreement(results, m))),
+    ("quality", lambda results, m: verdict(m) if m.ok else (m.error or "")),
+)
+
+
+def rows_of(results: RunResults, columns) -> list[list[str]]:
+    """A table's rows, one per method, from its (column, getter) pairs."""
+    return [[get(results, m) for _, get in columns] for m in results.methods]
 
 
 def _median(name: str, fmt):
@@ -143,11 +160,11 @@ def _versus_reference(results: RunResults, m) -> str:
 
 
 def _quality_short(results: RunResults, m) -> str:
-    q = m.quality or {}
-    if not q.get("verdict"):
+    q = m.quality
+    if q is None:
         return "-"
-    kl = f", KL {q['kl_mean']:.2g}" if q.get("kl_mean") is not None else ""
-    return f"{q['verdict']}{' (marginal)' if q.get('marginal') else ''}{kl}"
+    kl = f", KL {q.kl_mean:.2g}" if q.kl_mean is not None else ""
+    return f"{q.verdict}{' (marginal)' if q.marginal else ''}{kl}"
 
 
 # the report's first table: what a reader compares, in human units; (column, getter(results, m))
@@ -162,10 +179,6 @@ KEY_COLUMNS = (
     ("peak RSS", lambda results, m: size_bytes(m.peak_rss_bytes)),
     ("quality", _quality_short),
 )
-
-
-def key_rows(results: RunResults) -> list[list[str]]:
-    return [[get(results, m) for _, get in KEY_COLUMNS] for m in results.methods]
 
 
 def cold_start_rows(results: RunResults) -> list[list[str]]:
@@ -227,16 +240,16 @@ def quality_rows(results: RunResults) -> list[list[str]]:
         q = m.quality
         if not m.ok or not q:
             continue
-        num = q.get("ppl") is not None
-        div = q.get("greedy_first_divergence") or []
-        share = q.get("greedy_identical_share")
+        num = q.ppl is not None
+        div = q.greedy_first_divergence
+        share = q.greedy_identical_share
         rows.append([
             m.method,
-            f"{q['ppl']:.3f}" if num else "n/a",
-            with_interval(q["ppl_increase"], q.get("ppl_increase_ci"), "{:+.2%}") if num else "n/a",
-            with_interval(q["kl_mean"], q.get("kl_mean_ci"), "{:.5f}") if num else "n/a",
-            f"{q['kl_p99']:.4f}" if num else "n/a",
-            with_interval(q["top1"], q.get("top1_ci"), "{:.2%}") if num else "n/a",
+            f"{q.ppl:.3f}" if num else "n/a",
+            with_interval(q.ppl_increase, q.ppl_increase_ci, "{:+.2%}") if num else "n/a",
+            with_interval(q.kl_mean, q.kl_mean_ci, "{:.5f}") if num else "n/a",
+            f"{q.kl_p99:.4f}" if num else "n/a",
+            with_interval(q.top1, q.top1_ci, "{:.2%}") if num else "n/a",
             regimes(q) if num else "n/a",
             "-" if share is None else f"{share:.0%} of {len(div)}",
             ", ".join(str(d) for d in div) or "-",
@@ -245,8 +258,8 @@ def quality_rows(results: RunResults) -> list[list[str]]:
     return rows
 
 
-def regimes(q: dict) -> str:
-    r = q.get("regimes") or {}
+def regimes(q) -> str:
+    r = q.regimes or {}
     pre, dec = r.get("prefill") or {}, r.get("decode") or {}
     if pre.get("kl_mean") is None or dec.get("kl_mean") is None:
         return "-"
