@@ -41,6 +41,8 @@ def derive(results) -> dict:
             "witness": witness(m, figures["tpot_s"], ttft),
             # a run's greedy tokens against the reference's (a sweep's: per cell, in its rows)
             "first_divergence": None if results.sweep else divergences.get((results.run_cell().key, m.method)),
+            "itl_by_position_ms": None if results.sweep else itl_by_position(m),
+            "decode_parts": decode_parts(m) if m.ok else None,
         }
         if m.ok and m.profile:
             sentence, step = verdict(m, roofs.get(m.method), sweep_growth(m),
@@ -53,6 +55,7 @@ def derive(results) -> dict:
         "ranking": ranking(results, methods),
         "versus_llama_cpp": versus_llama_cpp(results, methods),
         "warnings": warnings(results, methods, ceiling),
+        "context_sweep": context_sweep(results),
     }
     if results.cells:
         rows = cell_rows(results, divergences)
@@ -65,6 +68,47 @@ def derive(results) -> dict:
         out["warnings"] += [f"{r['method']} [{r['key']}]: {r['status']}: {r['error']}"
                             for r in rows if r["status"] not in ("ok", "skipped")]
     return out
+
+
+def decode_parts(m) -> dict | None:
+    """A profiled decode step split by model part: (part, ms, share of the step) for each part,
+    and the time outside any operator when it is more than half a per cent of the step."""
+    from .profiling.parts import PARTS
+
+    d = ((m.profile or {}).get("phases") or {}).get("decode")
+    if not d or "parts_ms" not in d:
+        return None
+    step = d.get("parts_step_ms") or d["wall_ms"]
+    rows = [(p, d["parts_ms"].get(p, 0.0), d["parts_ms"].get(p, 0.0) / step) for p in PARTS]
+    outside = step - sum(ms for _, ms, _ in rows)
+    if outside > 0.005 * step:
+        rows.append(("outside any operator", outside, outside / step))
+    return {"step_ms": step, "parts": rows}
+
+
+def context_sweep(results) -> dict | None:
+    """The profiled decode step after each swept context, per method, and with two methods
+    the second's step over the first's at each context."""
+    by_method = {m.method: {s["context"]: s for s in m.profile.get("sweep", [])}
+                 for m in results.methods if m.profile and m.profile.get("sweep")}
+    if not by_method:
+        return None
+    names = list(by_method)
+    rows = []
+    for c in sorted({c for d in by_method.values() for c in d}):
+        steps = [by_method[n].get(c) for n in names]
+        ratio = (steps[1]["step_ms"] / steps[0]["step_ms"]) if len(names) == 2 and all(steps) else None
+        rows.append({"context": c, "steps": steps, "ratio": ratio})
+    return {"methods": names, "rows": rows}
+
+
+def itl_by_position(m) -> list[float] | None:
+    """The median over timed runs of each decode position's gap, ms (the ITL chart)."""
+    import numpy as np
+
+    if not m.runs or len({len(r.itl_s) for r in m.runs}) != 1:
+        return None
+    return (np.median(np.array([r.itl_s for r in m.runs]), axis=0) * 1e3).tolist()
 
 
 def witness(m, tpot, ttft) -> dict | None:

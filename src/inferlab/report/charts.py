@@ -40,8 +40,9 @@ def e2e_chart(results: RunResults, path: str) -> None:
 def itl_chart(results: RunResults, path: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for m in _ok(results):
-        per_pos = np.median(np.array([r.itl_s for r in m.runs]), axis=0) * 1e3
-        ax.plot(np.arange(1, per_pos.size + 1), per_pos, label=m.method, lw=1.5)
+        per_pos = derived(results, m.method).get("itl_by_position_ms")
+        if per_pos:
+            ax.plot(np.arange(1, len(per_pos) + 1), per_pos, label=m.method, lw=1.5)
     ax.set_xlabel("decode step (new token index)")
     ax.set_ylabel("inter-token latency, ms (median over runs)")
     ax.set_title(f"ITL per decode position (prompt {results.prompt_tokens} tokens)")

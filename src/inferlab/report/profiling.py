@@ -7,7 +7,6 @@ import os
 import numpy as np
 
 from ..profiling.categories import CATEGORIES
-from ..profiling.parts import PARTS
 from ..results import RunResults
 from .markdown import md_table
 from .tables import derived, versus_llama_cpp
@@ -18,27 +17,22 @@ def profiled(results: RunResults):
 
 
 def sweep_table(results: RunResults) -> tuple[list[str], list[list[str]]] | None:
-    by_method = {m.method: {s["context"]: s for s in m.profile.get("sweep", [])}
-                 for m in profiled(results) if m.profile.get("sweep")}
-    if not by_method:
+    sweep = (results.derived or {}).get("context_sweep")
+    if not sweep:
         return None
-    contexts = sorted({c for d in by_method.values() for c in d})
-    names = list(by_method)
+    names = sweep["methods"]
     cols = ["context tokens"]
     for n in names:
         cols += [f"{n} step ms", f"{n} attention share"]
     if len(names) == 2:
         cols.append(f"{names[1]} / {names[0]}")
     rows = []
-    for c in contexts:
-        row = [str(c)]
-        steps = []
-        for n in names:
-            s = by_method[n].get(c)
+    for r in sweep["rows"]:
+        row = [str(r["context"])]
+        for s in r["steps"]:
             row += [f"{s['step_ms']:.1f}", f"{s['attention_share']:.0%}"] if s else ["-", "-"]
-            steps.append(s["step_ms"] if s else None)
         if len(names) == 2:
-            row.append(f"{steps[1] / steps[0]:.1f}x" if all(steps) else "-")
+            row.append("-" if r["ratio"] is None else f"{r['ratio']:.1f}x")
         rows.append(row)
     return cols, rows
 
@@ -125,14 +119,11 @@ def render(results: RunResults, charts: list[str]) -> str:
                                [[o["op"], o["category"], f"{o['self_ms']:.3f}",
                                  f"{o['calls_per_phase']:.0f}", f"{o['share']:.1%}"]
                                 for o in d["top_ops"]]), ""]
-            step = d.get("parts_step_ms") or d["wall_ms"]
-            part_rows = [[p, f"{d['parts_ms'].get(p, 0.0):.2f}", f"{d['parts_ms'].get(p, 0.0) / step:.0%}"]
-                         for p in PARTS]
-            outside = step - sum(d["parts_ms"].get(p, 0.0) for p in PARTS)
-            if outside > 0.005 * step:
-                part_rows.append(["outside any operator", f"{outside:.2f}", f"{outside / step:.0%}"])
-            parts += [f"By model part, per decode step of {step:.1f} ms ({prof.get('parts_note')}):", "",
-                      md_table(["part", "ms", "share"], part_rows), ""]
+            split = derived(results, m.method).get("decode_parts")
+            if split:
+                part_rows = [[p, f"{ms:.2f}", f"{share:.0%}"] for p, ms, share in split["parts"]]
+                parts += [f"By model part, per decode step of {split['step_ms']:.1f} ms ({prof.get('parts_note')}):",
+                          "", md_table(["part", "ms", "share"], part_rows), ""]
     if charts:
         parts += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
     return "\n".join(parts)

@@ -10,41 +10,46 @@ from .. import defaults
 from ..results import RunResults
 from .tables import mbytes
 
-CELL_COLUMNS = ("test", "threads", "batch", "method", "status", "pp tok/s", "tg tok/s",
-                "tg tok/s total", "TTFT ms [95 % CI]", "TPOT ms [95 % CI]", "E2E ms", "peak RSS MB",
-                "runs")
+def _num(key: str, fmt="{:.1f}"):
+    return lambda r: "-" if r.get(key) is None else fmt.format(r[key])
 
 
-def _num(value, fmt="{:.1f}") -> str:
-    return "-" if value is None else fmt.format(value)
+def _interval(key: str, fmt: str):
+    return lambda r: "-" if r.get(key) is None else \
+        f"{fmt.format(r[key])} [{fmt.format(r[key + '_lo'])}-{fmt.format(r[key + '_hi'])}]"
+
+
+# a derived cell row (derive_cells.cell_rows) as text: one (column, getter(row)) pair each
+CELL_COLUMNS = (
+    ("test", lambda r: r["test"]), ("threads", lambda r: str(r["n_threads"])),
+    ("batch", lambda r: str(r["n_batch"])), ("method", lambda r: r["method"]),
+    ("status", lambda r: r["status"]), ("pp tok/s", _num("pp_tps", "{:.0f}")), ("tg tok/s", _num("tg_tps")),
+    ("tg tok/s total", _num("tg_tps_total")), ("TTFT ms [95 % CI]", _interval("ttft_ms", "{:.1f}")),
+    ("TPOT ms [95 % CI]", _interval("tpot_ms", "{:.2f}")), ("E2E ms", _num("e2e_ms")),
+    ("peak RSS MB", _num("peak_rss_mb", "{:.0f}")), ("runs", lambda r: str(r["runs"])),
+)
+CELL_NAMES = tuple(name for name, _ in CELL_COLUMNS)
 
 
 def cell_table_rows(results: RunResults, reasons: bool = True) -> list[list[str]]:
     """The cells' figures as text; `reasons` adds why a method did not run to its status."""
     rows = []
     for r in (results.derived or {}).get("cells", []):
-        measured = r.get("e2e_ms") is not None
-        status = r["status"]
+        row = [get(r) for _, get in CELL_COLUMNS]
         if reasons and r.get("error"):
-            status = f"{status}: {r['error']}"
-        rows.append([
-            r["test"], str(r["n_threads"]), str(r["n_batch"]), r["method"], status,
-            _num(r.get("pp_tps"), "{:.0f}"), _num(r.get("tg_tps")), _num(r.get("tg_tps_total")),
-            f"{r['ttft_ms']:.1f} [{r['ttft_ms_lo']:.1f}-{r['ttft_ms_hi']:.1f}]" if measured else "-",
-            f"{r['tpot_ms']:.2f} [{r['tpot_ms_lo']:.2f}-{r['tpot_ms_hi']:.2f}]" if measured else "-",
-            _num(r.get("e2e_ms")), _num(r.get("peak_rss_mb"), "{:.0f}"), str(r["runs"]),
-        ])
+            row[CELL_NAMES.index("status")] += f": {r['error']}"
+        rows.append(row)
     return rows
 
 
 def console_cells(results: RunResults) -> str:
     rows = cell_table_rows(results, reasons=False)
-    widths = [max(len(x) for x in [c] + [r[i] for r in rows]) for i, c in enumerate(CELL_COLUMNS)]
+    widths = [max(len(x) for x in [c] + [r[i] for r in rows]) for i, c in enumerate(CELL_NAMES)]
 
     def fmt(row):
         return "  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip()
 
-    lines = [fmt(CELL_COLUMNS), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    lines = [fmt(CELL_NAMES), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
     derived = results.derived or {}
     lines += [""] + [f"crossover: {c}" for c in derived.get("crossovers", [])]
     lines += [f"batch knee: {k}" for k in derived.get("knees", [])]
@@ -85,7 +90,7 @@ def render(results: RunResults, charts: list[str]) -> str:
     knees = (results.derived or {}).get("knees", [])
     if knees:
         parts += ["## Batch: where total throughput stops growing", ""] + [f"- {k}" for k in knees] + [""]
-    parts += ["## Cells", "", md_table(CELL_COLUMNS, cell_table_rows(results)), ""]
+    parts += ["## Cells", "", md_table(CELL_NAMES, cell_table_rows(results)), ""]
     if charts:  # each chart one axis of the cells above
         parts += ['<div class="beside">', ""] + [f"![{c}]({c})" for c in charts] + ["", "</div>", ""]
     parts += quality_section(results)
