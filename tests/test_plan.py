@@ -254,3 +254,17 @@ def test_the_winner_is_a_folder_to_copy_and_its_lines_read_it_there(tmp_path):
     assert out["path"] == str(tmp_path / "winner" / "q4")
     assert (tmp_path / "winner" / "q4" / "weights.bin").read_bytes() == b"w"
     assert (tmp_path / "winner" / "tokenizer.json").exists() and str(cache) not in out["code"]
+
+
+@pytest.mark.parametrize("bound, low, high, expected", [
+    ("max", 0.290, 0.300, MET), ("max", 0.2995, 0.3005, INDETERMINATE), ("max", 0.3001, 0.31, MISSED),
+    ("min", 100.0, 120.0, MET), ("min", 99.9, 120.0, INDETERMINATE), ("min", 80.0, 99.99, MISSED),
+])
+def test_a_requirement_is_judged_by_its_interval_at_the_limit(bound, low, high, expected):
+    """A limit of 300 ms (max) or 100 tok/s (min): met only when the whole interval is on the
+    right side, the limit itself included; missed only when the whole interval is beyond it."""
+    from inferlab.scenario import Requirement
+    from inferlab.verdict import Figure, judge_figure
+
+    req = Requirement("latency", "ttft", bound, 0.300 if bound == "max" else 100.0)
+    assert judge_figure(req, Figure((low + high) / 2, low, high, 5)) == expected
