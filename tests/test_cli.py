@@ -217,9 +217,9 @@ def test_profile_command_writes_report_and_traces(tiny_models, tmp_path):
     assert [p["when"] for p in r.probes] == ["before the measurements", "after the measurements"]
     assert all(p["bandwidth_bytes_per_s"] > 0 for p in r.probes)
     for m in r.methods:
-        assert m.profile["phases"]["decode"]["calls"] == 3
-        assert os.path.getsize(os.path.join(folder, "traces", m.profile["trace_file"])) > 0
-    assert [s["context"] for s in r.method("kv-cache").profile["sweep"]] == [32, 128]  # 512 > n_positions
+        assert m.profile.decode.calls == 3 and m.profile.unprofiled_decode_step_ms > 0
+        assert os.path.getsize(os.path.join(folder, "traces", m.profile.trace_file)) > 0
+    assert [s.context for s in r.method("kv-cache").profile.sweep] == [32, 128]  # 512 > n_positions
     text = open(os.path.join(folder, "profiling_report.md")).read()
     assert "## Bottlenecks" in text and "## Roofline" in text and "context tokens" in text
 

@@ -14,7 +14,7 @@ from inferlab.derive import method_figures
 from inferlab.profiling.roofline import ceiling_warnings, rooflines, verdict
 from inferlab.profiling.run import profile_engine
 from inferlab.protocol import Profile
-from inferlab.results import EngineDetails, MethodResult, RunResults, RunSample
+from inferlab.results import EngineDetails, MethodResult, PhaseProfile, ProfileResult, RunResults, RunSample
 
 PROMPT = [5, 17, 42, 99, 3, 250, 7, 8, 9, 10]
 
@@ -153,10 +153,16 @@ def test_roofline_arithmetic_on_known_inputs():
     assert roof["prefill_gflop"] == pytest.approx((2 * 900_000 * 10 + 2 * 100_000 + 2 * 2 * 100 * 8) / 1e9)
     assert roof["prefill_floor_ms"] == pytest.approx(roof["prefill_gflop"] / 100 * 1e3)
     assert ceiling["bandwidth_source"] == "probe" and ceiling_warnings(ceiling) == []
-    m.profile = {"phases": {"decode": {"wall_ms": 40.0, "categories_share": {
-        "matmul": 0.3, "overhead": 0.6, "attention": 0.1}, "categories_ms": {"overhead": 24.0}}}}
+    m.profile = decode_profile(40.0, {"matmul": 0.3, "overhead": 0.6, "attention": 0.1}, {"overhead": 24.0})
     sentence, step = verdict(m, roof, None)
     assert "60% framework overhead" in sentence and "compile" in step
+
+
+def decode_profile(wall_ms, shares, ms, unprofiled_step_ms=None) -> ProfileResult:
+    """A profile of one decode step: its wall time, its categories' shares and times."""
+    return ProfileResult("made up", 1, {"decode": PhaseProfile(1, wall_ms, ms, shares)},
+                         unprofiled_prefill_ms=1.0 if unprofiled_step_ms else None,
+                         unprofiled_decode_step_ms=unprofiled_step_ms)
 
 
 def test_a_method_faster_than_the_probe_sets_the_ceiling_and_is_named():
@@ -170,10 +176,8 @@ def test_a_method_faster_than_the_probe_sets_the_ceiling_and_is_named():
 def test_verdict_removes_profiler_cost_and_names_memory_bound():
     r, m = known_run("onnx", 360_000_000)
     # profiled step 80 ms of which 45 ms outside operators; unprofiled 40 ms
-    m.profile = {"unprofiled": {"decode_step_ms": 40.0, "prefill_ms": 1.0},
-                 "phases": {"decode": {"wall_ms": 80.0,
-                                       "categories_share": {"matmul": 0.4375, "overhead": 0.5625},
-                                       "categories_ms": {"matmul": 35.0, "overhead": 45.0}}}}
+    m.profile = decode_profile(80.0, {"matmul": 0.4375, "overhead": 0.5625}, {"matmul": 35.0, "overhead": 45.0},
+                               unprofiled_step_ms=40.0)
     sentence, step = verdict(m, rooflines(r, method_figures(r))[0]["onnx"], None)
     assert "memory-bound" in sentence and "90%" in sentence  # 36 ms floor / 40 ms TPOT
     assert "int8/int4 weights" in step
@@ -188,8 +192,7 @@ def test_verdict_removes_profiler_cost_and_names_memory_bound():
 
 def test_matmul_bound_advice_depends_on_the_weights_bit_width():
     r, m = known_run("onnx", 100_000_000)  # floor 10 ms of a 40 ms step: below the bandwidth
-    m.profile = {"phases": {"decode": {"wall_ms": 40.0, "categories_share": {"matmul": 0.9, "overhead": 0.1},
-                                       "categories_ms": {"matmul": 36.0, "overhead": 4.0}}}}
+    m.profile = decode_profile(40.0, {"matmul": 0.9, "overhead": 0.1}, {"matmul": 36.0, "overhead": 4.0})
     _, step = verdict(m, rooflines(r, method_figures(r))[0]["onnx"], None)
     assert "faster GEMV kernel" in step and "int8" in step  # fp32 weights: fewer bytes helps too
     m.details = EngineDetails(weight_bits=4, activation_bits=8)

@@ -5,6 +5,8 @@ export or another reader needs no arithmetic."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from . import defaults
 from .analysis import comparisons
 from .derive_cells import cell_rows, crossovers, first_divergences, knees
@@ -75,11 +77,11 @@ def decode_parts(m) -> dict | None:
     and the time outside any operator when it is more than half a per cent of the step."""
     from .profiling.parts import PARTS
 
-    d = ((m.profile or {}).get("phases") or {}).get("decode")
-    if not d or "parts_ms" not in d:
+    d = m.profile.decode if m.profile else None
+    if d is None or not d.parts_ms:
         return None
-    step = d.get("parts_step_ms") or d["wall_ms"]
-    rows = [(p, d["parts_ms"].get(p, 0.0), d["parts_ms"].get(p, 0.0) / step) for p in PARTS]
+    step = d.parts_step_ms or d.wall_ms
+    rows = [(p, d.parts_ms.get(p, 0.0), d.parts_ms.get(p, 0.0) / step) for p in PARTS]
     outside = step - sum(ms for _, ms, _ in rows)
     if outside > 0.005 * step:
         rows.append(("outside any operator", outside, outside / step))
@@ -89,16 +91,16 @@ def decode_parts(m) -> dict | None:
 def context_sweep(results) -> dict | None:
     """The profiled decode step after each swept context, per method, and with two methods
     the second's step over the first's at each context."""
-    by_method = {m.method: {s["context"]: s for s in m.profile.get("sweep", [])}
-                 for m in results.methods if m.profile and m.profile.get("sweep")}
+    by_method = {m.method: {s.context: s for s in m.profile.sweep}
+                 for m in results.methods if m.profile and m.profile.sweep}
     if not by_method:
         return None
     names = list(by_method)
     rows = []
     for c in sorted({c for d in by_method.values() for c in d}):
         steps = [by_method[n].get(c) for n in names]
-        ratio = (steps[1]["step_ms"] / steps[0]["step_ms"]) if len(names) == 2 and all(steps) else None
-        rows.append({"context": c, "steps": steps, "ratio": ratio})
+        ratio = (steps[1].step_ms / steps[0].step_ms) if len(names) == 2 and all(steps) else None
+        rows.append({"context": c, "steps": [asdict(s) if s else None for s in steps], "ratio": ratio})
     return {"methods": names, "rows": rows}
 
 

@@ -122,6 +122,7 @@ def bottleneck(config: Configuration, results: RunResults, model: ModelRef, scen
     probes) and, where inferlab has a profiler for its engine, the profile's verdict and the
     next optimization to try. The profile runs in its own process, after every cell."""
     from .derive import method_figures
+    from .results import ProfileResult
     from .profiling.roofline import rooflines, verdict
     from .prompts import load_tokenizer
     from .runner import read_text
@@ -143,7 +144,7 @@ def bottleneck(config: Configuration, results: RunResults, model: ModelRef, scen
         prompt_ids = text.sequence(cell.cell)[1]
         trace = os.path.join(folder, f"trace_{config.method}.json")
         profiled = worker.request(p.Profile(prompt_ids, defaults.PROFILE_DECODE_STEPS, False, [], trace), timeout_s)
-        record.profile = profiled.profile
+        record.profile = ProfileResult.from_dict(profiled.profile)
         if record.weight_bytes is None:
             i = profiled.info
             record.weight_bytes, record.file_bytes, record.details = i.weight_bytes, i.file_bytes, i.details

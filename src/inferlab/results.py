@@ -106,6 +106,79 @@ class QualityResult:
 
 
 @dataclass
+class TopOp:
+    op: str
+    category: str
+    self_ms: float  # per call of the phase
+    calls_per_phase: float
+    share: float  # of the phase's wall time
+
+
+@dataclass
+class PhaseProfile:
+    """One phase (prefill or decode) of a profile, per call (profiling/breakdown.py)."""
+
+    calls: int
+    wall_ms: float
+    categories_ms: dict[str, float]  # overhead included: the shares add to 1
+    categories_share: dict[str, float]
+    top_ops: list[TopOp] = field(default_factory=list)
+    parts_ms: dict[str, float] = field(default_factory=dict)  # by model part (profiling/parts.py)
+    parts_step_ms: float | None = None  # the step the parts were measured in (a separate pass)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PhaseProfile":
+        known = {f.name for f in fields(cls)}
+        out = cls(**{k: v for k, v in d.items() if k in known})
+        out.top_ops = [TopOp(**o) if isinstance(o, dict) else o for o in out.top_ops]
+        return out
+
+
+@dataclass
+class ContextStep:
+    """The profile's context sweep: one decode step after `context` cached tokens."""
+
+    context: int
+    step_ms: float
+    attention_share: float
+
+
+@dataclass
+class ProfileResult:
+    """A method's profiling pass (profiling/run.py): where a prefill and a few decode steps
+    went, by category, operator and model part, the trace's file, and the same steps timed
+    without the profiler."""
+
+    profiler: str
+    decode_steps: int
+    phases: dict[str, PhaseProfile]
+    trace_file: str = ""
+    trace_bytes: int = 0
+    sweep: list[ContextStep] = field(default_factory=list)
+    parts_note: str = ""
+    unprofiled_prefill_ms: float | None = None
+    unprofiled_decode_step_ms: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "ProfileResult | None":
+        if d is None:
+            return None
+        d = dict(d)
+        unprofiled = d.pop("unprofiled", None) or {}  # the profiler's dict keeps them together
+        known = {f.name for f in fields(cls)}
+        out = cls(**{k: v for k, v in d.items() if k in known})
+        out.phases = {k: PhaseProfile.from_dict(v) if isinstance(v, dict) else v for k, v in out.phases.items()}
+        out.sweep = [ContextStep(**s) if isinstance(s, dict) else s for s in out.sweep]
+        out.unprofiled_prefill_ms = d.get("unprofiled_prefill_ms", unprofiled.get("prefill_ms"))
+        out.unprofiled_decode_step_ms = d.get("unprofiled_decode_step_ms", unprofiled.get("decode_step_ms"))
+        return out
+
+    @property
+    def decode(self) -> PhaseProfile | None:
+        return self.phases.get("decode")
+
+
+@dataclass
 class RunSample:
     """One timed generation's raw clocks (seconds); TPOT and the decode rate are defined here
     and nowhere else (METRICS.md)."""
@@ -159,7 +232,7 @@ class MethodResult:
     # tokens for that sequence alone (batch 1); N if none
     batch_divergence: list[int] | None = None
     quality: QualityResult | None = None
-    profile: dict[str, Any] | None = None  # profiling/breakdown.py per phase, sweep, trace
+    profile: ProfileResult | None = None
     profile_error: str | None = None
 
     @property
@@ -189,6 +262,7 @@ class MethodResult:
         d["runs"] = [RunSample(**r) for r in d.get("runs", [])]
         d["details"] = EngineDetails.from_dict(d.get("details"))
         d["quality"] = QualityResult.from_dict(d.get("quality"))
+        d["profile"] = ProfileResult.from_dict(d.get("profile"))
         return cls(**d)
 
 

@@ -31,7 +31,7 @@ from .models import (ModelRef, architecture, gguf_file_type, gguf_source_path, p
 from .probe import ProbeProcess
 from .procstat import machine_cpu_seconds
 from .prompts import decode_text, load_tokenizer, tokenize_prompt
-from .results import MethodResult, QualityResult, RunResults, save
+from .results import MethodResult, ProfileResult, QualityResult, RunResults, save
 from .worker_handle import WorkerError, WorkerHandle
 
 
@@ -361,7 +361,7 @@ class Session:
         try:
             with self.phase("profile"):
                 out = worker.request(request, opts.timeout_s)
-            r.profile = out.profile
+            r.profile = ProfileResult.from_dict(out.profile)
             if r.weight_bytes is None:
                 r.weight_bytes, r.file_bytes = out.info.weight_bytes, out.info.file_bytes
                 r.parameters, r.details = out.info.parameters, out.info.details

@@ -36,9 +36,8 @@ def method_rates(m, results, figures: dict) -> dict | None:
     if m.runs:
         tpot, ttft = figures["tpot_s"].median, figures["ttft_s"].median
         source = "benchmark medians"
-    elif (m.profile or {}).get("unprofiled"):
-        u = m.profile["unprofiled"]
-        tpot, ttft = u["decode_step_ms"] / 1e3, u["prefill_ms"] / 1e3
+    elif m.profile and m.profile.unprofiled_decode_step_ms:
+        tpot, ttft = m.profile.unprofiled_decode_step_ms / 1e3, m.profile.unprofiled_prefill_ms / 1e3
         source = "unprofiled steps of the profiling process (single samples)"
     else:
         return None
@@ -114,10 +113,10 @@ def ceiling_warnings(ceil: dict | None) -> list[str]:
 
 def sweep_growth(m) -> float | None:
     """Decode step at the longest swept context over the step at the shortest."""
-    sweep = (m.profile or {}).get("sweep") or []
+    sweep = m.profile.sweep if m.profile else []
     if len(sweep) < 2:
         return None
-    return sweep[-1]["step_ms"] / sweep[0]["step_ms"]
+    return sweep[-1].step_ms / sweep[0].step_ms
 
 
 def low_bit(m) -> bool:
@@ -132,18 +131,18 @@ def verdict(m, roof: dict | None, sweep_ratio: float | None,
             cpu_flags: list[str] | tuple = ()) -> tuple[str, str]:
     """(bottleneck sentence with its evidence, suggested next step that follows from it).
     cpu_flags: the run's machine flags, for the advice to a low-bit method."""
-    decode = (m.profile or {}).get("phases", {}).get("decode")
-    if not decode:
+    decode = m.profile.decode if m.profile else None
+    if decode is None:
         return "no decode profile", "run `inferlab profile` for this method"
-    shares = dict(decode["categories_share"])  # of the profiled step
-    wall = decode["wall_ms"]
-    overhead_ms = decode["categories_ms"]["overhead"]
+    shares = dict(decode.categories_share)  # of the profiled step
+    wall = decode.wall_ms
+    overhead_ms = decode.categories_ms["overhead"]
     overhead = shares.get("overhead", 0.0)
-    u = (m.profile or {}).get("unprofiled")
-    if u and u["decode_step_ms"] and wall > u["decode_step_ms"]:
+    unprofiled = m.profile.unprofiled_decode_step_ms
+    if unprofiled and wall > unprofiled:
         # the profiler's own cost lands partly outside operators: an overhead claim must hold
         # after taking the whole difference out of it, against the unprofiled step
-        step = u["decode_step_ms"]
+        step = unprofiled
         overhead_ms = max(overhead_ms - (wall - step), 0.0)
         overhead = overhead_ms / step
         wall = step

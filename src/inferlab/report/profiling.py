@@ -97,32 +97,31 @@ def render(results: RunResults, charts: list[str]) -> str:
     for m in profiled(results):
         prof = m.profile
         parts += [f"## {m.method}", "",
-                  f"{prof['profiler']}; trace `traces/{prof['trace_file']}` "
-                  f"({prof['trace_bytes'] / 1e6:.1f} MB, opens in Perfetto or chrome://tracing).", ""]
-        u = prof.get("unprofiled")
-        if u and "decode" in prof["phases"]:
-            parts += [f"Profiler cost: a profiled decode step took {prof['phases']['decode']['wall_ms']:.1f} ms, "
-                      f"the same step unprofiled {u['decode_step_ms']:.1f} ms (prefill "
-                      f"{prof['phases'].get('prefill', {}).get('wall_ms', float('nan')):.1f} vs "
-                      f"{u['prefill_ms']:.1f} ms). Shares below are of the profiled time; the "
+                  f"{prof.profiler}; trace `traces/{prof.trace_file}` "
+                  f"({prof.trace_bytes / 1e6:.1f} MB, opens in Perfetto or chrome://tracing).", ""]
+        if prof.unprofiled_decode_step_ms and prof.decode:
+            prefill = prof.phases.get("prefill")
+            parts += [f"Profiler cost: a profiled decode step took {prof.decode.wall_ms:.1f} ms, "
+                      f"the same step unprofiled {prof.unprofiled_decode_step_ms:.1f} ms (prefill "
+                      f"{prefill.wall_ms if prefill else float('nan'):.1f} vs "
+                      f"{prof.unprofiled_prefill_ms:.1f} ms). Shares below are of the profiled time; the "
                       "bottleneck sentence above corrects for the difference.", ""]
-        phases = prof["phases"]
-        cat_rows = [[c] + [f"{phases[p]['categories_ms'][c]:.2f} ({phases[p]['categories_share'][c]:.0%})"
+        phases = prof.phases
+        cat_rows = [[c] + [f"{phases[p].categories_ms[c]:.2f} ({phases[p].categories_share[c]:.0%})"
                            for p in phases] for c in CATEGORIES]
-        cat_rows.append(["**total (wall)**"] + [f"{phases[p]['wall_ms']:.2f}" for p in phases])
+        cat_rows.append(["**total (wall)**"] + [f"{phases[p].wall_ms:.2f}" for p in phases])
         parts += ["Time per call by category, ms (share):", "",
-                  md_table(["category"] + [f"{p} (x{phases[p]['calls']})" for p in phases], cat_rows), ""]
-        if "decode" in phases:
-            d = phases["decode"]
+                  md_table(["category"] + [f"{p} (x{phases[p].calls})" for p in phases], cat_rows), ""]
+        if prof.decode:
             parts += ["Top operators of a decode step by self time:", "",
                       md_table(["operator", "category", "self ms", "calls/step", "share"],
-                               [[o["op"], o["category"], f"{o['self_ms']:.3f}",
-                                 f"{o['calls_per_phase']:.0f}", f"{o['share']:.1%}"]
-                                for o in d["top_ops"]]), ""]
+                               [[o.op, o.category, f"{o.self_ms:.3f}",
+                                 f"{o.calls_per_phase:.0f}", f"{o.share:.1%}"]
+                                for o in prof.decode.top_ops]), ""]
             split = derived(results, m.method).get("decode_parts")
             if split:
                 part_rows = [[p, f"{ms:.2f}", f"{share:.0%}"] for p, ms, share in split["parts"]]
-                parts += [f"By model part, per decode step of {split['step_ms']:.1f} ms ({prof.get('parts_note')}):",
+                parts += [f"By model part, per decode step of {split['step_ms']:.1f} ms ({prof.parts_note}):",
                           "", md_table(["part", "ms", "share"], part_rows), ""]
     if charts:
         parts += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
@@ -141,13 +140,13 @@ def draw(results: RunResults, folder: str) -> list[str]:
     methods = profiled(results)
     if not methods:
         return written
-    bars = [(f"{m.method}\n{p}", m.profile["phases"][p]) for m in methods for p in ("prefill", "decode")
-            if p in m.profile["phases"]]
+    bars = [(f"{m.method}\n{p}", m.profile.phases[p]) for m in methods for p in ("prefill", "decode")
+            if p in m.profile.phases]
     fig, ax = plt.subplots(figsize=(max(8, len(bars) * 0.9), 5))
     bottom = np.zeros(len(bars))
     colors = plt.get_cmap("tab20").colors
     for i, c in enumerate(CATEGORIES):
-        vals = np.array([ph["categories_share"][c] * 100 for _, ph in bars])
+        vals = np.array([ph.categories_share[c] * 100 for _, ph in bars])
         ax.bar(range(len(bars)), vals, bottom=bottom, label=c, color=colors[i % len(colors)])
         bottom += vals
     ax.set_xticks(range(len(bars)), [b for b, _ in bars], fontsize=8, rotation=30, ha="right")
@@ -156,13 +155,13 @@ def draw(results: RunResults, folder: str) -> list[str]:
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     _save(fig, os.path.join(folder, "profile_categories.png"))
     written.append("profile_categories.png")
-    sweeps = [(m.method, m.profile["sweep"]) for m in methods if m.profile.get("sweep")]
+    sweeps = [(m.method, m.profile.sweep) for m in methods if m.profile.sweep]
     if sweeps:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
         for name, sw in sweeps:
-            x = [s["context"] for s in sw]
-            a1.plot(x, [s["step_ms"] for s in sw], marker="o", label=name)
-            a2.plot(x, [s["attention_share"] * 100 for s in sw], marker="o", label=name)
+            x = [s.context for s in sw]
+            a1.plot(x, [s.step_ms for s in sw], marker="o", label=name)
+            a2.plot(x, [s.attention_share * 100 for s in sw], marker="o", label=name)
         a1.set_xlabel("context tokens")
         a1.set_ylabel("decode step, ms")
         a1.set_title("Step time vs context")
