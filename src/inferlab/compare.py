@@ -22,6 +22,7 @@ from .stats import ratio_of_medians
 FIGURES = (("e2e_s", "E2E"), ("ttft_s", "TTFT"), ("tpot_s", "TPOT"))
 
 IMPROVED, REGRESSED, NO_CHANGE, INCONCLUSIVE = "improved", "regressed", "no change", "inconclusive"
+NOT_JUDGED = "not judged"  # a figure outside --figures: shown, never labelled
 PASS, REGRESSION, UNDECIDED = "pass", "regression", "inconclusive"
 EXIT_CODES = {PASS: 0, REGRESSION: 1, UNDECIDED: 3}
 
@@ -240,7 +241,7 @@ def figure_change(name: str, base: MethodResult, new: MethodResult, gate: Gate) 
     r = ratio_of_medians(a, b)
     if r is None or not all(map(math.isfinite, (r.value, r.low, r.high))) or r.low <= 0:
         return None
-    lab = label(r.value, r.low, r.high, gate.band, gate.slower is not None)
+    lab = label(r.value, r.low, r.high, gate.band, gate.slower is not None) if name in gate.figures else NOT_JUDGED
     need = runs_needed(r.value, r.low, r.high, gate.band, min(len(base.runs), len(new.runs))) \
         if lab == INCONCLUSIVE else None
     return FigureChange(name, float(statistics.median(b)), float(statistics.median(a)), r.value, r.low, r.high,
@@ -269,7 +270,7 @@ def compare_line(cell: str, base: MethodResult, new: MethodResult, gate: Gate) -
             line.label, line.note = INCONCLUSIVE, f"neither side measured ({base.status}, {new.status})"
         return line
     line.figures = [f for name, _ in FIGURES if (f := figure_change(name, base, new, gate))]
-    labels = {f.label for f in line.figures if f.figure in gate.figures}
+    labels = {f.label for f in line.figures}
     if REGRESSED in labels:
         line.label = REGRESSED
     elif INCONCLUSIVE in labels:
@@ -285,7 +286,7 @@ def compare_line(cell: str, base: MethodResult, new: MethodResult, gate: Gate) -
 
 def apply_gate(line: Line, gate: Gate) -> None:
     if gate.slower is not None:  # the figures' labels were judged at the gate's threshold
-        for f in (f for f in line.figures if f.figure in gate.figures):
+        for f in line.figures:
             if f.label == REGRESSED:
                 line.failures.append(f"{f.name} {f.words()}: slower than the {gate.slower:.0%} allowed")
             elif f.label == INCONCLUSIVE:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from ..compare import IMPROVED, INCONCLUSIVE, NO_CHANGE, REGRESSED, Comparison, Line
+from ..compare import IMPROVED, INCONCLUSIVE, NO_CHANGE, NOT_JUDGED, REGRESSED, Comparison, Line
 from ..results import QualityResult
 from .markdown import md_table
 
@@ -15,7 +15,7 @@ def _figure(name: str):
         f = line.figure(name)
         if f is None:
             return "-"
-        return f.words() + ("" if f.label == NO_CHANGE else f" {f.label}")
+        return f.words() + ("" if f.label in (NO_CHANGE, NOT_JUDGED) else f" {f.label}")
     return cell
 
 
@@ -188,7 +188,8 @@ def draw(c: Comparison, folder: str) -> str | None:
     items = [(f"{line.method} [{line.cell}] {f.name}", f) for line in c.lines for f in line.figures]
     if not items:
         return None
-    colors = {IMPROVED: "#54a24b", REGRESSED: "#e45756", NO_CHANGE: "#9d9d9d", INCONCLUSIVE: "#f2a93b"}
+    colors = {IMPROVED: "#54a24b", REGRESSED: "#e45756", NO_CHANGE: "#9d9d9d", INCONCLUSIVE: "#f2a93b",
+              NOT_JUDGED: "#d0d0d0"}
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(items) + 1.6))
     for i, (_, f) in enumerate(items):
         speed, lo, hi = 1 / f.ratio, 1 / f.high, 1 / f.low
