@@ -443,34 +443,28 @@ def cmd_compare(args) -> int:
     from .runner import new_results_folder
     from .sides import load_side
 
-    pair = args.methods if args.methods and len(args.methods) == 2 else None
-    if args.new is None and not pair:
+    # one name: that method on both sides; two: A of BASE against B of NEW (or of BASE)
+    pair = (tuple(args.methods) * 2)[:2] if args.methods else None
+    if args.new is None and not (args.methods and len(args.methods) == 2):
         return _fail("compare: give BASE and NEW, or one results with --methods A,B")
     try:
         new = load_side(args.new or args.base)
         base = load_side(args.base, like=new) if args.new else new
         gate = Gate(args.fail_if_slower, args.fail_if_larger, args.fail_on_quality, args.figures)
-        c = compare(base.results, new.results, base.name, new.name, gate, tuple(pair) if pair else None,
-                    args.force)
+        c = compare(base.results, new.results, base.name, new.name, gate, pair, args.force)
     except (ResultsError, CompareError) as e:
         return _fail(str(e))
-    if args.methods and len(args.methods) == 1:
-        c.lines = [line for line in c.lines if line.new_method == args.methods[0]]
-        if not c.lines:
-            return _fail(f"compare: {args.methods[0]} was not measured on both sides")
     try:
         folder = new_results_folder(args.output, "compare")
     except OSError as e:
         return _fail(f"cannot write under --output {args.output}: {e}")
-    import json
-
     from .fsutil import write_json_atomic
 
     chart = show.draw(c, folder)
     md = show.render(c, chart)
     write_text(os.path.join(folder, "compare.md"), md)
     write_text(os.path.join(folder, "compare.html"), to_html(md, folder))
-    write_json_atomic(os.path.join(folder, "compare.json"), json.loads(json.dumps(c.to_dict())))
+    write_json_atomic(os.path.join(folder, "compare.json"), c.to_dict())
     print(show.console(c))
     print(f"comparison: {os.path.join(folder, 'compare.md')}")
     return c.exit_code
@@ -562,14 +556,13 @@ def cmd_report(args) -> int:
     from .report.markdown import console_table
     from .report.sweep import console_cells
     from .results import ResultsError, load, save
+    from .sides import results_file
 
     if args.methodology is not None:
         return _methodology(args)
     if not args.results:
         return _fail("report: give a results.json (or its folder), or --methodology")
-    path = args.results
-    if os.path.isdir(path):
-        path = os.path.join(path, "results.json")
+    path = results_file(args.results)
     try:
         results = load(path)
     except ResultsError as e:
