@@ -232,11 +232,13 @@ def test_the_verdict_page_opens_in_a_browser_with_the_answer_on_top(tmp_path):
 def test_when_prefill_is_most_of_the_time_the_advice_is_about_prefill():
     from inferlab.plan import prefill_advice
 
-    cell = _results({1: {"slow": [3000] * 5, "fast": [1000] * 5}}).cells[0]
-    advice = prefill_advice(cell, "slow", 0.84)
+    from inferlab.derive import derive
+
+    rows = derive(_results({1: {"slow": [3000] * 5, "fast": [1000] * 5}}))["cells"]
+    advice = prefill_advice(rows, "slow", 0.84)
     assert advice.startswith("the prompt's prefill is most of the time at 84% of the fp32 compute roof")
     assert advice.endswith("fast prefills the prompt in 1000 ms against 3000")
-    assert "prefills the prompt" not in prefill_advice(cell, "fast", None)  # already the fastest
+    assert "prefills the prompt" not in prefill_advice(rows, "fast", None)  # already the fastest
 
 
 def test_the_winner_is_a_folder_to_copy_and_its_lines_read_it_there(tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import statistics
 from types import SimpleNamespace
 from typing import Callable
 
@@ -134,10 +133,10 @@ def bottleneck(config: Configuration, results: RunResults, model: ModelRef, scen
     if known is not None:
         record.weight_bytes, record.file_bytes, record.details = known.weight_bytes, known.file_bytes, known.details
     out: dict = {"method": config.method, "cell": cell.cell.key}
-    if m.runs:
-        ttft = statistics.median(r.ttft_s for r in m.runs)
-        e2e = statistics.median(r.e2e_s for r in m.runs)
-        out["prefill_share"] = ttft / e2e if e2e else None
+    rows = [r for r in (results.derived or {}).get("cells", []) if r["key"] == cell.cell.key]
+    mine = next((r for r in rows if r["method"] == config.method and r.get("e2e_ms")), None)
+    if mine:
+        out["prefill_share"] = mine["ttft_ms"] / mine["e2e_ms"]
     worker = _worker(config, model, folder, "profile")
     try:
         text = text_tokens(load_tokenizer(model.path), *read_text(scenario.text_file))
@@ -162,18 +161,18 @@ def bottleneck(config: Configuration, results: RunResults, model: ModelRef, scen
     if record.profile:
         out["verdict"], out["next"] = verdict(record, roof or None, None, results.machine.get("cpu_flags", []))
     if (out.get("prefill_share") or 0) >= 0.5:  # the profile judges decode; here prefill leads
-        out["next"] = prefill_advice(cell, config.method, out.get("prefill_efficiency"))
+        out["next"] = prefill_advice(rows, config.method, out.get("prefill_efficiency"))
     return out
 
 
-def prefill_advice(cell: CellResult, method: str, efficiency: float | None) -> str:
+def prefill_advice(rows: list[dict], method: str, efficiency: float | None) -> str:
     """What to try when the prompt's prefill is most of the time: the fastest prefill measured
-    in the same cell, and what makes one faster."""
-    ttft = {m.method: statistics.median(r.ttft_s for r in m.runs) for m in cell.methods if m.ok and m.runs}
+    in the same cell (its derived rows), and what makes one faster."""
+    ttft = {r["method"]: r["ttft_ms"] for r in rows if r.get("ttft_ms") is not None}
     best = min(ttft, key=ttft.get) if ttft else None
     roof = f" at {efficiency:.0%} of the fp32 compute roof" if efficiency else ""
-    faster = (f"; in this cell {best} prefills the prompt in {ttft[best] * 1e3:.0f} ms against "
-              f"{ttft[method] * 1e3:.0f}" if best and best != method else "")
+    faster = (f"; in this cell {best} prefills the prompt in {ttft[best]:.0f} ms against "
+              f"{ttft[method]:.0f}" if best and best != method else "")
     return (f"the prompt's prefill is most of the time{roof}: a prefill that does more arithmetic "
             f"per cycle (int8 matrix products with VNNI or AMX, larger blocks of tokens per call), "
             f"a shorter prompt, or the shared part of prompts kept in a cache{faster}")
