@@ -46,7 +46,7 @@ def test_run_end_to_end_and_report_redraw(tiny_models, tmp_path, capsys):
         assert m.ok and len(m.runs) == 2 and len(m.tokens) == 6
         assert all(len(run.itl_s) == 5 for run in m.runs)
         assert m.peak_rss_bytes >= m.steady_rss_bytes > 0 and m.weight_bytes > 0
-    assert r.derived["methods"]["eager-nocache"]["first_divergence"] == 6  # same tokens as the reference
+    assert r.derived.methods["eager-nocache"].first_divergence == 6  # same tokens as the reference
     md = open(os.path.join(folder, "report.md")).read()
     assert "| eager-nocache | ok |" in md and "speedup" in md
     assert "TTFT is engine-level" in md and "GenAI-Perf" in md  # names beside other tools
@@ -264,7 +264,7 @@ def test_a_quality_pass_that_crashes_keeps_the_speed_figures(tiny_models, tmp_pa
     assert code == 0
     r = load(os.path.join(only_run_folder(out), "results.json"))
     m = r.method("quality-crash")
-    assert m.ok and len(m.runs) == 2 and r.derived["methods"][m.method]["first_divergence"] == 6
+    assert m.ok and len(m.runs) == 2 and r.derived.methods[m.method].first_divergence == 6
     assert m.quality.verdict == "error" and "SIGSEGV" in m.quality.reasons[0]
 
 

@@ -234,7 +234,7 @@ def test_when_prefill_is_most_of_the_time_the_advice_is_about_prefill():
 
     from inferlab.derive import derive
 
-    rows = derive(_results({1: {"slow": [3000] * 5, "fast": [1000] * 5}}))["cells"]
+    rows = derive(_results({1: {"slow": [3000] * 5, "fast": [1000] * 5}})).cells
     advice = prefill_advice(rows, "slow", 0.84)
     assert advice.startswith("the prompt's prefill is most of the time at 84% of the fp32 compute roof")
     assert advice.endswith("fast prefills the prompt in 1000 ms against 3000")

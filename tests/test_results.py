@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import time
@@ -51,8 +52,9 @@ def test_renderers_only_format_what_was_derived(tmp_path):
 
     r = sample_results()
     save(r, str(tmp_path / "r.json"))
-    r.derived["methods"]["kv-cache"]["figures"]["ttft_s"]["median"] = 1.2345
-    r.derived["warnings"] = ["a warning only derive.py could have written"]
+    figures = r.derived.methods["kv-cache"].figures
+    figures["ttft_s"] = dataclasses.replace(figures["ttft_s"], median=1.2345)
+    r.derived.warnings = ["a warning only derive.py could have written"]
     md = render(r)
     assert "| kv-cache | ok | 1234.5 |" in md and "only derive.py" in md
 
@@ -111,7 +113,7 @@ def test_the_fastest_passing_method_is_compared_with_the_fastest_passing_llama_c
     r.methods = [method("kv-cache", 0.060, "PASS"), method("fast-but-wrong", 0.003, "FAIL"),
                  method("onnx-int4", 0.008, "PASS"), method("llama-cpp-q4_1", 0.012, "PASS"),
                  method("llama-cpp-q8_0", 0.010, "PASS"), method("llama-cpp-q2_k", 0.005, "FAIL")]
-    v = derive(r)["versus_llama_cpp"]
+    v = derive(r).versus_llama_cpp
     # a FAIL never wins and never sets the bar
     assert (v["method"], v["llama_cpp"]) == ("onnx-int4", "llama-cpp-q8_0")
     assert v["speedup"] == pytest.approx(0.010 / 0.008, rel=1e-6)
@@ -119,7 +121,7 @@ def test_the_fastest_passing_method_is_compared_with_the_fastest_passing_llama_c
     r.derived = derive(r)
     assert "decodes **1.25x** as fast" in render(r)
     r.methods = [m for m in r.methods if not m.method.startswith("llama-cpp")]
-    assert derive(r)["versus_llama_cpp"] is None
+    assert derive(r).versus_llama_cpp is None
 
 
 def _slow_build(dest, log):
@@ -159,11 +161,10 @@ def test_the_ranking_leaves_out_quality_failures_and_orders_by_median_e2e():
     from tests.made_up import method, results
 
     r = results(method("a", 100, quality="PASS"), method("b", 50, quality="FAIL"), method("c", 101, quality="PASS"))
-    figures = derive(r)["methods"]
-    got = ranking(r, figures)
-    assert [x["method"] for x in got["ranked"]] == ["a", "c"] and got["not_ranked"] == ["b"] and got["judged"]
+    got = ranking(r, derive(r).methods)
+    assert [x.method for x in got.ranked] == ["a", "c"] and got.not_ranked == ["b"] and got.judged
     unjudged = results(method("a", 100), method("b", 50), method("c", 101))
-    assert [x["method"] for x in ranking(unjudged, derive(unjudged)["methods"])["ranked"]] == ["b", "a", "c"]
+    assert [x.method for x in ranking(unjudged, derive(unjudged).methods).ranked] == ["b", "a", "c"]
 
 
 @pytest.mark.parametrize("llama_ms, met", [(121, True), (119, False)])
@@ -176,7 +177,7 @@ def test_the_target_against_llama_cpp_decides_at_its_ratio(llama_ms, met):
                 method(defaults.LLAMA_CPP_PREFIX + "q8_0", llama_ms * 4, quality="PASS", seed=2))
     r.probes = [{"threads": 2, "bandwidth_bytes_per_s": 1e9, "gemm_flops_per_s": 1e11, "method": "made up"}]
     r.method("ours").weight_bytes = int(0.1e9)  # its floor 100 ms at 1 GB/s, its TPOT 120 ms
-    v = derive(r)["versus_llama_cpp"]
+    v = derive(r).versus_llama_cpp
     assert v["method"] == "ours" and v["met"] is met, v
 
 
@@ -199,5 +200,5 @@ def test_a_results_file_of_schema_3_is_read_converted_and_reported(tmp_path):
     save(old, str(tmp_path / "results.json"))
     again = load(str(tmp_path / "results.json"))
     assert again.schema_version == 4 and again.method("native-int4").details == native
-    assert again.derived["methods"]["native-int4"]["roofline"]["weight_mb_per_step"] == pytest.approx(0.06912)
+    assert again.derived.methods["native-int4"].roofline["weight_mb_per_step"] == pytest.approx(0.06912)
     assert write_reports(again, str(tmp_path)) and len(records(again, path)) == 2

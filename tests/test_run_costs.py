@@ -48,7 +48,7 @@ def test_reference_tokens_come_from_the_cache_the_second_time(tiny_models, tmp_p
     second = load(os.path.join(only_run_folder(tmp_path / "b"), "results.json"))
     assert "reference" not in second.timings
     assert second.reference_tokens == first.reference_tokens
-    assert second.derived["methods"]["eager-nocache"]["first_divergence"] == 6
+    assert second.derived.methods["eager-nocache"].first_divergence == 6
     # every phase that ran is accounted for, and they add up to no more than the whole
     t = second.timings
     assert {"resolve", "load", "warmup", "timed", "report", "probes"} <= set(t)

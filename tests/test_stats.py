@@ -71,12 +71,12 @@ def test_percentiles_of_too_few_samples_are_labelled_as_the_maximum():
 
     few = summarize([1.0, 2.0, 3.0, 4.0, 5.0], "x")
     assert few.p90 is None and few.p99 is None
-    assert tails(few.to_dict()) == "3000.0/max 5000.0/max 5000.0"
+    assert tails(few) == "3000.0/max 5000.0/max 5000.0"
     ten = summarize([float(i) for i in range(10)], "x")
     assert ten.p90 is not None and ten.p99 is None
-    assert tails(ten.to_dict()).endswith("/max 9000.0") and "/max" not in tails(ten.to_dict())[:-12]
+    assert tails(ten).endswith("/max 9000.0") and "/max" not in tails(ten)[:-12]
     many = summarize([float(i) for i in range(100)], "x")
-    assert many.p99 is not None and "max" not in tails(many.to_dict())
+    assert many.p99 is not None and "max" not in tails(many)
 
 
 def test_scaled_mad_is_the_plus_minus():

@@ -79,7 +79,7 @@ def test_sweep_end_to_end(tiny_models, tmp_path, capsys, monkeypatch):
     folder = only_run_folder(out)
     r = load(os.path.join(folder, "results.json"))
     assert r.status == "complete" and r.schema_version == defaults.SCHEMA_VERSION and len(r.cells) == 8
-    rows = {(row["key"], row["method"]): row for row in r.derived["cells"]}
+    rows = {(row["key"], row["method"]): row for row in r.derived.cells}
     for c in r.cells:
         assert c.status == "complete" and c.conditions["before"] and c.conditions["after"]
         for m in c.methods:

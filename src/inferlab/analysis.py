@@ -29,6 +29,6 @@ def comparisons(results) -> dict:
             for figure in ("e2e_s", "tpot_s"):
                 r = ratio_of_medians(other.samples(figure), m.samples(figure))
                 if r:
-                    entry[f"speedup_{figure[:-2]}_vs_{against}"] = r.to_dict()
+                    entry[f"speedup_{figure[:-2]}_vs_{against}"] = r
         out[m.method] = entry
     return out

@@ -121,7 +121,8 @@ CONFIDENCE = 0.95
 RESULTS_DIR = "results"
 # 4: engine details typed (weight and activation bits, KV bytes, bytes read per step as fields),
 # the quality and the profile typed records (QualityResult, ProfileResult: phases, top operators,
-# the context sweep, the unprofiled steps as fields), no first divergence stored (derived);
+# the context sweep, the unprofiled steps as fields), the derived block typed (derived_types.py),
+# no first divergence stored (derived);
 # 3: sweeps' cells, where the time went (2: no cells, no timings). Older files are read and
 # converted (results.EngineDetails.from_dict)
 SCHEMA_VERSION = 4

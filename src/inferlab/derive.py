@@ -10,6 +10,7 @@ from dataclasses import asdict
 from . import defaults
 from .analysis import comparisons
 from .derive_cells import cell_rows, crossovers, first_divergences, knees
+from .derived_types import Bottleneck, Derived, MethodFigures, Ranked, Ranking
 from .profiling.roofline import ceiling_warnings, rooflines, sweep_growth, verdict
 from .stats import summarize, too_few_runs
 
@@ -23,7 +24,7 @@ def method_figures(results) -> dict:
             for m in results.methods}
 
 
-def derive(results) -> dict:
+def derive(results) -> Derived:
     cpus = (results.machine or {}).get("logical_cpus")
     comps = comparisons(results)
     summaries = method_figures(results)
@@ -33,42 +34,35 @@ def derive(results) -> dict:
     for m in results.methods:
         figures = summaries[m.method]
         ttft = figures["ttft_s"]
-        entry = {
-            "figures": {k: (v.to_dict() if v else None) for k, v in figures.items()},
-            "prefill_tokens_per_s": results.prompt_tokens / ttft.median if ttft and ttft.median else None,
-            "speedups": comps.get(m.method, {}),
-            "other_load": m.other_load(cpus),
-            "roofline": roofs.get(m.method),
-            "bottleneck": None,
-            "witness": witness(m, figures["tpot_s"], ttft),
+        entry = MethodFigures(
+            figures=figures,
+            prefill_tokens_per_s=results.prompt_tokens / ttft.median if ttft and ttft.median else None,
+            speedups=comps.get(m.method, {}),
+            other_load=m.other_load(cpus),
+            roofline=roofs.get(m.method),
+            witness=witness(m, figures["tpot_s"], ttft),
             # a run's greedy tokens against the reference's (a sweep's: per cell, in its rows)
-            "first_divergence": None if results.sweep else divergences.get((results.run_cell().key, m.method)),
-            "itl_by_position_ms": None if results.sweep else itl_by_position(m),
-            "decode_parts": decode_parts(m) if m.ok else None,
-        }
+            first_divergence=None if results.sweep else divergences.get((results.run_cell().key, m.method)),
+            itl_by_position_ms=None if results.sweep else itl_by_position(m),
+            decode_parts=decode_parts(m) if m.ok else None,
+        )
         if m.ok and m.profile:
-            sentence, step = verdict(m, roofs.get(m.method), sweep_growth(m),
-                                     (results.machine or {}).get("cpu_flags", []))
-            entry["bottleneck"] = {"sentence": sentence, "next_step": step}
+            entry.bottleneck = Bottleneck(*verdict(m, roofs.get(m.method), sweep_growth(m),
+                                                   (results.machine or {}).get("cpu_flags", [])))
         methods[m.method] = entry
-    out = {
-        "methods": methods,
-        "ceiling": ceiling,
-        "ranking": ranking(results, methods),
-        "versus_llama_cpp": versus_llama_cpp(results, methods),
-        "warnings": warnings(results, methods, ceiling),
-        "context_sweep": context_sweep(results),
-    }
+    out = Derived(methods=methods, ceiling=ceiling, ranking=ranking(results, methods),
+                  versus_llama_cpp=versus_llama_cpp(results, methods),
+                  warnings=warnings(results, methods, ceiling), context_sweep=context_sweep(results))
     if results.cells:
         rows = cell_rows(results, divergences)
         failed = {m.method for m in results.methods if verdict_of(m) == "FAIL"}
-        out.update(cells=rows, crossovers=crossovers(rows, failed), knees=knees(rows))
+        out.cells, out.crossovers, out.knees = rows, crossovers(rows, failed), knees(rows)
         asked = (results.config or {}).get("min_repeats", defaults.WARN_MIN_SAMPLES)
         if w := too_few_runs(asked, "each method in each cell"):
-            out["warnings"].append(w)
-        out["warnings"] += [w for r in rows for w in r["warnings"]]
-        out["warnings"] += [f"{r['method']} [{r['key']}]: {r['status']}: {r['error']}"
-                            for r in rows if r["status"] not in ("ok", "skipped")]
+            out.warnings.append(w)
+        out.warnings += [w for r in rows for w in r["warnings"]]
+        out.warnings += [f"{r['method']} [{r['key']}]: {r['status']}: {r['error']}"
+                         for r in rows if r["status"] not in ("ok", "skipped")]
     return out
 
 
@@ -131,7 +125,7 @@ def verdict_of(m) -> str | None:
     return m.quality.verdict if m.quality else None
 
 
-def ranking(results, methods: dict) -> dict:
+def ranking(results, methods: dict) -> Ranking:
     """Methods by median E2E among those that pass the quality budget (all timed ones when
     quality was not judged); a FAIL is listed apart and never ranked."""
     timed = [m for m in results.methods if m.ok and m.runs]
@@ -139,14 +133,12 @@ def ranking(results, methods: dict) -> dict:
     pool = [m for m in timed if verdict_of(m) == "PASS"] if judged else timed
 
     def e2e(m):
-        return methods[m.method]["figures"]["e2e_s"]["median"]
+        return methods[m.method].median("e2e_s")
 
-    ranked = [{"method": m.method, "e2e_s": e2e(m),
-               "decode_tps": methods[m.method]["figures"]["decode_tps"]["median"],
-               "marginal": bool(m.quality and m.quality.marginal)}
+    ranked = [Ranked(m.method, e2e(m), methods[m.method].median("decode_tps"),
+                     bool(m.quality and m.quality.marginal))
               for m in sorted(pool, key=e2e)]
-    left_out = [m.method for m in timed if m not in pool]
-    return {"judged": judged, "ranked": ranked, "not_ranked": left_out}
+    return Ranking(judged, ranked, [m.method for m in timed if m not in pool])
 
 
 def versus_llama_cpp(results, methods: dict) -> dict | None:
@@ -160,10 +152,10 @@ def versus_llama_cpp(results, methods: dict) -> dict | None:
         return None
 
     def tpot(m):
-        return methods[m.method]["figures"]["tpot_s"]["median"]
+        return methods[m.method].median("tpot_s")
 
     best, ref = min(others, key=tpot), min(llama, key=tpot)
-    floor_ms = (methods[best.method]["roofline"] or {}).get("decode_floor_ms")
+    floor_ms = (methods[best.method].roofline or {}).get("decode_floor_ms")
     over_floor = tpot(best) * 1e3 / floor_ms if floor_ms else None
     return {"method": best.method, "tpot_s": tpot(best),
             "llama_cpp": ref.method, "llama_cpp_tpot_s": tpot(ref),
@@ -185,20 +177,20 @@ def warnings(results, methods: dict, ceiling: dict | None) -> list[str]:
             if w := too_few_runs(len(m.runs), m.method):
                 out.append(w)
             for name in ("e2e_s", "ttft_s", "tpot_s"):
-                out.extend((d["figures"][name] or {}).get("warnings", []))
-        w = d.get("witness")
+                out.extend(d.figures[name].warnings if d.figures[name] else [])
+        w = d.witness
         if w and w["tpot_over_engine"] and abs(w["tpot_over_engine"] - 1) > defaults.WARN_WITNESS:
-            out.append(f"{m.method}: TPOT {d['figures']['tpot_s']['median'] * 1e3:.2f} ms differs from "
+            out.append(f"{m.method}: TPOT {d.median('tpot_s') * 1e3:.2f} ms differs from "
                        f"the engine's own {w['decode_ms_per_token']:.2f} ms per token by more than "
                        f"{defaults.WARN_WITNESS:.0%}: time is spent outside the engine's decode")
         if m.deterministic is False:
             out.append(f"{m.method}: repeated runs produced different tokens")
-        load = d["other_load"]
+        load = d.other_load
         if load is not None and load >= defaults.WARN_OTHER_CPU:
             out.append(f"{m.method}: other processes took {m.other_cpu_s:.1f} CPU-s during its "
                        f"{m.timed_wall_s:.1f} s of timed runs ({load:.0%} of the machine's CPU time): "
                        "its figures are slowed by competing load; close other programs")
-        first = d["first_divergence"]
+        first = d.first_divergence
         if first is not None and first < len(m.tokens):
             out.append(f"{m.method}: greedy tokens differ from {defaults.REFERENCE_METHOD}'s from "
                        f"token {first} of {len(m.tokens)}")

@@ -1,5 +1,5 @@
-"""What a sweep's cells give, computed once per save and stored under derived["cells"] and
-derived["crossovers"]: one row per cell and method (the figures of cells.csv and the report's
+"""What a sweep's cells give, computed once per save and stored under derived.cells and
+derived.crossovers: one row per cell and method (the figures of cells.csv and the report's
 table), and where the fastest method changes along an axis, in words."""
 
 from __future__ import annotations

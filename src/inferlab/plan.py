@@ -133,7 +133,7 @@ def bottleneck(config: Configuration, results: RunResults, model: ModelRef, scen
     if known is not None:
         record.weight_bytes, record.file_bytes, record.details = known.weight_bytes, known.file_bytes, known.details
     out: dict = {"method": config.method, "cell": cell.cell.key}
-    rows = [r for r in (results.derived or {}).get("cells", []) if r["key"] == cell.cell.key]
+    rows = [r for r in results.derived.cells if r["key"] == cell.cell.key]
     mine = next((r for r in rows if r["method"] == config.method and r.get("e2e_ms")), None)
     if mine:
         out["prefill_share"] = mine["ttft_ms"] / mine["e2e_ms"]

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from . import defaults
+from .derived_types import Derived
 from .fsutil import write_json_atomic
 
 
@@ -341,7 +342,7 @@ class RunResults:
     probes: list[dict[str, Any]] = field(default_factory=list)  # bandwidth / GEMM peak (probe.py)
     # wall seconds by phase (RUN_PHASES), and the whole run's as "total"
     timings: dict[str, float] = field(default_factory=dict)
-    derived: dict[str, Any] = field(default_factory=dict)  # derive.py: refreshed at every save
+    derived: Derived = field(default_factory=Derived)  # derive.py: refreshed at every save
     status: str = "running"  # running | complete | interrupted
     created: str = ""
     schema_version: int = defaults.SCHEMA_VERSION
@@ -368,6 +369,7 @@ class RunResults:
         d = asdict(self)
         d["methods"] = [m.to_dict() for m in self.methods]
         d["cells"] = [c.to_dict() for c in self.cells]
+        d["derived"] = self.derived.to_dict()
         return d
 
     @classmethod
@@ -382,6 +384,7 @@ class RunResults:
         d = {k: v for k, v in d.items() if k in known}
         d["methods"] = [MethodResult.from_dict(m) for m in d.get("methods", [])]
         d["cells"] = [CellResult.from_dict(c) for c in d.get("cells", [])]
+        d["derived"] = Derived.from_dict(d.get("derived"))
         return cls(**d)
 
 

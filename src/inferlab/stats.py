@@ -119,6 +119,10 @@ class Ratio:
     def to_dict(self) -> dict:
         return {**asdict(self), "significant": self.significant}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Ratio":
+        return cls(d["value"], d["low"], d["high"], d["confidence"])
+
 
 def ratio_of_medians(a, b, seed: int = defaults.DEFAULT_SEED) -> Ratio | None:
     """median(a) / median(b) with a percentile-bootstrap interval (resampling both sides).

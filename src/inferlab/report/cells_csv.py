@@ -1,5 +1,5 @@
 """cells.csv: one row per sweep cell and method, llama-bench-like columns (pandas reads it as
-it is). Numbers come from derived["cells"] only."""
+it is). Numbers come from derived.cells only."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def write_cells_csv(results: RunResults, folder: str) -> str:
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        for row in (results.derived or {}).get("cells", []):
+        for row in results.derived.cells:
             writer.writerow({k: row.get(k) for k in CSV_COLUMNS}
                             | {"model": results.model.get("name"), "warnings": " | ".join(row["warnings"])})
     os.replace(tmp, path)

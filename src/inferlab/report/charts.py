@@ -25,7 +25,7 @@ def e2e_chart(results: RunResults, path: str) -> None:
     for i, m in enumerate(methods):
         x = np.array(m.samples("e2e_s")) * 1e3
         f = figure(results, m.method, "e2e_s")
-        med, lo, hi = f["median"] * 1e3, f["min"] * 1e3, f["max"] * 1e3
+        med, lo, hi = f.median * 1e3, f.min * 1e3, f.max * 1e3
         ax.bar(i, med, color="#4c78a8", alpha=0.8)
         ax.errorbar(i, med, yerr=[[med - lo], [hi - med]], color="black", capsize=6)
         ax.scatter(np.full(x.size, i) + np.linspace(-0.2, 0.2, x.size), x, s=8, color="#e45756", zorder=3)
@@ -40,7 +40,7 @@ def e2e_chart(results: RunResults, path: str) -> None:
 def itl_chart(results: RunResults, path: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for m in _ok(results):
-        per_pos = derived(results, m.method).get("itl_by_position_ms")
+        per_pos = derived(results, m.method).itl_by_position_ms
         if per_pos:
             ax.plot(np.arange(1, len(per_pos) + 1), per_pos, label=m.method, lw=1.5)
     ax.set_xlabel("decode step (new token index)")
@@ -56,7 +56,7 @@ def size_chart(results: RunResults, path: str) -> None:
     for m in _ok(results):
         if m.weight_bytes is None:
             continue
-        tps = figure(results, m.method, "decode_tps")["median"]
+        tps = figure(results, m.method, "decode_tps").median
         ax.scatter(m.weight_bytes / 1e6, tps, s=60)
         ax.annotate(m.method, (m.weight_bytes / 1e6, tps), textcoords="offset points", xytext=(5, 5))
     ax.set_xlabel("weight bytes held, MB")
@@ -72,9 +72,8 @@ def quality_chart(results: RunResults, path: str) -> bool:
     points = []
     for m in _ok(results):
         q = m.quality
-        sp = derived(results, m.method).get("speedups", {}).get(
-            f"speedup_e2e_vs_{defaults.REFERENCE_METHOD}")
-        value = 1.0 if m.method == defaults.REFERENCE_METHOD else (sp or {}).get("value")
+        sp = derived(results, m.method).speedups.get(f"speedup_e2e_vs_{defaults.REFERENCE_METHOD}")
+        value = 1.0 if m.method == defaults.REFERENCE_METHOD else (sp.value if sp else None)
         if q is None or q.kl_mean is None or value is None:
             continue
         points.append((m.method, q.kl_mean, value, q.verdict))

@@ -161,16 +161,16 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
     parts += beside(md_table([c for c, _ in KEY_COLUMNS], rows_of(results, KEY_COLUMNS)), chart("e2e_latency.png"))
     ranked = ranking(results)
     if ranked:
-        judged = (results.derived.get("ranking") or {}).get("judged")
+        judged = results.derived.ranking.judged
         parts += ["## Ranking" + (" (fastest first, among methods that pass the quality budget)"
                                    if judged else " (fastest first; quality not judged)"), ""]
         parts += ranked + [""]
     parts += versus_llama_cpp(results)
-    warns = results.derived.get("warnings") or []
+    warns = results.derived.warnings
     parts += ["## Warnings", ""] + ([f"- {w}" for w in warns] or ["- none"]) + [""]
     parts += quality_section(results, chart("speed_vs_quality.png"))
     every = ["", md_table([c for c, _ in COLUMNS], rows_of(results, COLUMNS)), ""]
-    ceil = results.derived.get("ceiling")
+    ceil = results.derived.ceiling
     if ceil:
         every += [f"Bandwidth probed {ceil['probes']} times in this run (before and after the "
                   f"measurements): {ceil['bandwidth_low'] / 1e9:.1f}-{ceil['bandwidth_high'] / 1e9:.1f} "

@@ -17,7 +17,7 @@ def profiled(results: RunResults):
 
 
 def sweep_table(results: RunResults) -> tuple[list[str], list[list[str]]] | None:
-    sweep = (results.derived or {}).get("context_sweep")
+    sweep = results.derived.context_sweep
     if not sweep:
         return None
     names = sweep["methods"]
@@ -38,7 +38,7 @@ def sweep_table(results: RunResults) -> tuple[list[str], list[list[str]]] | None
 
 
 def render(results: RunResults, charts: list[str]) -> str:
-    ceil = results.derived.get("ceiling")
+    ceil = results.derived.ceiling
     parts = [f"# inferlab profiling report: {results.model['name']}", ""]
     if ceil:
         parts += [
@@ -59,9 +59,9 @@ def render(results: RunResults, charts: list[str]) -> str:
     roof_rows = []
     for m in profiled(results):
         d = derived(results, m.method)
-        b = d.get("bottleneck") or {}
-        parts += [f"- **{m.method}**: {b.get('sentence')}. Next: {b.get('next_step')}."]
-        roof = d.get("roofline")
+        b = d.bottleneck
+        parts += [f"- **{m.method}**: {b.sentence}. Next: {b.next_step}." if b else f"- **{m.method}**: no verdict"]
+        roof = d.roofline
         if roof:
             lo, hi = roof["decode_floor_range_ms"]
             roof_rows.append([
@@ -118,7 +118,7 @@ def render(results: RunResults, charts: list[str]) -> str:
                                [[o.op, o.category, f"{o.self_ms:.3f}",
                                  f"{o.calls_per_phase:.0f}", f"{o.share:.1%}"]
                                 for o in prof.decode.top_ops]), ""]
-            split = derived(results, m.method).get("decode_parts")
+            split = derived(results, m.method).decode_parts
             if split:
                 part_rows = [[p, f"{ms:.2f}", f"{share:.0%}"] for p, ms, share in split["parts"]]
                 parts += [f"By model part, per decode step of {split['step_ms']:.1f} ms ({prof.parts_note}):",

@@ -1,6 +1,6 @@
 """A sweep's report: its cells as a table (console and Markdown), the crossovers in words, and
 charts of each rate against the axis that was swept, one line per method. Reads
-derived["cells"] and derived["crossovers"] only."""
+derived.cells and derived.crossovers only."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ CELL_NAMES = tuple(name for name, _ in CELL_COLUMNS)
 def cell_table_rows(results: RunResults, reasons: bool = True) -> list[list[str]]:
     """The cells' figures as text; `reasons` adds why a method did not run to its status."""
     rows = []
-    for r in (results.derived or {}).get("cells", []):
+    for r in results.derived.cells:
         row = [get(r) for _, get in CELL_COLUMNS]
         if reasons and r.get("error"):
             row[CELL_NAMES.index("status")] += f": {r['error']}"
@@ -50,9 +50,8 @@ def console_cells(results: RunResults) -> str:
         return "  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip()
 
     lines = [fmt(CELL_NAMES), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
-    derived = results.derived or {}
-    lines += [""] + [f"crossover: {c}" for c in derived.get("crossovers", [])]
-    lines += [f"batch knee: {k}" for k in derived.get("knees", [])]
+    lines += [""] + [f"crossover: {c}" for c in results.derived.crossovers]
+    lines += [f"batch knee: {k}" for k in results.derived.knees]
     return "\n".join(lines).rstrip()
 
 
@@ -84,10 +83,10 @@ def render(results: RunResults, charts: list[str]) -> str:
         "",
         *folded("How it was measured", [how]),
     ]
-    crossings = (results.derived or {}).get("crossovers", [])
+    crossings = results.derived.crossovers
     parts += ["## Crossovers", ""] + ([f"- {c}" for c in crossings]
                                       or ["- none: the same method is fastest at every point swept"]) + [""]
-    knees = (results.derived or {}).get("knees", [])
+    knees = results.derived.knees
     if knees:
         parts += ["## Batch: where total throughput stops growing", ""] + [f"- {k}" for k in knees] + [""]
     parts += ["## Cells", "", md_table(CELL_NAMES, cell_table_rows(results)), ""]
@@ -97,7 +96,7 @@ def render(results: RunResults, charts: list[str]) -> str:
     sizes = [f"- **{m.method}**: weights {mbytes(m.weight_bytes)} MB, load {m.load_s or 0:.2f} s; "
              f"{m.summary}" for m in results.methods]
     parts += ["## Methods", ""] + sizes + [""]
-    warns = (results.derived or {}).get("warnings") or []
+    warns = results.derived.warnings
     parts += ["## Warnings", ""] + ([f"- {w}" for w in warns] or ["- none"]) + [""]
     parts += folded("Environment", environment_section(results)[2:])
     return "\n".join(parts)
@@ -125,7 +124,7 @@ def draw(results: RunResults, folder: str) -> list[str]:
 
     from .charts import _save
 
-    rows = [r for r in (results.derived or {}).get("cells", []) if r.get("e2e_ms") is not None]
+    rows = [r for r in results.derived.cells if r.get("e2e_ms") is not None]
     written = []
     for name, (axis, figure, xlabel, ylabel) in CHARTS.items():
         points = sorted({r[axis] for r in rows})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from .. import defaults
+from ..derived_types import MethodFigures
 from ..results import RunResults
 from .units import duration_ms, rate, size_bytes
 
@@ -25,25 +26,27 @@ def speedup(entry: dict | None, itself: bool = False) -> str:
         return "1 (itself)"
     if not entry:
         return "-"
-    mark = "" if entry["significant"] else " (n.s.)"
-    if entry["value"] < 1:  # slower: read as a slowdown, not as a speedup below one
-        return f"{1 / entry['value']:.2f}x slower [{1 / entry['high']:.2f}-{1 / entry['low']:.2f}]{mark}"
-    return f"{entry['value']:.2f}x [{entry['low']:.2f}-{entry['high']:.2f}]{mark}"
+    mark = "" if entry.significant else " (n.s.)"
+    if entry.value < 1:  # slower: read as a slowdown, not as a speedup below one
+        return f"{1 / entry.value:.2f}x slower [{1 / entry.high:.2f}-{1 / entry.low:.2f}]{mark}"
+    return f"{entry.value:.2f}x [{entry.low:.2f}-{entry.high:.2f}]{mark}"
 
 
-def derived(results: RunResults, method: str) -> dict:
-    return (results.derived.get("methods") or {}).get(method) or {}
+def derived(results: RunResults, method: str) -> MethodFigures:
+    """A method's derived figures; empty ones for a method derive.py did not see."""
+    return results.derived.method(method) or MethodFigures(figures={})
 
 
 def figure(results: RunResults, method: str, name: str) -> dict | None:
-    return (derived(results, method).get("figures") or {}).get(name)
+    return derived(results, method).figure(name)
 
 
 def tails(fig: dict) -> str:
     """median/p90/p99 in ms; a percentile that too few samples cannot give is shown as 'max'."""
-    cells = [ms(fig["median"])]
+    cells = [ms(fig.median)]
     for q in ("p90", "p99"):
-        cells.append(ms(fig[q]) if fig[q] is not None else f"max {ms(fig['max'])}")
+        value = getattr(fig, q)
+        cells.append(ms(value) if value is not None else f"max {ms(fig.max)}")
     return "/".join(cells)
 
 
@@ -52,7 +55,7 @@ def agreement(results: RunResults, m) -> str:
         return "reference"
     if not m.tokens:
         return "-"
-    first = derived(results, m.method).get("first_divergence")
+    first = derived(results, m.method).first_divergence
     if first is None:
         return "no reference"
     n = len(m.tokens)
@@ -82,7 +85,7 @@ def efficiency(roof: dict | None) -> str:
 
 
 def _f(fig: dict | None, scale=1e3, fmt="{:.1f}"):
-    return "-" if fig is None else fmt.format(fig["median"] * scale)
+    return "-" if fig is None else fmt.format(fig.median * scale)
 
 
 def _measured(get):
@@ -91,11 +94,11 @@ def _measured(get):
 
 
 def _figure(name: str, scale=1e3, fmt="{:.1f}"):
-    return _measured(lambda results, m, d: _f((d.get("figures") or {}).get(name), scale, fmt))
+    return _measured(lambda results, m, d: _f(d.figure(name), scale, fmt))
 
 
 def _speedup_vs(against: str):
-    return _measured(lambda results, m, d: speedup((d.get("speedups") or {}).get(f"speedup_e2e_vs_{against}"),
+    return _measured(lambda results, m, d: speedup(d.speedups.get(f"speedup_e2e_vs_{against}"),
                                                    m.method == against and bool(m.runs)))
 
 
@@ -104,17 +107,17 @@ def _size(attr: str):
 
 
 def _e2e(results: RunResults, m, d) -> str:
-    e2e = (d.get("figures") or {}).get("e2e_s")
-    return "-" if e2e is None else f"{ms(e2e['median'])} ± {ms(e2e['scaled_mad'])}"
+    e2e = d.figure("e2e_s")
+    return "-" if e2e is None else f"{ms(e2e.median)} ± {ms(e2e.scaled_mad)}"
 
 
 def _itl(results: RunResults, m, d) -> str:
-    itl = (d.get("figures") or {}).get("itl_s")
+    itl = d.figure("itl_s")
     return "-" if itl is None else tails(itl)
 
 
 def _prefill_rate(results: RunResults, m, d) -> str:
-    rate = d.get("prefill_tokens_per_s")
+    rate = d.prefill_tokens_per_s
     return "-" if rate is None else f"{rate:.0f}"
 
 
@@ -127,7 +130,7 @@ COLUMNS = (
     ("TPOT ms", _figure("tpot_s")),
     ("ITL p50/p90/p99 ms", _measured(_itl)),
     ("decode tok/s", _figure("decode_tps", scale=1)),
-    ("decode vs bandwidth floor", _measured(lambda results, m, d: efficiency(d.get("roofline")))),
+    ("decode vs bandwidth floor", _measured(lambda results, m, d: efficiency(d.roofline))),
     ("E2E ms (median ± scaled MAD)", _measured(_e2e)),
     (f"E2E speedup vs {defaults.BASELINE_METHOD}", _speedup_vs(defaults.BASELINE_METHOD)),
     (f"E2E speedup vs {defaults.REFERENCE_METHOD}", _speedup_vs(defaults.REFERENCE_METHOD)),
@@ -148,14 +151,14 @@ def rows_of(results: RunResults, columns) -> list[list[str]]:
 def _median(name: str, fmt):
     def get(results: RunResults, m) -> str:
         f = figure(results, m.method, name)
-        return "-" if f is None else fmt(f["median"])
+        return "-" if f is None else fmt(f.median)
     return get
 
 
 def _versus_reference(results: RunResults, m) -> str:
     if m.method == defaults.REFERENCE_METHOD:
         return "reference"
-    entry = (derived(results, m.method).get("speedups") or {}).get(f"speedup_e2e_vs_{defaults.REFERENCE_METHOD}")
+    entry = derived(results, m.method).speedups.get(f"speedup_e2e_vs_{defaults.REFERENCE_METHOD}")
     return speedup(entry)
 
 
@@ -274,7 +277,7 @@ def witness_rows(results: RunResults) -> list[list[str]]:
     """The engine's own clocks beside ours, for the engines that keep them (llama.cpp)."""
     rows = []
     for m in results.methods:
-        w = derived(results, m.method).get("witness")
+        w = derived(results, m.method).witness
         if w and w.get("tpot_over_engine"):
             rows.append([m.method, f"{w['decode_ms_per_token']:.2f}", f"{w['tpot_over_engine']:.3f}",
                          f"{w['prefill_ms']:.1f}", f"{w['ttft_over_engine']:.3f}"])
@@ -283,11 +286,11 @@ def witness_rows(results: RunResults) -> list[list[str]]:
 
 def ranking(results: RunResults) -> list[str]:
     """The derived ranking as lines: fastest first among methods that pass the budget."""
-    r = results.derived.get("ranking") or {}
-    ranked = [f"{i}. {x['method']} {duration_ms(x['e2e_s'] * 1e3)}" + (" (marginal)" if x["marginal"] else "")
-              for i, x in enumerate(r.get("ranked", []), 1)]
+    r = results.derived.ranking
+    ranked = [f"{i}. {x.method} {duration_ms(x.e2e_s * 1e3)}" + (" (marginal)" if x.marginal else "")
+              for i, x in enumerate(r.ranked, 1)]
     lines = ["; ".join(ranked) + " (median E2E)"] if ranked else []
-    for name in r.get("not_ranked", []):
+    for name in r.not_ranked:
         lines.append(f"- not ranked: {name} ({verdict(results.method(name))})")
     return lines
 
@@ -295,7 +298,7 @@ def ranking(results: RunResults) -> list[str]:
 def versus_llama_cpp(results: RunResults) -> list[str]:
     """The derived comparison with llama.cpp as sentences, with the targets and, where the
     winner was profiled and a target is missed, its bottleneck verdict: why, and what next."""
-    v = results.derived.get("versus_llama_cpp")
+    v = results.derived.versus_llama_cpp
     if not v:
         return []
     speed_ok = v["speedup"] >= v["target_speedup"]
@@ -309,9 +312,9 @@ def versus_llama_cpp(results: RunResults) -> list[str]:
                      f"({v['floor_ms']:.2f} ms): target <= {v['target_over_floor']:g}x "
                      f"{'met' if floor_ok else '**missed**'}.")
     if not v["met"]:
-        b = (results.derived.get("methods", {}).get(v["method"]) or {}).get("bottleneck")
-        lines.append(f"Why, from {v['method']}'s profile: {b['sentence']}. What would close it: "
-                     f"{b['next_step']}." if b else
+        b = derived(results, v["method"]).bottleneck
+        lines.append(f"Why, from {v['method']}'s profile: {b.sentence}. What would close it: "
+                     f"{b.next_step}." if b else
                      f"Run with --profile (or `inferlab profile --methods {v['method']}`) for "
                      "where its step goes.")
     return [" ".join(lines), ""]
