@@ -10,7 +10,6 @@ from .tables import (
     KEY_COLUMNS,
     QUALITY_COLUMNS,
     WITNESS_COLUMNS,
-    cold_start_rows,
     detail_lines,
     quality_rows,
     ranking,
@@ -89,7 +88,7 @@ def quality_section(results: RunResults, chart: str | None = None) -> list[str]:
     return ["## Quality against the fp32 reference", "",
             *reference_note(model.get("gguf_type"),
                             [m.method for m in results.methods if m.details.weights_exact]),
-            *beside(md_table(QUALITY_COLUMNS, qrows), chart),
+            *beside(md_table([c for c, _ in QUALITY_COLUMNS], qrows), chart),
             *folded("How quality was measured", how)]
 
 
@@ -182,11 +181,11 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
         every += ["Witness: the engine's own performance counters over the same timed runs "
                   "(medians). Our clocks also cover the Python loop, the logits copy and the argmax, "
                   "so a ratio slightly above 1 is expected.", "",
-                  md_table(WITNESS_COLUMNS, witness), ""]
+                  md_table([c for c, _ in WITNESS_COLUMNS], witness), ""]
     every += [f"![{c}]({c})" for c in ("itl_by_position.png", "speed_vs_size.png") if c in charts]
     parts += folded("Every figure, per method (latency tails, floors, sizes, speedups)", every)
     parts += folded("How it was measured", [protocol_text(results)])
-    parts += folded("Cold start: conversion, load and first call", [md_table(COLD_COLUMNS, cold_start_rows(results))])
+    parts += folded("Cold start: conversion, load and first call", [md_table([c for c, _ in COLD_COLUMNS], rows_of(results, COLD_COLUMNS))])
     built = []
     for m in results.methods:
         built.append(f"- **{m.method}**: {m.summary}")

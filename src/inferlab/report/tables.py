@@ -184,22 +184,20 @@ KEY_COLUMNS = (
 )
 
 
-def cold_start_rows(results: RunResults) -> list[list[str]]:
-    rows = []
-    for m in results.methods:
-        if m.prepare_cache_hit:
-            prep = "cached"
-        elif m.prepare_s is not None:
-            prep = f"{m.prepare_s:.1f}"
-        else:
-            prep = "-"
-        load = "-" if m.load_s is None else f"{m.load_s:.2f}"
-        first = ms(m.first_call_s)
-        rows.append([m.method, prep, load, first, str(m.warmup_runs), str(len(m.runs))])
-    return rows
+def _prepare(results: RunResults, m) -> str:
+    if m.prepare_cache_hit:
+        return "cached"
+    return "-" if m.prepare_s is None else f"{m.prepare_s:.1f}"
 
 
-COLD_COLUMNS = ("method", "export/convert s", "load s", "first call ms", "warmup runs", "timed runs")
+COLD_COLUMNS = (
+    ("method", lambda results, m: m.method),
+    ("export/convert s", _prepare),
+    ("load s", lambda results, m: "-" if m.load_s is None else f"{m.load_s:.2f}"),
+    ("first call ms", lambda results, m: ms(m.first_call_s)),
+    ("warmup runs", lambda results, m: str(m.warmup_runs)),
+    ("timed runs", lambda results, m: str(len(m.runs))),
+)
 
 
 def detail_lines(m) -> list[str]:
@@ -232,33 +230,42 @@ def _plain(value) -> str:
     return str(value)
 
 
-QUALITY_COLUMNS = ("method", "perplexity", "vs reference [95 % CI]", "KL mean [95 % CI]",
-                   "KL p99", "top-1 [95 % CI]", "KL prefix / one at a time",
-                   "greedy: prompts identical", "greedy: first divergence per prompt", "verdict")
+def _q(get):
+    """A quality column: '-' without a judged quality, 'n/a' where perplexity was not scored."""
+    def cell(results: RunResults, m) -> str:
+        q = m.quality
+        if q is None:
+            return "-"
+        return get(q) if q.ppl is not None else "n/a"
+    return cell
+
+
+def _greedy_share(results: RunResults, m) -> str:
+    q = m.quality
+    if q is None or q.greedy_identical_share is None:
+        return "-"
+    return f"{q.greedy_identical_share:.0%} of {len(q.greedy_first_divergence)}"
+
+
+QUALITY_COLUMNS = (
+    ("method", lambda results, m: m.method),
+    ("perplexity", _q(lambda q: f"{q.ppl:.3f}")),
+    ("vs reference [95 % CI]", _q(lambda q: with_interval(q.ppl_increase, q.ppl_increase_ci, "{:+.2%}"))),
+    ("KL mean [95 % CI]", _q(lambda q: with_interval(q.kl_mean, q.kl_mean_ci, "{:.5f}"))),
+    ("KL p99", _q(lambda q: f"{q.kl_p99:.4f}")),
+    ("top-1 [95 % CI]", _q(lambda q: with_interval(q.top1, q.top1_ci, "{:.2%}"))),
+    ("KL prefix / one at a time", _q(lambda q: regimes(q))),
+    ("greedy: prompts identical", _greedy_share),
+    ("greedy: first divergence per prompt",
+     lambda results, m: ", ".join(str(d) for d in m.quality.greedy_first_divergence) or "-" if m.quality else "-"),
+    ("verdict", lambda results, m: verdict(m)),
+)
 
 
 def quality_rows(results: RunResults) -> list[list[str]]:
-    rows = []
-    for m in results.methods:
-        q = m.quality
-        if not m.ok or not q:
-            continue
-        num = q.ppl is not None
-        div = q.greedy_first_divergence
-        share = q.greedy_identical_share
-        rows.append([
-            m.method,
-            f"{q.ppl:.3f}" if num else "n/a",
-            with_interval(q.ppl_increase, q.ppl_increase_ci, "{:+.2%}") if num else "n/a",
-            with_interval(q.kl_mean, q.kl_mean_ci, "{:.5f}") if num else "n/a",
-            f"{q.kl_p99:.4f}" if num else "n/a",
-            with_interval(q.top1, q.top1_ci, "{:.2%}") if num else "n/a",
-            regimes(q) if num else "n/a",
-            "-" if share is None else f"{share:.0%} of {len(div)}",
-            ", ".join(str(d) for d in div) or "-",
-            verdict(m),
-        ])
-    return rows
+    """The quality table: the methods that finished and were judged."""
+    judged = [m for m in results.methods if m.ok and m.quality]
+    return [[get(results, m) for _, get in QUALITY_COLUMNS] for m in judged]
 
 
 def regimes(q) -> str:
@@ -269,19 +276,23 @@ def regimes(q) -> str:
     return f"{pre['kl_mean']:.5f} / {dec['kl_mean']:.5f}"
 
 
-WITNESS_COLUMNS = ("method", "engine decode ms/token", "our TPOT / engine's", "engine prefill ms",
-                   "our TTFT / engine's")
+def _witness(key: str, fmt: str):
+    return lambda results, m: fmt.format(derived(results, m.method).witness[key])
+
+
+# the engine's own clocks beside ours, for the engines that keep them (llama.cpp)
+WITNESS_COLUMNS = (
+    ("method", lambda results, m: m.method),
+    ("engine decode ms/token", _witness("decode_ms_per_token", "{:.2f}")),
+    ("our TPOT / engine's", _witness("tpot_over_engine", "{:.3f}")),
+    ("engine prefill ms", _witness("prefill_ms", "{:.1f}")),
+    ("our TTFT / engine's", _witness("ttft_over_engine", "{:.3f}")),
+)
 
 
 def witness_rows(results: RunResults) -> list[list[str]]:
-    """The engine's own clocks beside ours, for the engines that keep them (llama.cpp)."""
-    rows = []
-    for m in results.methods:
-        w = derived(results, m.method).witness
-        if w and w.get("tpot_over_engine"):
-            rows.append([m.method, f"{w['decode_ms_per_token']:.2f}", f"{w['tpot_over_engine']:.3f}",
-                         f"{w['prefill_ms']:.1f}", f"{w['ttft_over_engine']:.3f}"])
-    return rows
+    kept = [m for m in results.methods if (w := derived(results, m.method).witness) and w.get("tpot_over_engine")]
+    return [[get(results, m) for _, get in WITNESS_COLUMNS] for m in kept]
 
 
 def ranking(results: RunResults) -> list[str]:
