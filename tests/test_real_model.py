@@ -64,6 +64,31 @@ def test_llama_cpp_runs_the_bundled_gguf(smollm2, method):
     assert engine.info()["details"]["dtype"] == "GGUF " + method.split("-")[-1].upper()
 
 
+@pytest.mark.parametrize("method", ["llama-cpp-q4_0", "llama-cpp-q4_k_m", "llama-cpp-q5_k_m", "llama-cpp-q6_k"])
+def test_llama_cpp_types_users_pick_are_quantized_from_the_bundled_gguf(smollm2, method):
+    """The other llama.cpp types, re-quantized by llama.cpp's own quantizer from the Q4_1 file:
+    each is a file of its type, generates, keeps its counters, and is the same model (its
+    distributions within a nat of the reference's; another model's are several nats away).
+    How good each is, is the quality gate's to say in a run."""
+    import numpy as np
+
+    from inferlab.models import gguf_file_type
+    from inferlab.quality import kl_per_position, log_softmax
+
+    ids, _ = tokenize_prompt(smollm2.path, "What is the capital of France?", chat_template=True)
+    engine = engine_class(method)(smollm2, threads=2)
+    engine.prepare()
+    engine.load()
+    assert gguf_file_type(engine.path) == engine.gguf_type
+    engine.reset_counters()
+    assert len(generate(engine, ids, 4).tokens) == 4 and engine.counters()["decode_tokens"] == 3
+    ref = engine_class("kv-cache")(smollm2, threads=2)
+    ref.load()
+    kl = kl_per_position(log_softmax(np.asarray(ref.prefill(ids, all_logits=True))),
+                         log_softmax(np.asarray(engine.prefill(ids, all_logits=True))))
+    assert kl.mean() < 1.0
+
+
 def test_the_bundled_gguf_type_is_read_from_the_file(smollm2):
     from inferlab.models import gguf_file_type, gguf_source_path
 

@@ -22,7 +22,8 @@ from .base import Engine, EngineError, EngineUnsupported, Usage
 
 CONTEXT = defaults.KV_SLOTS  # KV slots allocated up front
 # llama_ftype values of llama.h for the types offered here
-FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q4_K_M": 15}
+# llama.cpp's llama_ftype values (include/llama.h) of the types inferlab offers
+FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
 
 
 def source_gguf(ref) -> str:
@@ -225,3 +226,32 @@ class LlamaCppQ8_0(LlamaCpp):
     summary = "llama.cpp, GGUF Q8_0 re-quantized from the model's GGUF by llama.cpp's quantizer"
     gguf_type = "Q8_0"
     weight_bits = 8
+
+
+class LlamaCppQ4_0(LlamaCpp):
+    name = "llama-cpp-q4_0"
+    summary = ("llama.cpp, GGUF Q4_0 re-quantized from the model's GGUF (the type with llama.cpp's "
+               "repacked fast path on AVX2/AVX-512 CPUs)")
+    gguf_type = "Q4_0"
+    weight_bits = 4
+
+
+class LlamaCppQ4_K_M(LlamaCpp):
+    name = "llama-cpp-q4_k_m"
+    summary = "llama.cpp, GGUF Q4_K_M re-quantized from the model's GGUF (the type most users download)"
+    gguf_type = "Q4_K_M"
+    weight_bits = 4  # Q4_K blocks, a few tensors in Q6_K
+
+
+class LlamaCppQ5_K_M(LlamaCpp):
+    name = "llama-cpp-q5_k_m"
+    summary = "llama.cpp, GGUF Q5_K_M re-quantized from the model's GGUF"
+    gguf_type = "Q5_K_M"
+    weight_bits = 5
+
+
+class LlamaCppQ6_K(LlamaCpp):
+    name = "llama-cpp-q6_k"
+    summary = "llama.cpp, GGUF Q6_K re-quantized from the model's GGUF"
+    gguf_type = "Q6_K"
+    weight_bits = 6
