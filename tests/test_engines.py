@@ -248,7 +248,8 @@ def test_methods_with_a_conversion_step_are_known_from_the_engine():
     from inferlab.engines import has_prepare
 
     assert {m for m in method_names() if has_prepare(m)} == {
-        "onnx", "onnx-int8", "onnx-int4", "native-int4", "llama-cpp-q4_1", "llama-cpp-q8_0", "openvino-int8", "openvino-int4",
+        "onnx", "onnx-int8", "onnx-int4", "native-int4", "llama-cpp-q4_1", "llama-cpp-q8_0", "llama-cpp-q4_0",
+        "llama-cpp-q4_k_m", "llama-cpp-q5_k_m", "llama-cpp-q6_k", "openvino-int8", "openvino-int4",
         "ort-genai-int8", "ort-genai-int4"}
 
 
