@@ -21,9 +21,11 @@ from ..models import artifact_folder, gguf_file_type, gguf_source_path
 from .base import Engine, EngineError, EngineUnsupported, Usage
 
 CONTEXT = defaults.KV_SLOTS  # KV slots allocated up front
-# llama_ftype values of llama.h for the types offered here
 # llama.cpp's llama_ftype values (include/llama.h) of the types inferlab offers
 FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
+# bits per weight of each type's blocks, their scales aside (Q4_K_M: Q4_K blocks, a few
+# tensors in Q6_K)
+WEIGHT_BITS = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8, "Q5_0": 5, "Q4_K_M": 4, "Q5_K_M": 5, "Q6_K": 6}
 
 
 def source_gguf(ref) -> str:
@@ -38,7 +40,6 @@ def source_gguf(ref) -> str:
 
 class LlamaCpp(Engine):
     gguf_type: ClassVar[str]  # the llama.cpp type this method runs
-    weight_bits: ClassVar[int]  # bits per weight of its blocks (their scales aside)
     max_batch = 16  # sequences of one context (n_seq_max), CONTEXT slots each
 
     @classmethod
@@ -209,7 +210,7 @@ print(out["choices"][0]["text"])
                 "bytes_read_per_step": size,
                 "kv_bytes_per_value": 2,  # llama.cpp's default f16 cache
                 # its quantized types multiply against activations quantized to 8 bits (Q8)
-                "weight_bits": self.weight_bits, "activation_bits": 8,
+                "weight_bits": WEIGHT_BITS[self.gguf_type], "activation_bits": 8,
             },
         }
 
@@ -218,14 +219,12 @@ class LlamaCppQ4_1(LlamaCpp):
     name = "llama-cpp-q4_1"
     summary = "llama.cpp, GGUF Q4_1 (the bundled model's own file: its reference weights exactly)"
     gguf_type = "Q4_1"
-    weight_bits = 4
 
 
 class LlamaCppQ8_0(LlamaCpp):
     name = "llama-cpp-q8_0"
     summary = "llama.cpp, GGUF Q8_0 re-quantized from the model's GGUF by llama.cpp's quantizer"
     gguf_type = "Q8_0"
-    weight_bits = 8
 
 
 class LlamaCppQ4_0(LlamaCpp):
@@ -233,25 +232,21 @@ class LlamaCppQ4_0(LlamaCpp):
     summary = ("llama.cpp, GGUF Q4_0 re-quantized from the model's GGUF (the type with llama.cpp's "
                "repacked fast path on AVX2/AVX-512 CPUs)")
     gguf_type = "Q4_0"
-    weight_bits = 4
 
 
 class LlamaCppQ4_K_M(LlamaCpp):
     name = "llama-cpp-q4_k_m"
     summary = "llama.cpp, GGUF Q4_K_M re-quantized from the model's GGUF (the type most users download)"
     gguf_type = "Q4_K_M"
-    weight_bits = 4  # Q4_K blocks, a few tensors in Q6_K
 
 
 class LlamaCppQ5_K_M(LlamaCpp):
     name = "llama-cpp-q5_k_m"
     summary = "llama.cpp, GGUF Q5_K_M re-quantized from the model's GGUF"
     gguf_type = "Q5_K_M"
-    weight_bits = 5
 
 
 class LlamaCppQ6_K(LlamaCpp):
     name = "llama-cpp-q6_k"
     summary = "llama.cpp, GGUF Q6_K re-quantized from the model's GGUF"
     gguf_type = "Q6_K"
-    weight_bits = 6
