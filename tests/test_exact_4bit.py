@@ -1,6 +1,7 @@
 """The two methods that run the bundled model's Q4_1 weights exactly, inferlab's fused ONNX
 graph (onnx-int4) and its native decoder (native-int4), against the fp32 reference on weights
-that lie on a Q4_1 grid: only the int8 activations may separate them."""
+that lie on a Q4_1 grid: only the int8 activations may separate them. The model's attention is
+sharp (conftest.SHARP_QK), so attention's own arithmetic (positions, rotation, scores) shows."""
 
 import itertools
 import json
@@ -24,18 +25,34 @@ STEP_TOLERANCE = {"onnx-int4": 0.05, "native-int4": 1e-4}
 
 
 @pytest.fixture(scope="module")
-def reference(grid_llama):
-    e = engine_class("kv-cache")(grid_llama, threads=1)
+def reference(sharp_llama):
+    e = engine_class("kv-cache")(sharp_llama, threads=1)
     e.load()
     return e
 
 
 @pytest.fixture(scope="module", params=METHODS)
-def exact(request, grid_llama):
-    e = engine_class(request.param)(grid_llama, threads=2)
+def exact(request, sharp_llama):
+    e = engine_class(request.param)(sharp_llama, threads=2)
     e.prepare()
     e.load()
     return request.param, e
+
+
+@pytest.mark.parametrize("qk_scale", [1.0, "sharp"])
+def test_the_test_model_attends_sharply(tiny_models, sharp_llama, qk_scale):
+    """What makes attention bugs visible: each query weighs a few positions, not all alike (and
+    the tiny model as transformers initializes it does not: the check can fail)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = sharp_llama.path if qk_scale == "sharp" else tiny_models["llama"]
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
+    with torch.no_grad():
+        out = model(torch.tensor([PROMPT * 3]), output_attentions=True)
+    last = torch.stack(out.attentions)[:, 0, :, -1, :]  # every layer and head, the last query
+    # uniform would be 1/21 = 0.05 per position
+    assert (last.max(-1).values.mean() > 0.3) == (qk_scale == "sharp"), last.max(-1).values.mean()
 
 
 def test_exact_4bit_matches_the_reference_on_grid_weights(exact, reference):

@@ -18,9 +18,19 @@ pytestmark = pytest.mark.skipif(bool(library.missing_cpu_flags()), reason="the n
 @pytest.fixture(scope="module")
 def lib():
     lib = library.load()
-    for f in (lib.product4, lib.product8):
-        f.argtypes = [C.c_void_p, C.c_void_p, C.c_int, C.c_void_p, C.c_void_p]
+    lib.product4.argtypes = [C.c_void_p, C.c_void_p, C.c_int, C.c_void_p, C.c_void_p, C.c_int]
+    lib.product8.argtypes = [C.c_void_p, C.c_void_p, C.c_int, C.c_void_p, C.c_void_p]
     return lib
+
+
+def runnable(path: str):
+    """A kernel path as a test parameter, skipped with its reason where this CPU lacks it."""
+    missing = library.path_missing(path)
+    return pytest.param(path, marks=pytest.mark.skipif(
+        bool(missing), reason=f"the {path} kernel needs {', '.join(missing)}, which this CPU lacks"))
+
+
+PATHS = [runnable(name) for name, _ in library.PATHS]
 
 
 def int8_activations(x: np.ndarray):
@@ -32,17 +42,19 @@ def int8_activations(x: np.ndarray):
     return xq.reshape(x.shape), (b.sum(-1) - xq.sum(-1))
 
 
-@pytest.mark.parametrize("k", [128, 160])  # 160: an odd number of blocks (a last unpaired one)
-def test_4bit_product_is_the_q4_1_dot_product_with_exact_offsets(lib, k):
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("k, tokens", [(128, 3), (160, 7)])  # 7 tokens: a call of 4 and one of 3
+def test_4bit_product_is_the_q4_1_dot_product_with_exact_offsets(lib, path, k, tokens):
     rng = np.random.default_rng(k)
-    w = on_q4_1_grid((41, k), seed=k)  # 41 rows: one left after the two-row streams
-    x = rng.normal(0, 1, (3, k)).astype(np.float32)
+    # 3 tiles of 16 rows: 512-bit vectors take a pair and one alone, 256-bit ones three pairs of halves
+    w = on_q4_1_grid((48, k), seed=k)
+    x = rng.normal(0, 1, (tokens, k)).astype(np.float32)
     q = nd._half_scales(affine4(w), w)
     assert q.exact
-    nib, d, m = nd._nibbles(q), q.scales.astype(np.float16), q.offsets.astype(np.float16)
-    mat = nd.Mat4(41, k, nib.ctypes.data, d.ctypes.data, m.ctypes.data)
-    y, scratch = np.zeros((3, 41), np.float32), np.zeros(4096, np.float32)
-    lib.product4(C.byref(mat), x.ctypes.data, 3, y.ctypes.data, scratch.ctypes.data)
+    nib, d, m = nd._nibbles(q), nd._tiled(q.scales.astype(np.float16)), nd._tiled(q.offsets.astype(np.float16))
+    mat = nd.Mat4(48, k, nib.ctypes.data, d.ctypes.data, m.ctypes.data)
+    y, scratch = np.zeros((tokens, 48), np.float32), np.zeros(4096, np.float32)
+    lib.product4(C.byref(mat), x.ctypes.data, tokens, y.ctypes.data, scratch.ctypes.data, library.path_index(path))
     # sum(w x) = w . x_int8 + (m + 8 d) * (each block's rounding of its sum): the offsets meet
     # the exact sum of x, so only the centred part sees the int8 rounding
     xq, err = int8_activations(x)
@@ -114,3 +126,55 @@ def test_native_decoder_gives_the_same_logits_on_any_thread_count(grid_llama, tm
     scale = np.abs(runs[0]).max()
     for other in runs[1:]:
         assert np.abs(other - runs[0]).max() < 1e-4 * scale
+
+
+@pytest.fixture(scope="module")
+def sharp_pack(sharp_llama, tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("grid-pack"))
+    nd.pack_model(sharp_llama.path, folder)
+    return folder
+
+
+def forward_trace(decoder: nd.NativeDecoder) -> list[np.ndarray]:
+    """Logits of every kind of call: a prompt (every position), a decode step, a batch's prefill
+    and its decode step."""
+    prompt = [(7 * i + 3) % 300 for i in range(37)]  # 37 rows: calls of 4 tokens and a rest of 1
+    out = [decoder.prefill(prompt, all_logits=True), decoder.decode(5)]
+    batch = [prompt[:9], prompt[9:18], prompt[18:27]]
+    out += [decoder.prefill_batch(batch), decoder.append_batch([[1], [2], [3]])]
+    return out
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if p.values[0] != "avx2"])
+def test_every_kernel_path_gives_the_avx2_paths_logits(sharp_pack, path):
+    # the integer sums are exact on every path and the float steps after them the same: equal bits
+    reference = forward_trace(nd.NativeDecoder(sharp_pack, 2, slots=64, path="avx2"))
+    for mine, theirs in zip(forward_trace(nd.NativeDecoder(sharp_pack, 2, slots=64, path=path)), reference):
+        assert np.array_equal(mine, theirs)
+
+
+def test_a_prompt_in_one_call_gives_the_logits_of_token_by_token(sharp_pack):
+    dec = nd.NativeDecoder(sharp_pack, 2, slots=64)
+    prompt = [(11 * i + 2) % 300 for i in range(23)]
+    whole = dec.prefill(prompt, all_logits=True)
+    steps = [dec.prefill(prompt[:1])] + [dec.decode(t) for t in prompt[1:]]
+    assert np.abs(whole - np.stack(steps)).max() < 1e-5 * np.abs(whole).max()
+
+
+def test_a_batch_decodes_each_sequence_as_alone(sharp_pack):
+    from inferlab.harness import generate, generate_batch
+
+    class Engine:  # the harness's view of an engine, on the decoder itself
+        def __init__(self, decoder):
+            self.prefill, self.decode = decoder.prefill, decoder.decode
+            self.prefill_batch, self.append_batch = decoder.prefill_batch, decoder.append_batch
+
+    dec = nd.NativeDecoder(sharp_pack, 2, slots=64)
+    prompts = [[(p * 13 + i * 7) % 300 for i in range(11)] for p in range(5)]
+    alone = [np.stack([dec.prefill(p), dec.decode(3), dec.decode(4)]) for p in prompts]
+    batch = np.stack([dec.prefill_batch(prompts), dec.append_batch([[3]] * 5), dec.append_batch([[4]] * 5)], 1)
+    assert np.abs(batch - np.stack(alone)).max() < 1e-5 * np.abs(batch).max()
+    tokens = [generate(Engine(dec), p, 12).tokens for p in prompts]
+    assert generate_batch(Engine(dec), prompts, 12).sequences == tokens
+    with pytest.raises(Exception, match="holds 5 sequences"):
+        dec.append_batch([[1], [2]])

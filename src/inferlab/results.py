@@ -36,6 +36,9 @@ class EngineDetails:
     bytes_read_per_step: int | None = None  # weight bytes a decode step reads (lookup-only tables aside)
     weights_exact: bool = False  # the quantizer found the reference's weights on its grid
     threads: int | None = None
+    # the instruction sets the engine's kernels were built for or chose at run time, where it
+    # says (native-int4: its kernel path; llama.cpp: the CPU options of its build)
+    instruction_set: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     # results of schema 3 and engines' info() used these names for two of the fields

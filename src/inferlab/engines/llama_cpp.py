@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .. import defaults
+from .. import defaults, native_build
 from ..fsutil import build_folder
 from ..models import artifact_folder, gguf_file_type, gguf_source_path
 from .base import Engine, EngineError, EngineUnsupported, Usage
@@ -211,6 +211,8 @@ print(out["choices"][0]["text"])
                 "kv_bytes_per_value": 2,  # llama.cpp's default f16 cache
                 # its quantized types multiply against activations quantized to 8 bits (Q8)
                 "weight_bits": WEIGHT_BITS[self.gguf_type], "activation_bits": 8,
+                # ggml picks its kernels by the options it was compiled with (native_build)
+                "instruction_set": native_build.signature(native_build.cpu_flags()),
             },
         }
 

@@ -15,15 +15,17 @@ from ..models import artifact_folder
 from . import llama_arch
 from .base import Engine, EngineError, EngineUnsupported, Usage
 
-RECIPE = "r3"  # bump when the packed layout changes: it is part of the cache key
+RECIPE = "r5"  # bump when the packed layout changes: it is part of the cache key
 
 
 class NativeInt4(Engine):
     profiler = "native"
     name = "native-int4"
-    summary = ("inferlab's own C decoder (AVX2, compiled on this machine): 4-bit weights by the Q4_1 "
-               "rule with fp16 scales (exact when the model came from Q4_1), 8-bit LM head, int8 "
-               "activations, the offsets inside each dot product; Llama-architecture models")
+    summary = ("inferlab's own C decoder (AVX2, AVX-VNNI or AVX-512 VNNI as the CPU has them, compiled "
+               "on this machine): 4-bit weights by the Q4_1 rule with fp16 scales (exact when the model "
+               "came from Q4_1), 8-bit LM head, int8 activations, the offsets inside each dot product; "
+               "prompts and batches as matrix products; Llama-architecture models")
+    max_batch = 64  # sequences of one call: the KV cache holds KV_SLOTS positions for each
 
     @classmethod
     def applies_to(cls, model) -> bool:
@@ -104,6 +106,24 @@ print(tokenizer.decode(out))
     def rewind(self, length):
         return self.decoder.rewind(length)
 
+    def prefill_batch(self, sequences):
+        self._book("decode")
+        logits = self.decoder.prefill_batch(sequences)
+        self._book("prefill")
+        self.clock["prefill_tokens"] += sum(len(s) for s in sequences)
+        return logits
+
+    def append_batch(self, sequences):
+        if all(len(s) == 1 for s in sequences):  # a decode step of every sequence
+            logits = self.decoder.append_batch(sequences)
+            self.clock["decode_tokens"] += len(sequences)
+            return logits
+        self._book("decode")
+        logits = self.decoder.append_batch(sequences)
+        self._book("prefill")
+        self.clock["prefill_tokens"] += sum(len(s) for s in sequences)
+        return logits
+
     def append(self, token_ids):
         self._book("decode")
         logits = self.decoder.append(token_ids)
@@ -142,6 +162,7 @@ print(tokenizer.decode(out))
                 "max_weight_error_relative": build.get("max_relative_error"),
                 "threads": self.threads, "artifact": self.folder, "library": self.library,
                 "compiler_flags": " ".join(library.COMPILER_FLAGS),
+                "instruction_set": d.path,  # the 4-bit products' kernel (library.PATHS), chosen for this CPU
                 "kv_cache": f"in place, fp16, {d.slots} slots per layer",
                 "kv_bytes_per_value": 2, "weight_bits": 4, "activation_bits": 8,
                 "lm_head_last_position_only": True,

@@ -2,9 +2,10 @@
 as one file), then prefill and decode through it with the KV cache kept in place.
 
 Packed layout, per matrix W [n, k] cut into blocks of 32 along k:
-- 4-bit (GGUF Q4_1's rule, blockquant.affine4): 16 bytes per block, byte j holding element j in
-  its low nibble and element j + 16 in its high one; per block a scale and an offset in fp16, as
-  a Q4_1 file stores them (so weights that came from one stay exact);
+- 4-bit (GGUF Q4_1's rule, blockquant.affine4), rows in tiles of 16 (q4_common.h's Mat4): per
+  tile and block 256 bytes, four vectors whose 32-bit lane r holds row r's elements 8v..8v+3
+  in the low nibbles and 8v+4..8v+7 in the high ones; per row and block a scale and an offset
+  in fp16, as a Q4_1 file stores them (so weights that came from one stay exact);
 - 8-bit (Q8_0's rule, blockquant.symmetric8), for the LM head and the token table: 32 signed
   bytes per block and a scale in fp16, as a Q8_0 file stores it.
 The KV cache (fp16) lives here too, as numpy arrays the C side writes in place."""
@@ -24,6 +25,7 @@ from ..blockquant import Quantized, affine4, symmetric8, unpack
 from . import library
 
 BLOCK = 32
+TILE = 16  # rows of a 4-bit matrix stored together
 ALIGN = 64
 
 
@@ -42,7 +44,7 @@ class Layer(C.Structure):
 
 class Model(C.Structure):
     _fields_ = [*((name, C.c_int32) for name in ("hidden", "heads", "kv_heads", "head_dim", "inter",
-                                                  "layers", "vocab", "slots", "threads")),
+                                                  "layers", "vocab", "slots", "threads", "seqs", "path")),
                 ("eps", C.c_float), ("layer", C.POINTER(Layer)), ("embed", Mat8), ("head", Mat8),
                 ("final_norm", C.c_void_p), ("cos", C.c_void_p), ("sin", C.c_void_p),
                 ("k_cache", C.c_void_p), ("v_cache", C.c_void_p)]
@@ -51,17 +53,27 @@ class Model(C.Structure):
 def check_supported(config: dict) -> None:
     llama_arch.check_supported(config, "inferlab's native decoder", BLOCK)
     s = llama_arch.Shapes(config)
-    if s.head_dim % 8 or s.heads % s.kv_heads:
+    if s.head_dim % TILE or s.heads % s.kv_heads:
         raise EngineUnsupported(f"not supported for this model: inferlab's native decoder needs a head "
-                                f"size that is a multiple of 8 (has {s.head_dim}) and query heads in "
+                                f"size that is a multiple of {TILE} (has {s.head_dim}) and query heads in "
                                 f"whole groups per KV head ({s.heads} / {s.kv_heads})")
 
 
 # ---- packing (the build step) ------------------------------------------------------------
 
 def _nibbles(q: Quantized) -> np.ndarray:
+    """The levels [n, nb, 32] as tiles [n/16, nb, 4, 16, 4]: vector v, row r, byte i holds
+    element 8v + i (low nibble) and 8v + 4 + i (high nibble)."""
     levels = unpack(q.packed, 4)  # [n, nb, 32] in element order
-    return (levels[..., :16] | (levels[..., 16:] << 4)).astype(np.uint8)
+    n, nb, _ = levels.shape
+    g = levels.reshape(n // TILE, TILE, nb, 4, 2, 4)  # tile, row, block, v, low/high, i
+    return np.ascontiguousarray((g[..., 0, :] | (g[..., 1, :] << 4)).transpose(0, 2, 3, 1, 4).astype(np.uint8))
+
+
+def _tiled(a: np.ndarray) -> np.ndarray:
+    """Per-row, per-block values [n, nb] as [n/16, nb, 16]: a tile's rows side by side."""
+    n, nb = a.shape
+    return np.ascontiguousarray(a.reshape(n // TILE, TILE, nb).transpose(0, 2, 1))
 
 
 def _half_scales(q: Quantized, w: np.ndarray) -> Quantized:
@@ -124,8 +136,8 @@ def pack_model(model_folder: str, out_folder: str) -> dict:
         w = w.reshape(-1, w.shape[-1])
         q = account(_half_scales(affine4(w, BLOCK), w), len(parts))
         blob.add(name + ".q", _nibbles(q))
-        blob.add(name + ".d", q.scales.astype(np.float16))
-        blob.add(name + ".m", q.offsets.astype(np.float16))
+        blob.add(name + ".d", _tiled(q.scales.astype(np.float16)))
+        blob.add(name + ".m", _tiled(q.offsets.astype(np.float16)))
 
     def add8(name: str, source: str) -> None:
         q = account(_half_scales(symmetric8(weights[source], BLOCK), weights[source]), 1)
@@ -175,13 +187,18 @@ def _read_into_huge_pages(path: str) -> np.ndarray:
 
 
 class NativeDecoder:
-    """Prefill and decode through the compiled decoder; the KV cache is one preallocated pair
-    of arrays that every call extends in place."""
+    """Prefill and decode through the compiled decoder, one sequence or a batch of them; the KV
+    cache is one preallocated pair of arrays (`slots` positions per sequence) that every call
+    extends in place. `path` names the 4-bit kernel's instruction sets (library.PATHS; the best
+    this CPU has by default)."""
 
-    def __init__(self, folder: str, threads: int, slots: int):
+    def __init__(self, folder: str, threads: int, slots: int, sequences: int = 1, path: str | None = None):
+        self.path = path or library.best_path()
+        if missing := library.path_missing(self.path):
+            raise EngineUnsupported(f"the {self.path} kernel needs {', '.join(missing)}, which this CPU lacks")
         self.lib = library.load()
         self.lib.forward.restype = C.c_int
-        self.lib.forward.argtypes = [C.POINTER(Model), C.c_void_p, C.c_int, C.c_int, C.c_int, C.c_void_p, C.c_void_p]
+        self.lib.forward.argtypes = [C.POINTER(Model), *[C.c_void_p] * 3, C.c_int, C.c_int, C.c_void_p, C.c_void_p]
         self.lib.scratch_floats.restype = C.c_size_t
         self.lib.scratch_floats.argtypes = [C.POINTER(Model), C.c_int]
         self.lib.phase_names.restype = C.c_char_p
@@ -201,9 +218,6 @@ class NativeDecoder:
         s = llama_arch.Shapes(self.config)
         self.shapes, self.slots = s, slots
         cos, sin = llama_arch.rotary_tables(s, slots)
-        # zeros come from calloc: slots never written never become resident memory
-        self.k_cache = np.zeros((s.layers, s.kv_heads, slots, s.head_dim), np.float16)
-        self.v_cache = np.zeros_like(self.k_cache)
         self.keep = [cos, sin]  # arrays the C side points into: alive as long as the decoder
 
         def ptr(a: np.ndarray) -> int:
@@ -211,7 +225,7 @@ class NativeDecoder:
 
         def mat4(name: str) -> Mat4:
             q = arrays[name + ".q"]
-            return Mat4(q.shape[0], q.shape[1] * BLOCK, ptr(q), ptr(arrays[name + ".d"]), ptr(arrays[name + ".m"]))
+            return Mat4(q.shape[0] * TILE, q.shape[1] * BLOCK, ptr(q), ptr(arrays[name + ".d"]), ptr(arrays[name + ".m"]))
 
         def mat8(name: str) -> Mat8:
             q = arrays[name + ".q"]
@@ -223,13 +237,33 @@ class NativeDecoder:
             for i in range(s.layers)))
         head = mat8("head")
         self.model = Model(s.hidden, s.heads, s.kv_heads, s.head_dim, s.inter, s.layers, s.vocab, slots,
-                           threads, s.eps, self.layers, head if self.tied else mat8("embed"), head,
-                           ptr(arrays["final_norm"]), ptr(cos), ptr(sin), ptr(self.k_cache), ptr(self.v_cache))
+                           threads, 0, library.path_index(self.path), s.eps, self.layers,
+                           head if self.tied else mat8("embed"), head,
+                           ptr(arrays["final_norm"]), ptr(cos), ptr(sin), None, None)
         self.lookup_only_bytes = 0 if self.tied else sum(
             arrays[n].nbytes for n in ("embed.q", "embed.d"))
         self.scratch = np.empty(0, np.float32)
         self._scratch_floats: dict[int, int] = {}
-        self.length = 0
+        self.lengths: list[int] = []  # each sequence's tokens in the cache
+        self._hold(sequences)
+        self._one = np.zeros(3, np.int32)  # a decode step's token, sequence and position
+        self.batch = 1  # sequences of the current batch
+
+    @property
+    def length(self) -> int:
+        return self.lengths[0]
+
+    def _hold(self, sequences: int) -> None:
+        """Room in the cache for `sequences` sequences (kept when there is already room)."""
+        if sequences <= self.model.seqs:
+            return
+        s = self.shapes
+        # zeros come from calloc: slots never written never become resident memory
+        self.k_cache = np.zeros((sequences, s.layers, s.kv_heads, self.slots, s.head_dim), np.float16)
+        self.v_cache = np.zeros_like(self.k_cache)
+        self.model.k_cache, self.model.v_cache = self.k_cache.ctypes.data, self.v_cache.ctypes.data
+        self.model.seqs = sequences
+        self.lengths = [0] * sequences
 
     def _view(self, entry: dict) -> np.ndarray:
         dtype = np.dtype(entry["dtype"])
@@ -237,23 +271,39 @@ class NativeDecoder:
         raw = self.weights[entry["offset"]:entry["offset"] + count * dtype.itemsize]
         return raw.view(dtype).reshape(entry["shape"])
 
-    def _run(self, ids: list[int], all_logits: bool) -> np.ndarray:
+    def _run(self, ids: np.ndarray, seqs: np.ndarray, positions: np.ndarray, kept: int) -> np.ndarray:
+        """Rows (token, sequence, position) through the model; the logits [kept, vocab] of the
+        last `kept` rows."""
         n = len(ids)
-        if self.length + n > self.slots:
-            raise EngineError(f"sequence of {self.length + n} tokens is longer than the {self.slots} KV slots")
-        if any(not 0 <= i < self.shapes.vocab for i in ids):
+        if positions.max() >= self.slots:
+            raise EngineError(f"sequence of {int(positions.max()) + 1} tokens is longer than the {self.slots} KV slots")
+        if ids.min() < 0 or ids.max() >= self.shapes.vocab:
             raise EngineError(f"token id out of range 0..{self.shapes.vocab - 1}")
         if n not in self._scratch_floats:  # a decode step asks for the same size every time
             self._scratch_floats[n] = self.lib.scratch_floats(C.byref(self.model), n)
         if self.scratch.size < self._scratch_floats[n]:
             self.scratch = np.empty(self._scratch_floats[n], np.float32)
-        logits = np.empty((n if all_logits else 1, self.shapes.vocab), np.float32)
-        tokens = np.asarray(ids, dtype=np.int32)
-        rc = self.lib.forward(C.byref(self.model), tokens.ctypes.data, n, self.length, int(all_logits),
+        logits = np.empty((kept, self.shapes.vocab), np.float32)
+        rc = self.lib.forward(C.byref(self.model), ids.ctypes.data, seqs.ctypes.data, positions.ctypes.data, n, kept,
                               logits.ctypes.data, self.scratch.ctypes.data)
         if rc != 0:
-            raise EngineError(f"native decoder refused {n} tokens at position {self.length}")
-        self.length += n
+            raise EngineError(f"native decoder refused {n} tokens at positions {int(positions.min())}..{int(positions.max())}")
+        return logits
+
+    def _rows(self, sequences: list[list[int]], starts: list[int], kept: int) -> np.ndarray:
+        """Each sequence's tokens from its start position: rows position by position (a batch's
+        last rows are then each sequence's last token)."""
+        batch, length = len(sequences), len(sequences[0])
+        if any(len(seq) != length for seq in sequences) or length == 0:
+            raise EngineError("a batch's sequences must be non-empty and of one length")
+        ids = np.asarray(sequences, np.int64).T.reshape(-1)
+        if ids.min() < 0 or ids.max() >= self.shapes.vocab:
+            raise EngineError(f"token id out of range 0..{self.shapes.vocab - 1}")
+        seqs = np.tile(np.arange(batch, dtype=np.int32), length)
+        positions = (np.asarray(starts, np.int32)[None, :] + np.arange(length, dtype=np.int32)[:, None]).reshape(-1)
+        logits = self._run(ids.astype(np.int32), seqs, positions, kept)
+        for i in range(batch):
+            self.lengths[i] = starts[i] + length
         return logits
 
     def record_spans(self, on: bool) -> None:
@@ -278,16 +328,40 @@ class NativeDecoder:
         return dict(zip(self.phase_names, self._phases.tolist()))
 
     def prefill(self, ids: list[int], all_logits: bool = False) -> np.ndarray:
-        self.length = 0  # the cache is overwritten from slot 0; older slots are never read
-        logits = self._run(list(ids), all_logits)
+        """Start one sequence (the cache is overwritten from slot 0; older slots are never
+        read): the last position's logits, or every position's."""
+        self.batch = 1
+        n = len(ids)
+        logits = self._rows([list(ids)], [0], n if all_logits else 1)
         return logits if all_logits else logits[-1]
 
+    def append(self, ids: list[int]) -> np.ndarray:
+        return self._rows([[int(t) for t in ids]], [self.lengths[0]], 1)[-1]
+
     def decode(self, token_id: int) -> np.ndarray:
-        return self.append([token_id])
+        """One step of one sequence, without _rows' arrays (every step's Python cost shows)."""
+        if not 0 <= token_id < self.shapes.vocab:
+            raise EngineError(f"token id out of range 0..{self.shapes.vocab - 1}")
+        one = self._one
+        one[0], one[1], one[2] = token_id, 0, self.lengths[0]
+        logits = self._run(one[0:1], one[1:2], one[2:3], 1)
+        self.lengths[0] += 1
+        return logits[0]
+
+    def prefill_batch(self, sequences: list[list[int]]) -> np.ndarray:
+        """Start len(sequences) sequences of one length at once: each one's last logits."""
+        self._hold(len(sequences))
+        self.batch = len(sequences)
+        return self._rows(sequences, [0] * self.batch, self.batch)
+
+    def append_batch(self, sequences: list[list[int]]) -> np.ndarray:
+        """Continue each sequence of the batch with its row of tokens: each one's last logits."""
+        if len(sequences) != self.batch:
+            raise EngineError(f"the batch holds {self.batch} sequences, not {len(sequences)}")
+        return self._rows(sequences, self.lengths[:self.batch], self.batch)
 
     def rewind(self, length: int) -> bool:
-        self.length = length  # later slots are overwritten before they are read
+        """Keep the first `length` tokens of every sequence (later slots are overwritten before
+        they are read)."""
+        self.lengths = [min(n, length) for n in self.lengths]
         return True
-
-    def append(self, ids: list[int]) -> np.ndarray:
-        return self._run([int(t) for t in ids], False)[-1]

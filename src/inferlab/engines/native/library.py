@@ -23,6 +23,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = sorted(glob.glob(os.path.join(HERE, "q4_*.c")))  # one library from every file
 HEADERS = sorted(glob.glob(os.path.join(HERE, "q4_*.h")))
 NEEDED_FLAGS = ("avx2", "fma", "f16c")  # the kernels are written with AVX2 and FMA intrinsics
+# The 4-bit kernel's copies, in q4_common.h's PATH_* order, with the /proc/cpuinfo flags each
+# needs beyond NEEDED_FLAGS: every copy is compiled on every machine (target attributes), and
+# the best one this CPU has is run.
+PATHS = (
+    ("avx2", ()),
+    ("avx-vnni", ("avx_vnni",)),
+    ("avx512-vnni", ("avx512f", "avx512vl", "avx512bw", "avx512_vnni")),
+)
 COMPILER_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 LIBRARIES = ("-lm",)
 
@@ -34,6 +42,25 @@ class NativeBuildError(RuntimeError):
 def missing_cpu_flags(flags: set[str] | None = None) -> list[str]:
     flags = cpu_flags() if flags is None else flags
     return [f for f in NEEDED_FLAGS if f not in flags]
+
+
+def path_missing(name: str, flags: set[str] | None = None) -> list[str]:
+    """The CPU flags this machine lacks for the kernel path `name` (empty: it can run)."""
+    flags = cpu_flags() if flags is None else flags
+    needs = dict(PATHS)
+    if name not in needs:
+        raise ValueError(f"no kernel path {name!r} (paths: {', '.join(needs)})")
+    return [f for f in (*NEEDED_FLAGS, *needs[name]) if f not in flags]
+
+
+def best_path(flags: set[str] | None = None) -> str:
+    """The fastest kernel path this CPU can run (the last of PATHS it has the flags for)."""
+    flags = cpu_flags() if flags is None else flags
+    return [name for name, _ in PATHS if not path_missing(name, flags)][-1]
+
+
+def path_index(name: str) -> int:
+    return [n for n, _ in PATHS].index(name)
 
 
 def compiler() -> str:

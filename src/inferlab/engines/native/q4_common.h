@@ -16,11 +16,22 @@
 
 #define QK 32
 
+/* which copy of the 4-bit kernel runs: the instruction sets it may use (the Python side
+   chooses from the CPU's flags; library.PATHS lists them in this order) */
+enum { PATH_AVX2, PATH_AVX_VNNI, PATH_AVX512_VNNI, PATHS };
+
+#define TILE 16  /* rows of a 4-bit matrix stored together: one 16-lane vector of outputs */
+
+/* A 4-bit matrix in tiles of 16 rows (n is a multiple of 16). Per tile and block of 32 inputs,
+   256 bytes: four vectors of 64 bytes, vector v's 32-bit lane r holding row r's inputs
+   8v..8v+3 in the low nibbles and 8v+4..8v+7 in the high ones, so that one broadcast of four
+   activation bytes meets 16 rows (8 in each half of a 256-bit path) in one dot-product
+   instruction. */
 typedef struct {
     int32_t n, k;          /* rows (outputs), columns (inputs) */
-    const uint8_t *q;      /* [n, k/32, 16] */
-    const uint16_t *d;     /* [n, k/32] scale, fp16 */
-    const uint16_t *m;     /* [n, k/32] offset, fp16: w = q * d + m */
+    const uint8_t *q;      /* [n/16, k/32, 4, 16, 4] */
+    const uint16_t *d;     /* [n/16, k/32, 16] scale, fp16 */
+    const uint16_t *m;     /* [n/16, k/32, 16] offset, fp16: w = q * d + m */
 } Mat4;
 
 typedef struct {
@@ -36,32 +47,32 @@ typedef struct {
 
 typedef struct {
     int32_t hidden, heads, kv_heads, head_dim, inter, layers, vocab, slots, threads;
+    int32_t seqs;             /* sequences the cache holds (a batch), `slots` positions each */
+    int32_t path;             /* PATH_*: the 4-bit kernel's instruction sets */
     float eps;
     const Layer *layer;
     Mat8 embed, head;
     const float *final_norm;  /* [hidden] */
     const float *cos, *sin;   /* [slots, head_dim / 2] */
-    uint16_t *k_cache, *v_cache; /* [layers, kv_heads, slots, head_dim], fp16 */
+    uint16_t *k_cache, *v_cache; /* [seqs, layers, kv_heads, slots, head_dim], fp16 */
 } Model;
 
 /* Activations of `tokens` rows, quantized per block of 32 as every product needs them:
-   q  [t, k] int8 in element order (8-bit products);
-   qp [t, k] the same values with each pair of blocks as [b0 0..15, b1 0..15, b0 16..31, b1 16..31]
-      (the 4-bit kernel unpacks the low nibbles of two blocks, then the high ones);
+   q  [t, k] int8 in element order;
    d  [t, k/32] scale (max|x| / 127), s the block's exact fp32 sum, e = 8 (s - d * sum(q)): eight
       times the sum's rounding error (the factor the 4-bit kernel multiplies it by). */
-typedef struct { int8_t *q, *qp; float *d, *s, *e; int k; } Act;
+typedef struct { int8_t *q; float *d, *s, *e; int k; } Act;
 
-static inline size_t act_floats(int k) { return (size_t)k / 2 + 3 * ((size_t)k / QK) + 8; }
+/* floats of room per token (k int8 values, three floats per block) */
+static inline size_t act_floats(int k) { return (size_t)k / 4 + 3 * ((size_t)k / QK); }
 
 static inline void act_layout(Act *a, float *buf, int k, int tokens) {
-    size_t nb = (size_t)tokens * (k / QK), n = (size_t)tokens * k;
+    size_t nb = (size_t)tokens * (k / QK);
     a->k = k;
     a->d = buf;
     a->s = buf + nb;
     a->e = buf + 2 * nb;
     a->q = (int8_t *)(buf + 3 * nb);
-    a->qp = a->q + n;
 }
 
 static inline float hmax8(__m256 v) {
@@ -97,6 +108,11 @@ static inline __m256 exp8(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+/* where a position's key (or value) vector of one KV head lies in the cache, in elements */
+static inline size_t cache_at(const Model *m, int seq, int layer, int kv_head, int pos) {
+    return ((((size_t)seq * m->layers + layer) * m->kv_heads + kv_head) * m->slots + pos) * m->head_dim;
+}
+
 /* rotate_half rotary (the Hugging Face Llama layout) of one head at position pos */
 static inline void rope(float *v, int head_dim, const float *cos, const float *sin) {
     int half = head_dim / 2;
@@ -113,11 +129,12 @@ static inline void rope(float *v, int head_dim, const float *cos, const float *s
 /* q4_products.c */
 INTERNAL void quantize_blocks(const float *xrows, Act *a, int t, int b0, int b1);
 INTERNAL void quantize_token(const float *xrows, Act *a, int t);
-INTERNAL void matmul4_rows(const Mat4 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1);
+INTERNAL void matmul4_rows(const Mat4 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1, int path);
 INTERNAL void matmul8_rows(const Mat8 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1);
 
 /* q4_attention.c */
-INTERNAL void cache_kv(const Model *m, float *qkv, int tokens, int start, int r0, int r1, uint16_t *kc, uint16_t *vc);
+INTERNAL void cache_kv(const Model *m, float *qkv, int tokens, const int32_t *seqs, const int32_t *positions, int layer,
+                       int r0, int r1);
 INTERNAL void attend_part(const float *q, const uint16_t *K, const uint16_t *V, int p0, int p1, int hd, float scale,
                           float *sc, float *part);
 INTERNAL void combine_parts(const float *parts, int n, size_t stride, int hd, float *out);

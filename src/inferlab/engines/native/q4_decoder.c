@@ -147,9 +147,12 @@ void phase_seconds(double *out, int reset) {
     }
 }
 
-/* Runs `tokens` tokens at positions start.. through the model, the cache updated in place.
-   logits: [tokens, vocab] when all_logits, else [vocab] for the last token. Returns 0, or -1
-   when the sequence would outgrow the cache.
+/* Runs `tokens` rows through the model: row t is token ids[t] of sequence seqs[t] at position
+   positions[t] (a prompt: one sequence, consecutive positions; a batch's step: one row per
+   sequence), each row attending to its own sequence's cache up to its position, the cache
+   updated in place. Logits [kept, vocab] for the last `kept` rows (a batch orders its rows
+   position by position, so its last rows are each sequence's last position). Returns 0, or -1
+   for a position beyond the cache, a sequence the cache does not hold, or a bad count.
 
    Five barriers a layer: after the q/k/v product (each thread rotates the k heads among its
    rows and writes its k and v heads to the cache first), after attention (each thread takes
@@ -159,13 +162,15 @@ void phase_seconds(double *out, int reset) {
    first), after the down product. Everything between, the residual stream, the norms and the
    quantization of each product's input, every thread computes for itself on private
    buffers: the same arithmetic, so the same values, with no wait. */
-int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_logits, float *logits,
-            float *scratch) {
-    if (start + tokens > m->slots || tokens < 1) return -1;
+int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32_t *positions, int tokens, int kept,
+            float *logits, float *scratch) {
+    if (tokens < 1 || kept < 1 || kept > tokens) return -1;
+    for (int t = 0; t < tokens; t++)
+        if (positions[t] < 0 || positions[t] >= m->slots || seqs[t] < 0 || seqs[t] >= m->seqs) return -1;
     const int H = m->hidden, hd = m->head_dim, inter = m->inter;
     const int qkv_n = (m->heads + 2 * m->kv_heads) * hd, gu_n = 2 * inter, group = m->heads / m->kv_heads;
     const float scale = 1.0f / sqrtf((float)hd);
-    const size_t T = (size_t)tokens, layer_stride = (size_t)m->kv_heads * m->slots * hd;
+    const size_t T = (size_t)tokens;
     /* shared: product outputs, attention's parts from every thread, the MLP activation and its quantized form */
     const size_t part_n = part_floats(m), parts_per_token = (size_t)m->heads * m->threads * part_n;
     float *wide = scratch, *obuf = wide + T * widest_rows(m), *dbuf = obuf + T * H, *parts = dbuf + T * H;
@@ -190,8 +195,8 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
            128 (64 activations, two whole blocks of the down product's input); the LM head */
         int qkv0, qkv1, hid0, hid1, gu0, gu1, voc0, voc1;
         qkv_rows(m, &qkv0, &qkv1);
-        my_rows(H, 4, &hid0, &hid1);
-        my_rows(gu_n, 4 * QK, &gu0, &gu1);
+        my_rows(H, TILE, &hid0, &hid1);
+        my_rows(gu_n, 2 * QK, &gu0, &gu1);
         my_rows(m->vocab, 4, &voc0, &voc1);
         double last = now_s();
         for (int t = 0; t < tokens; t++) embed_row(&m->embed, ids[t], resid + t * H);
@@ -199,26 +204,26 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
 
         for (int l = 0; l < m->layers; l++) {
             const Layer *L = &m->layer[l];
-            uint16_t *kc = m->k_cache + l * layer_stride, *vc = m->v_cache + l * layer_stride;
             for (int t = 0; t < tokens; t++) {
                 rmsnorm(resid + t * H, L->attn_norm, H, m->eps, normed + t * H);
                 quantize_token(normed, &ah, t);
             }
             mark(PH_NORM, &last);
-            matmul4_rows(&L->qkv, &ah, tokens, wide, qkv_n, qkv0, qkv1);
-            cache_kv(m, wide, tokens, start, qkv0, qkv1, kc, vc);
+            matmul4_rows(&L->qkv, &ah, tokens, wide, qkv_n, qkv0, qkv1, m->path);
+            cache_kv(m, wide, tokens, seqs, positions, l, qkv0, qkv1);
             ahead_rows4(&ahead, &L->o, hid0, hid1);  /* read while waiting here and after attention */
             barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_ATTN_PROJ, &last);
             /* every thread takes every head over its share of the positions */
             for (int t = 0; t < tokens; t++) {
-                const int pos = start + t, len = pos + 1;
+                const int pos = positions[t], len = pos + 1;
                 memcpy(qr, wide + (size_t)t * qkv_n, (size_t)m->heads * hd * sizeof(float));
                 for (int h = 0; h < m->heads; h++) {
                     float *q = qr + (size_t)h * hd;
+                    const size_t at = cache_at(m, seqs[t], l, h / group, 0);
                     rope(q, hd, m->cos + (size_t)pos * (hd / 2), m->sin + (size_t)pos * (hd / 2));
-                    attend_part(q, kc + (size_t)(h / group) * m->slots * hd, vc + (size_t)(h / group) * m->slots * hd,
-                                (int)((long)len * id / nt), (int)((long)len * (id + 1) / nt), hd, scale, sc,
+                    attend_part(q, m->k_cache + at, m->v_cache + at, (int)((long)len * id / nt),
+                                (int)((long)len * (id + 1) / nt), hd, scale, sc,
                                 parts + t * parts_per_token + ((size_t)h * nt + id) * part_n);
                 }
             }
@@ -229,7 +234,7 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
                 quantize_token(normed, &ah, t);
             }
             mark(PH_ATTENTION, &last);
-            matmul4_rows(&L->o, &ah, tokens, obuf, H, hid0, hid1);
+            matmul4_rows(&L->o, &ah, tokens, obuf, H, hid0, hid1, m->path);
             ahead_rows4(&ahead, &L->gate_up, gu0, gu1);
             barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_ATTN_PROJ, &last);
@@ -240,7 +245,7 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
                 quantize_token(normed, &ah, t);
             }
             mark(PH_NORM, &last);
-            matmul4_rows(&L->gate_up, &ah, tokens, wide, gu_n, gu0, gu1);
+            matmul4_rows(&L->gate_up, &ah, tokens, wide, gu_n, gu0, gu1, m->path);
             mark(PH_MLP_PROJ, &last);
             for (int t = 0; t < tokens; t++) {
                 silu_mul_interleaved(wide + t * gu_n + gu0, (gu1 - gu0) / 2, mlp + t * inter + gu0 / 2);
@@ -250,7 +255,7 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
             ahead_rows4(&ahead, &L->down, hid0, hid1);
             barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_MLP_PROJ, &last);
-            matmul4_rows(&L->down, &hact, tokens, dbuf, H, hid0, hid1);
+            matmul4_rows(&L->down, &hact, tokens, dbuf, H, hid0, hid1, m->path);
             if (l + 1 < m->layers)
                 ahead_rows4(&ahead, &m->layer[l + 1].qkv, qkv0, qkv1);
             else
@@ -261,8 +266,8 @@ int forward(const Model *m, const int32_t *ids, int tokens, int start, int all_l
                 for (int i = 0; i < H; i++) resid[t * H + i] += dbuf[t * H + i];
             mark(PH_RESIDUAL, &last);
         }
-        /* final norm and the LM head, on every position or the last one */
-        int first = all_logits ? 0 : tokens - 1, kept = tokens - first;
+        /* final norm and the LM head, on the last `kept` rows */
+        const int first = tokens - kept;
         for (int t = 0; t < kept; t++) {
             rmsnorm(resid + (first + t) * H, m->final_norm, H, m->eps, normed + t * H);
             quantize_token(normed, &ah, t);

@@ -2,8 +2,8 @@
 
 #include "q4_common.h"
 
-/* This thread's rows of n, split evenly in units of `align` rows (4, or whole blocks of the
-   MLP activation for the gate/up product; q/k/v: qkv_rows). */
+/* This thread's rows of n, split evenly in units of `align` rows (a 4-bit matrix's tile of 8,
+   whole blocks of the MLP activation for the gate/up product; q/k/v: qkv_rows). */
 INTERNAL void my_rows(int n, int align, int *r0, int *r1) {
     int nt = omp_get_num_threads(), id = omp_get_thread_num();
     int units = (n + align - 1) / align, per = (units + nt - 1) / nt;
@@ -19,7 +19,7 @@ INTERNAL void qkv_rows(const Model *m, int *r0, int *r1) {
     const int nt = omp_get_num_threads(), id = omp_get_thread_num();
     int b[2];
     for (int i = 0; i < 2; i++) {
-        int at = (int)((long)n * (id + i) / nt) / 4 * 4;  /* the kernels' stride */
+        int at = (int)((long)n * (id + i) / nt) / TILE * TILE;  /* whole tiles */
         if (at > q_rows) at = q_rows + (at - q_rows + m->head_dim / 2) / m->head_dim * m->head_dim;
         b[i] = at < n && id + i < nt ? at : n;
     }
@@ -34,10 +34,11 @@ static void ahead_add(Ahead *a, const void *p, size_t bytes) {
     a->p[a->n] = (const char *)p;
     a->end[a->n++] = (const char *)p + bytes;
 }
-/* the rows r0..r1 of a product as its kernel reads them: from both halves of the range */
+/* the rows r0..r1 of a product as its kernel reads them: from both halves of the range (whole
+   tiles: a tile of 8 rows lies where its first row would, 16 bytes and a scale per row and block) */
 INTERNAL void ahead_rows4(Ahead *a, const Mat4 *w, int r0, int r1) {
     const size_t nb = w->k / QK;
-    const int mid = r0 + (r1 - r0) / 2, from[2] = {r0, mid}, to[2] = {mid, r1};
+    const int mid = r0 + (r1 - r0) / TILE / 2 * TILE, from[2] = {r0, mid}, to[2] = {mid, r1};
     a->n = 0;
     for (int h = 0; h < 2; h++) {
         ahead_add(a, w->q + from[h] * nb * 16, (to[h] - from[h]) * nb * 16);
