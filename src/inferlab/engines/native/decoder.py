@@ -217,7 +217,8 @@ class NativeDecoder:
         self.weight_bytes = int(self.weights.nbytes)
         s = llama_arch.Shapes(self.config)
         self.shapes, self.slots = s, slots
-        cos, sin = llama_arch.rotary_tables(s, slots)
+        # the keys are cached in blocks of 8 positions (q4_attention.c): room for whole blocks
+        cos, sin = llama_arch.rotary_tables(s, -(-slots // 8) * 8)
         self.keep = [cos, sin]  # arrays the C side points into: alive as long as the decoder
 
         def ptr(a: np.ndarray) -> int:
@@ -236,7 +237,7 @@ class NativeDecoder:
                   mat4(f"{i}.qkv"), mat4(f"{i}.o"), mat4(f"{i}.gate_up"), mat4(f"{i}.down"))
             for i in range(s.layers)))
         head = mat8("head")
-        self.model = Model(s.hidden, s.heads, s.kv_heads, s.head_dim, s.inter, s.layers, s.vocab, slots,
+        self.model = Model(s.hidden, s.heads, s.kv_heads, s.head_dim, s.inter, s.layers, s.vocab, len(cos),
                            threads, 0, library.path_index(self.path), s.eps, self.layers,
                            head if self.tied else mat8("embed"), head,
                            ptr(arrays["final_norm"]), ptr(cos), ptr(sin), None, None)
@@ -259,7 +260,7 @@ class NativeDecoder:
             return
         s = self.shapes
         # zeros come from calloc: slots never written never become resident memory
-        self.k_cache = np.zeros((sequences, s.layers, s.kv_heads, self.slots, s.head_dim), np.float16)
+        self.k_cache = np.zeros((sequences, s.layers, s.kv_heads, self.model.slots, s.head_dim), np.float16)
         self.v_cache = np.zeros_like(self.k_cache)
         self.model.k_cache, self.model.v_cache = self.k_cache.ctypes.data, self.v_cache.ctypes.data
         self.model.seqs = sequences

@@ -1,7 +1,16 @@
-/* Attention: the new positions' k and v into the fp16 cache, and each thread's part of every
-   head over its share of the positions, joined afterwards by the log-sum-exp rule. */
+/* Attention: the new positions' keys and values into the fp16 cache, and each query head's
+   attention over a range of its sequence's positions, as a part that combine_parts joins with
+   the other threads' parts (the log-sum-exp rule).
+
+   Keys are cached in blocks of 8 positions, transposed: [position / 8][dimension][8]. A score
+   is then one broadcast of a query value times 8 positions' keys per dimension, 8 scores in
+   one vector with no sum across lanes; and the query heads that share a KV head (grouped-query
+   attention) read each converted key vector once for all of them. Values stay [position][dim]. */
 
 #include "q4_common.h"
+
+#define KB 8  /* positions per block of transposed keys */
+#define MAX_GROUP 4  /* query heads computed together (a larger group: in turns) */
 
 static inline __m256 load_half8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
@@ -25,7 +34,8 @@ INTERNAL void cache_kv(const Model *m, float *qkv, int tokens, const int32_t *se
             float *v = row + (size_t)h * hd;  /* this thread's rows: rotated in place */
             if (h < m->heads + m->kv_heads) {
                 rope(v, hd, m->cos + (size_t)pos * half_hd, m->sin + (size_t)pos * half_hd);
-                store_half(m->k_cache + cache_at(m, seqs[t], layer, h - m->heads, pos), v, hd);
+                uint16_t *k = m->k_cache + cache_at(m, seqs[t], layer, h - m->heads, 0) + (size_t)(pos / KB) * hd * KB + pos % KB;
+                for (int c = 0; c < hd; c++) k[c * KB] = _cvtss_sh(v[c], _MM_FROUND_TO_NEAREST_INT);
             } else {
                 store_half(m->v_cache + cache_at(m, seqs[t], layer, h - m->heads - m->kv_heads, pos), v, hd);
             }
@@ -33,93 +43,134 @@ INTERNAL void cache_kv(const Model *m, float *qkv, int tokens, const int32_t *se
     }
 }
 
-/* sc[j] = (q . K[j]) * scale for j < n: eight positions at a time, their eight dot products
-   summed across lanes together (one transposing reduction instead of eight) */
-static void scores(const float *q, const uint16_t *K, int n, int hd, float scale, float *sc) {
-    const __m256 vs = _mm256_set1_ps(scale);
-    int j = 0;
-    for (; j + 8 <= n; j += 8) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-        const uint16_t *k = K + (size_t)j * hd;
-        for (int c = 0; c < hd; c += 8) {
-            const __m256 qv = _mm256_loadu_ps(q + c);
-            a0 = _mm256_fmadd_ps(qv, load_half8(k + c), a0);
-            a1 = _mm256_fmadd_ps(qv, load_half8(k + hd + c), a1);
-            a2 = _mm256_fmadd_ps(qv, load_half8(k + 2 * hd + c), a2);
-            a3 = _mm256_fmadd_ps(qv, load_half8(k + 3 * hd + c), a3);
-            a4 = _mm256_fmadd_ps(qv, load_half8(k + 4 * hd + c), a4);
-            a5 = _mm256_fmadd_ps(qv, load_half8(k + 5 * hd + c), a5);
-            a6 = _mm256_fmadd_ps(qv, load_half8(k + 6 * hd + c), a6);
-            a7 = _mm256_fmadd_ps(qv, load_half8(k + 7 * hd + c), a7);
+/* Scores of G query heads (q: G x hd) against NB blocks of KB positions from j (a multiple of
+   KB), times scale, into sc[g * stride + j - p0]: G x NB independent sums per dimension */
+static inline __attribute__((always_inline)) void score_blocks(const float *q, const int G, const int NB,
+                                                               const uint16_t *K, int j, int p0, int hd, __m256 vs,
+                                                               float *sc, int stride) {
+    __m256 acc[MAX_GROUP][4];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) acc[g][b] = _mm256_setzero_ps();
+    const uint16_t *kt = K + (size_t)(j / KB) * hd * KB;
+    for (int c = 0; c < hd; c++) {
+        __m256 k[4];
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) k[b] = load_half8(kt + ((size_t)b * hd + c) * KB);
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) {
+            const __m256 qv = _mm256_broadcast_ss(q + g * hd + c);
+#pragma GCC unroll 4
+            for (int b = 0; b < NB; b++) acc[g][b] = _mm256_fmadd_ps(qv, k[b], acc[g][b]);
         }
-        /* hadd pairs, then pairs of pairs: each lane half holds four positions' partial sums */
-        __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-        __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
-        __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-        _mm256_storeu_ps(sc + j, _mm256_mul_ps(sum, vs));
     }
-    for (; j < n; j++) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int c = 0; c < hd; c += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), load_half8(K + (size_t)j * hd + c), acc);
-        sc[j] = hsum8(acc) * scale;
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) _mm256_storeu_ps(sc + g * stride + (j - p0) + b * KB, _mm256_mul_ps(acc[g][b], vs));
+}
+
+/* every score of positions p0..p1 (p0 a multiple of KB; the last block's extra lanes are
+   written too, never read) */
+static inline __attribute__((always_inline)) void scores_g(const float *q, const int G, const int NB, const uint16_t *K,
+                                                           int p0, int p1, int hd, float scale, float *sc, int stride) {
+    const __m256 vs = _mm256_set1_ps(scale);
+    int j = p0;
+    for (; j + NB * KB <= p1; j += NB * KB) score_blocks(q, G, NB, K, j, p0, hd, vs, sc, stride);
+    for (; j < p1; j += KB) score_blocks(q, G, 1, K, j, p0, hd, vs, sc, stride);
+}
+
+/* out[g] (hd floats each, `ostride` apart) = sum over positions p0..p1 of p[g][j] V[j], for G
+   heads sharing each converted value vector; DV vectors (8 dimensions each) at a time: G x DV
+   independent sums, enough to cover the multiply-add's latency */
+static inline __attribute__((always_inline)) void values_g(const float *p, const int G, const int DV, int stride,
+                                                           const uint16_t *V, int p0, int p1, int hd, float *out,
+                                                           int ostride) {
+    for (int c = 0; c < hd; c += 8 * DV) {
+        __m256 acc[MAX_GROUP][4];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++)
+#pragma GCC unroll 4
+            for (int i = 0; i < DV; i++) acc[g][i] = _mm256_setzero_ps();
+        for (int j = p0; j < p1; j++) {
+            const uint16_t *v = V + (size_t)j * hd + c;
+            __m256 vv[4];
+#pragma GCC unroll 4
+            for (int i = 0; i < DV; i++) vv[i] = load_half8(v + 8 * i);
+#pragma GCC unroll 4
+            for (int g = 0; g < G; g++) {
+                const __m256 w = _mm256_broadcast_ss(p + g * stride + (j - p0));
+#pragma GCC unroll 4
+                for (int i = 0; i < DV; i++) acc[g][i] = _mm256_fmadd_ps(w, vv[i], acc[g][i]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++)
+#pragma GCC unroll 4
+            for (int i = 0; i < DV; i++) _mm256_storeu_ps(out + (size_t)g * ostride + c + 8 * i, acc[g][i]);
     }
 }
 
-/* One thread's part of one head's attention: positions p0..p1 of its KV head (K, V). Writes
-   to part the part's softmax max and sum and its output before normalization, which
-   combine_parts joins across threads (the log-sum-exp rule). */
-INTERNAL void attend_part(const float *q, const uint16_t *K, const uint16_t *V, int p0, int p1, int hd, float scale,
-                        float *sc, float *part) {
-    float *out = part + 8;
-    if (p1 <= p0) {  /* fewer positions than threads */
-        part[0] = -INFINITY;
-        part[1] = 0.0f;
-        memset(out, 0, hd * sizeof(float));
-        return;
-    }
-    const int len = p1 - p0;
-    K += (size_t)p0 * hd;
-    V += (size_t)p0 * hd;
-    scores(q, K, len, hd, scale, sc);
-    float mx = -INFINITY;
-    for (int j = 0; j < len; j++) mx = sc[j] > mx ? sc[j] : mx;
-    __m256 vmx = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
+/* softmax's numerators in place over n scores: returns the max and writes the sum */
+static float exp_scores(float *sc, int n, float *sum_out) {
+    __m256 vm = _mm256_set1_ps(-INFINITY);
     int j = 0;
-    for (; j + 8 <= len; j += 8) {
+    for (; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(sc + j));
+    float mx = hmax8(vm);
+    for (; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
+    __m256 vmx = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
+    j = 0;
+    for (; j + 8 <= n; j += 8) {
         __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), vmx));
         _mm256_storeu_ps(sc + j, e);
         vsum = _mm256_add_ps(vsum, e);
     }
     float sum = hsum8(vsum);
-    for (; j < len; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
-    /* out = sum_j sc[j] V[j], 64 values at a time in eight registers (one pass over V's rows) */
-    int c = 0;
-    for (; c + 64 <= hd; c += 64) {
-        __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0;
-        for (j = 0; j < len; j++) {
-            const uint16_t *v = V + (size_t)j * hd + c;
-            __m256 p = _mm256_broadcast_ss(sc + j);
-            o0 = _mm256_fmadd_ps(p, load_half8(v), o0);
-            o1 = _mm256_fmadd_ps(p, load_half8(v + 8), o1);
-            o2 = _mm256_fmadd_ps(p, load_half8(v + 16), o2);
-            o3 = _mm256_fmadd_ps(p, load_half8(v + 24), o3);
-            o4 = _mm256_fmadd_ps(p, load_half8(v + 32), o4);
-            o5 = _mm256_fmadd_ps(p, load_half8(v + 40), o5);
-            o6 = _mm256_fmadd_ps(p, load_half8(v + 48), o6);
-            o7 = _mm256_fmadd_ps(p, load_half8(v + 56), o7);
+    for (; j < n; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
+    *sum_out = sum;
+    return mx;
+}
+
+/* Parts of query heads q (G x hd, rotated) over positions p0..p1 of their KV head (K, V): head
+   g's part at part + g * pstride: the softmax's max and sum, then at 8 its output before
+   normalization. sc: room for G x (p1 - p0 + KB) floats. */
+INTERNAL void attend_group(const float *q, int G, const uint16_t *K, const uint16_t *V, int p0, int p1, int hd,
+                           float scale, float *sc, float *part, size_t pstride) {
+    if (p1 <= p0) {  /* no positions: an empty part */
+        for (int g = 0; g < G; g++) {
+            part[g * pstride] = -INFINITY;
+            part[g * pstride + 1] = 0.0f;
+            memset(part + g * pstride + 8, 0, hd * sizeof(float));
         }
-        _mm256_storeu_ps(out + c, o0); _mm256_storeu_ps(out + c + 8, o1);
-        _mm256_storeu_ps(out + c + 16, o2); _mm256_storeu_ps(out + c + 24, o3);
-        _mm256_storeu_ps(out + c + 32, o4); _mm256_storeu_ps(out + c + 40, o5);
-        _mm256_storeu_ps(out + c + 48, o6); _mm256_storeu_ps(out + c + 56, o7);
+        return;
     }
-    for (; c < hd; c += 8) {  /* a head size that is not a multiple of 64 */
-        __m256 o = _mm256_setzero_ps();
-        for (j = 0; j < len; j++) o = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + j), load_half8(V + (size_t)j * hd + c), o);
-        _mm256_storeu_ps(out + c, o);
+    for (int g0 = 0; g0 < G; g0 += MAX_GROUP) {
+        const int n = G - g0 < MAX_GROUP ? G - g0 : MAX_GROUP, stride = (p1 - p0 + KB) / KB * KB;
+        const float *qg = q + (size_t)g0 * hd;
+        /* groups x blocks (or vectors) of 8 to 12 independent sums (the values: 16 or 32 dimensions) */
+        switch (n) {
+            case 1: scores_g(qg, 1, 4, K, p0, p1, hd, scale, sc, stride); break;
+            case 2: scores_g(qg, 2, 4, K, p0, p1, hd, scale, sc, stride); break;
+            case 3: scores_g(qg, 3, 3, K, p0, p1, hd, scale, sc, stride); break;
+            default: scores_g(qg, 4, 2, K, p0, p1, hd, scale, sc, stride);
+        }
+        for (int g = 0; g < n; g++) {
+            float *pg = part + (size_t)(g0 + g) * pstride;
+            pg[0] = exp_scores(sc + g * stride, p1 - p0, &pg[1]);
+        }
+        float *out = part + (size_t)g0 * pstride + 8;
+        const int wide = hd % 32 == 0;
+        switch (n) {
+            case 1: wide ? values_g(sc, 1, 4, stride, V, p0, p1, hd, out, (int)pstride)
+                         : values_g(sc, 1, 2, stride, V, p0, p1, hd, out, (int)pstride); break;
+            case 2: wide ? values_g(sc, 2, 4, stride, V, p0, p1, hd, out, (int)pstride)
+                         : values_g(sc, 2, 2, stride, V, p0, p1, hd, out, (int)pstride); break;
+            case 3: wide ? values_g(sc, 3, 4, stride, V, p0, p1, hd, out, (int)pstride)
+                         : values_g(sc, 3, 2, stride, V, p0, p1, hd, out, (int)pstride); break;
+            default: values_g(sc, 4, 2, stride, V, p0, p1, hd, out, (int)pstride);
+        }
     }
-    part[0] = mx;
-    part[1] = sum;
 }
 
 /* one head's output from its n parts (stride floats apart): each part's sum and output

@@ -108,7 +108,8 @@ static inline __m256 exp8(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-/* where a position's key (or value) vector of one KV head lies in the cache, in elements */
+/* where a position's value vector of one KV head lies in the cache, in elements (position 0:
+   where that head's keys begin, whose layout q4_attention.c describes) */
 static inline size_t cache_at(const Model *m, int seq, int layer, int kv_head, int pos) {
     return ((((size_t)seq * m->layers + layer) * m->kv_heads + kv_head) * m->slots + pos) * m->head_dim;
 }
@@ -135,8 +136,8 @@ INTERNAL void matmul8_rows(const Mat8 *w, const Act *x, int tokens, float *y, in
 /* q4_attention.c */
 INTERNAL void cache_kv(const Model *m, float *qkv, int tokens, const int32_t *seqs, const int32_t *positions, int layer,
                        int r0, int r1);
-INTERNAL void attend_part(const float *q, const uint16_t *K, const uint16_t *V, int p0, int p1, int hd, float scale,
-                          float *sc, float *part);
+INTERNAL void attend_group(const float *q, int G, const uint16_t *K, const uint16_t *V, int p0, int p1, int hd,
+                           float scale, float *sc, float *part, size_t pstride);
 INTERNAL void combine_parts(const float *parts, int n, size_t stride, int hd, float *out);
 
 /* q4_threads.c */

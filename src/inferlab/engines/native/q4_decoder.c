@@ -20,8 +20,9 @@ phase (phase_seconds; spans for the profiler's timeline), the engine's counters 
 /* Scratch for `tokens` tokens, in floats (the caller allocates it): a shared part, then one
    private part per thread (see forward). */
 static size_t private_floats(const Model *m, int tokens) {
-    return (size_t)tokens * (2 * (size_t)m->hidden + act_floats(m->hidden)) + (size_t)m->slots +
-           (size_t)m->heads * m->head_dim + 16;
+    const size_t group = (size_t)(m->heads / m->kv_heads);
+    return (size_t)tokens * (2 * (size_t)m->hidden + act_floats(m->hidden)) + group * ((size_t)m->slots + 16) +
+           group * m->head_dim + 16;
 }
 
 /* one thread's part of one head's attention for one token: max, sum, then the output at 8 */
@@ -187,7 +188,8 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
         int sense = 0;
         Ahead ahead;
         float *mine = private_base + (size_t)omp_get_thread_num() * private_floats(m, tokens);
-        float *resid = mine, *normed = resid + T * H, *sc = normed + T * H + T * act_floats(H), *qr = sc + m->slots + 8;
+        float *resid = mine, *normed = resid + T * H, *sc = normed + T * H + T * act_floats(H);
+        float *qr = sc + (size_t)group * (m->slots + 16);  /* one query row's group of heads, rotated */
         const int nt = omp_get_num_threads(), id = omp_get_thread_num();
         Act ah;
         act_layout(&ah, normed + T * H, H, tokens);
@@ -214,19 +216,40 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
             ahead_rows4(&ahead, &L->o, hid0, hid1);  /* read while waiting here and after attention */
             barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_ATTN_PROJ, &last);
-            /* every thread takes every head over its share of the positions */
-            for (int t = 0; t < tokens; t++) {
-                const int pos = positions[t], len = pos + 1;
-                memcpy(qr, wide + (size_t)t * qkv_n, (size_t)m->heads * hd * sizeof(float));
-                for (int h = 0; h < m->heads; h++) {
-                    float *q = qr + (size_t)h * hd;
-                    const size_t at = cache_at(m, seqs[t], l, h / group, 0);
-                    rope(q, hd, m->cos + (size_t)pos * (hd / 2), m->sin + (size_t)pos * (hd / 2));
-                    attend_part(q, m->k_cache + at, m->v_cache + at, (int)((long)len * id / nt),
-                                (int)((long)len * (id + 1) / nt), hd, scale, sc,
-                                parts + t * parts_per_token + ((size_t)h * nt + id) * part_n);
+            /* A query row and KV head: its group of query heads over positions p0..p1 into slot
+               `slot` of their parts (the other slots empty when the whole range is one thread's) */
+#define ATTEND(t, g, p0, p1, slot, alone)                                                                   \
+    do {                                                                                                    \
+        const int pos_ = positions[t];                                                                      \
+        for (int i = 0; i < group; i++) {                                                                   \
+            memcpy(qr + (size_t)i * hd, wide + (size_t)(t) * qkv_n + (size_t)((g) * group + i) * hd, hd * sizeof(float)); \
+            rope(qr + (size_t)i * hd, hd, m->cos + (size_t)pos_ * (hd / 2), m->sin + (size_t)pos_ * (hd / 2)); \
+        }                                                                                                   \
+        const size_t at_ = cache_at(m, seqs[t], l, (g), 0);                                                 \
+        float *part_ = parts + (size_t)(t) * parts_per_token + (size_t)(g) * group * nt * part_n;          \
+        attend_group(qr, group, m->k_cache + at_, m->v_cache + at_, (p0), (p1), hd, scale, sc,             \
+                     part_ + (size_t)(slot) * part_n, (size_t)nt * part_n);                                 \
+        for (int e_ = 0; (alone) && e_ < nt; e_++)                                                          \
+            if (e_ != (slot))                                                                               \
+                for (int i = 0; i < group; i++) {                                                           \
+                    part_[((size_t)i * nt + e_) * part_n] = -INFINITY;                                      \
+                    part_[((size_t)i * nt + e_) * part_n + 1] = 0.0f;                                       \
+                }                                                                                           \
+    } while (0)
+            if (tokens * m->kv_heads >= 4 * nt) {
+                /* many rows: each thread takes whole (row, KV head) pairs, every position */
+                for (int it = id; it < tokens * m->kv_heads; it += nt)
+                    ATTEND(it / m->kv_heads, it % m->kv_heads, 0, positions[it / m->kv_heads] + 1, 0, 1);
+            } else {
+                /* a few rows (a decode step): every thread takes every head over its share of the
+                   positions, in whole blocks of 8 (the keys' layout) */
+                for (int t = 0; t < tokens; t++) {
+                    const int len = positions[t] + 1, blocks = (len + 7) / 8;
+                    const int p0 = blocks * id / nt * 8, p1 = id + 1 == nt ? len : blocks * (id + 1) / nt * 8;
+                    for (int g = 0; g < m->kv_heads; g++) ATTEND(t, g, p0, p1, id, 0);
                 }
             }
+#undef ATTEND
             barrier_wait(&bar, nt, &sense, &ahead);
             for (int t = 0; t < tokens; t++) {  /* each thread joins every head's parts for itself */
                 for (int h = 0; h < m->heads; h++)

@@ -1,9 +1,9 @@
 /* The 4-bit product's kernel, compiled once per instruction path. The file that includes it
    defines SUFFIX (the path's name in function names), TARGET (its target attribute), RN (the
-   tokens a kernel call carries), ROWS (rows per vector: 8 for 256-bit vectors, which take a
+   tokens a call carries), ROWS (rows per vector: 8 for 256-bit vectors, which take a
    tile of 16 rows as two halves, or 16), the vector types VI and VF, and the operations below;
-   DOT2(acc, lo, xl, hi, xh) is acc plus the dot products, per 32-bit lane, of lo's four bytes
-   with xl's and hi's with xh's (exact in int32 on every path).
+   DOT2(acc, lo, hi, xp) is acc plus the dot products, per 32-bit lane, of lo's four bytes with
+   the four at xp and of hi's with the four at xp + 4 (exact in int32 on every path).
 
    A call computes the rows of one or two vectors' worth of rows for up to RN tokens: per block
    of 32 inputs, eight broadcasts of four activation bytes per token meet the unpacked nibbles
@@ -13,6 +13,7 @@
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 #define PARTS (TILE / ROWS)  /* vectors per tile */
+#define RN_MAX RN
 
 /* where unit j (ROWS rows) starts in the tile layout: its bytes (vector 0 of block 0), and its
    scales' index */
@@ -30,17 +31,17 @@ static inline __attribute__((always_inline)) TARGET void CAT(units4_, SUFFIX)(
     const uint8_t *q[2] = {w->q + CAT(unit_bytes_, SUFFIX)(nb, ja), w->q + CAT(unit_bytes_, SUFFIX)(nb, jb)};
     const size_t sc[2] = {CAT(unit_scales_, SUFFIX)(nb, ja), CAT(unit_scales_, SUFFIX)(nb, jb)};
     const int row[2] = {ja * ROWS, jb * ROWS};
-    VF acc[2][RN];
+    VF acc[2][RN_MAX];
 #pragma GCC unroll 8
     for (int r = 0; r < 2; r++)
 #pragma GCC unroll 8
-        for (int t = 0; t < RN; t++) acc[r][t] = ZERO_F();
+        for (int t = 0; t < rn; t++) acc[r][t] = ZERO_F();
     for (int b = 0; b < nb; b++) {
-        VI dots[2][RN];
+        VI dots[2][RN_MAX];
 #pragma GCC unroll 8
         for (int r = 0; r < 2; r++)
 #pragma GCC unroll 8
-            for (int t = 0; t < RN; t++) dots[r][t] = ZERO_I();
+            for (int t = 0; t < rn; t++) dots[r][t] = ZERO_I();
 #pragma GCC unroll 4
         for (int v = 0; v < 4; v++) {
             VI lo[2], hi[2];
@@ -53,12 +54,8 @@ static inline __attribute__((always_inline)) TARGET void CAT(units4_, SUFFIX)(
 #pragma GCC unroll 8
             for (int t = 0; t < rn; t++) {
                 const int8_t *xp = x->q + (size_t)(t0 + t) * k + b * QK + 8 * v;
-                int32_t l4, h4;
-                memcpy(&l4, xp, 4);
-                memcpy(&h4, xp + 4, 4);
-                const VI xl = SET1_32(l4), xh = SET1_32(h4);
 #pragma GCC unroll 2
-                for (int r = 0; r <= two; r++) dots[r][t] = DOT2(dots[r][t], lo[r], xl, hi[r], xh);
+                for (int r = 0; r <= two; r++) dots[r][t] = DOT2(dots[r][t], lo[r], hi[r], xp);
             }
         }
 #pragma GCC unroll 2
@@ -79,36 +76,37 @@ static inline __attribute__((always_inline)) TARGET void CAT(units4_, SUFFIX)(
         for (int t = 0; t < rn; t++) STORE_F(y + (size_t)(t0 + t) * ldy + row[r], acc[r][t]);
 }
 
+#define CALL(two, rn) do { if (two) CAT(units4_, SUFFIX)(w, x, ja, jb, 1, t, rn, y, ldy); \
+                            else CAT(units4_, SUFFIX)(w, x, ja, ja, 0, t, rn, y, ldy); } while (0)
+/* the last tokens, fewer than a full call: the count a constant in each copy */
+#define REST(two, n) switch (n) { case 1: CALL(two, 1); break; case 2: CALL(two, 2); break; case 3: CALL(two, 3); break; \
+                                  case 4: if (4 < RN_MAX) CALL(two, 4); break; case 5: if (5 < RN_MAX) CALL(two, 5); break; \
+                                  case 6: if (6 < RN_MAX) CALL(two, 6); break; case 7: if (7 < RN_MAX) CALL(two, 7); break; \
+                                  default: break; }
+#if RN_MAX > 8
+#error "add cases for the remaining token counts"
+#endif
+
 /* y[t, rows r0..r1) for every token, r0 and r1 multiples of 16: units of ROWS rows in pairs,
    one from each half of the range (two streams through memory keep more loads in flight than
    one: plain streaming, 2 threads, measured 22.6 -> 32.5 GB/s), the odd unit out alone; rows
-   outside, tokens inside, so a pair's weights stay in L1 while every token passes. */
+   outside, tokens inside, so a pair's weights stay in L1 while every token passes. (One unit
+   for 8 tokens a call, unpacking each weight for more tokens, measured no faster: 146-158
+   against 154-162 GMAC/s on one thread.) */
 static TARGET void CAT(matmul4_, SUFFIX)(const Mat4 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1) {
     const int first = r0 / ROWS, n = (r1 - r0) / ROWS, half = n / 2;
     for (int i = 0; i <= half; i++) {
         const int two = i < half, ja = two ? first + i : first + n - 1, jb = first + half + i;
         if (!two && n % 2 == 0) break;
         int t = 0;
-        for (; t + RN <= tokens; t += RN) {
-            if (two) CAT(units4_, SUFFIX)(w, x, ja, jb, 1, t, RN, y, ldy);
-            else CAT(units4_, SUFFIX)(w, x, ja, ja, 0, t, RN, y, ldy);
-        }
-        switch (tokens - t) {  /* the last tokens, with the count a constant in each copy */
-#define REST(c) case c: { if (two) CAT(units4_, SUFFIX)(w, x, ja, jb, 1, t, c, y, ldy); \
-                          else CAT(units4_, SUFFIX)(w, x, ja, ja, 0, t, c, y, ldy); } break;
-            REST(1) REST(2) REST(3)
-#if RN > 4
-            REST(4) REST(5)
-#endif
-#if RN > 6
-#error "add cases for the remaining token counts"
-#endif
-#undef REST
-            default: break;
-        }
+        for (; t + RN <= tokens; t += RN) CALL(two, RN);
+        REST(two, tokens - t);
     }
 }
 
+#undef CALL
+#undef REST
 #undef PARTS
+#undef RN_MAX
 #undef CAT
 #undef CAT_

@@ -44,6 +44,14 @@ INTERNAL void quantize_token(const float *xrows, Act *a, int t) { quantize_block
    multiplied by q's mean. The integer sums are exact on every path, and the float arithmetic
    after them is the same: the paths give the same bits. */
 
+/* four activation bytes as one int32, and in every 32-bit lane */
+static inline int32_t four(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static inline __m256i four_bytes(const int8_t *p) { return _mm256_set1_epi32(four(p)); }
+
 /* 256-bit vectors: 8 rows each, two per tile */
 #define ROWS 8
 #define VI __m256i
@@ -66,8 +74,8 @@ INTERNAL void quantize_token(const float *xrows, Act *a, int t) { quantize_block
    two added at most 4 * 15 * 127: no saturation), madd with ones the 32-bit lanes */
 #define SUFFIX avx2
 #define TARGET
-#define DOT2(acc, lo, xl, hi, xh) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_add_epi16( \
-    _mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh)), _mm256_set1_epi16(1)))
+#define DOT2(acc, lo, hi, xp) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_add_epi16( \
+    _mm256_maddubs_epi16(lo, four_bytes(xp)), _mm256_maddubs_epi16(hi, four_bytes(xp + 4))), _mm256_set1_epi16(1)))
 #include "q4_kernel4.h"
 #undef SUFFIX
 #undef TARGET
@@ -76,7 +84,7 @@ INTERNAL void quantize_token(const float *xrows, Act *a, int t) { quantize_block
 /* AVX-VNNI (Intel since Alder Lake and Sapphire Rapids, AMD since Zen 5): vpdpbusd in VEX form */
 #define SUFFIX avx_vnni
 #define TARGET __attribute__((target("avxvnni")))
-#define DOT2(acc, lo, xl, hi, xh) _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(acc, lo, xl), hi, xh)
+#define DOT2(acc, lo, hi, xp) _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(acc, lo, four_bytes(xp)), hi, four_bytes(xp + 4))
 #include "q4_kernel4.h"
 #undef SUFFIX
 #undef TARGET
@@ -117,7 +125,8 @@ INTERNAL void quantize_token(const float *xrows, Act *a, int t) { quantize_block
 #define STORE_F _mm512_storeu_ps
 #define SUFFIX avx512_vnni
 #define TARGET __attribute__((target("avx512f,avx512vl,avx512bw,avx512vnni")))
-#define DOT2(acc, lo, xl, hi, xh) _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc, lo, xl), hi, xh)
+#define DOT2(acc, lo, hi, xp) _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc, lo, _mm512_set1_epi32(four(xp))), hi, \
+                                                  _mm512_set1_epi32(four(xp + 4)))
 #include "q4_kernel4.h"
 #undef SUFFIX
 #undef TARGET
