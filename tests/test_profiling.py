@@ -116,11 +116,17 @@ def test_context_sweep_reports_each_length(profiled):
         assert s["step_ms"] > 0 and 0 < s["attention_share"] < 1
 
 
-def test_bandwidth_and_gemm_peak_are_positive():
+def test_bandwidth_gemm_and_int8_peaks_are_positive():
+    from inferlab.engines.native import library
+
     first = probe.measure(threads=1, nbytes=32 << 20)
     assert first["bandwidth_bytes_per_s"] > 1e8 and first["gemm_flops_per_s"] > 1e8
     assert first["bandwidth_bytes_per_s"] == max(first["bandwidth_gemv_bytes_per_s"],
                                                  first["bandwidth_reduction_bytes_per_s"])
+    if library.missing_cpu_flags():
+        assert first["int8_ops_per_s"] is None and "lacks" in first["int8_note"]
+    else:  # int8 dot products outrun fp32 multiply-adds on every x86 CPU with AVX2
+        assert first["int8_path"] == library.best_path() and first["int8_ops_per_s"] > first["gemm_flops_per_s"]
 
 
 ARCH = {"layers": 2, "kv_heads": 1, "head_dim": 4, "hidden": 8, "block_parameters": 900_000,
@@ -163,6 +169,27 @@ def decode_profile(wall_ms, shares, ms, unprofiled_step_ms=None) -> ProfileResul
     return ProfileResult("made up", 1, {"decode": PhaseProfile(1, wall_ms, ms, shares)},
                          unprofiled_prefill_ms=1.0 if unprofiled_step_ms else None,
                          unprofiled_decode_step_ms=unprofiled_step_ms)
+
+
+@pytest.mark.parametrize("activation_bits, roof_gops", [(8, 400), (32, 100)])
+def test_prefill_is_judged_against_the_roof_of_its_arithmetic(activation_bits, roof_gops):
+    r, m = known_run("m", 200_000_000)
+    r.probes[0].update(int8_ops_per_s=400e9, int8_path="avx512-vnni")
+    m.details.activation_bits = activation_bits
+    roof = rooflines(r, method_figures(r))[0]["m"]
+    assert roof["compute_roof_gops"] == pytest.approx(roof_gops)
+    assert roof["prefill_floor_ms"] == pytest.approx(roof["prefill_gflop"] / roof_gops * 1e3)
+    assert ("int8" in roof["compute_roof"]) == (activation_bits == 8)
+
+
+def test_a_prefill_above_its_roof_is_a_probe_bug_not_a_new_roof():
+    r, m = known_run("m", 200_000_000)  # 18.2 MFLOP in a 1 ms TTFT: 18 GFLOP/s
+    for p in r.probes:
+        p["gemm_flops_per_s"] = 9e9
+    roofs, ceiling = rooflines(r, method_figures(r))
+    assert roofs["m"]["compute_roof_gops"] == pytest.approx(9.0)  # kept
+    assert roofs["m"]["prefill_efficiency"] == pytest.approx(18.2 / 9, rel=1e-3)  # shown above 100 %
+    assert "m's prefill reached 18 GFLOP/s, above its compute roof (fp32 GEMM" in ceiling_warnings(ceiling)[0]
 
 
 def test_a_method_faster_than_the_probe_sets_the_ceiling_and_is_named():

@@ -157,7 +157,8 @@ def bottleneck(config: Configuration, results: RunResults, model: ModelRef, scen
     roofs, _ = rooflines(view, method_figures(view))
     roof = roofs.get(config.method) or {}
     out.update({k: roof.get(k) for k in ("decode_efficiency", "decode_floor_ms", "prefill_efficiency",
-                                          "prefill_floor_ms", "bandwidth_gb_s", "gemm_gflop_s")})
+                                          "prefill_floor_ms", "bandwidth_gb_s", "compute_roof_gops",
+                                          "compute_roof")})
     if record.profile:
         out["verdict"], out["next"] = verdict(record, roof or None, None, results.machine.get("cpu_flags", []))
     if (out.get("prefill_share") or 0) >= 0.5:  # the profile judges decode; here prefill leads

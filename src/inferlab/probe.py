@@ -1,5 +1,7 @@
 """The machine's limits, measured in the run itself (a few seconds, in a process of its own,
-at the run's thread count): streaming read bandwidth and a GEMM peak. `python -m inferlab.probe
+at the run's thread count): streaming read bandwidth, an fp32 GEMM peak and the int8
+dot-product peak (the compute roof of int8 kernels: vpdpbusd where the CPU has VNNI, AVX2's
+multiply-add of bytes where not; engines/native/q4_roof.c). `python -m inferlab.probe
 THREADS BYTES` prints one JSON object.
 
 Bandwidth is the faster of a plain reduction (torch.sum: pure streaming reads) and an fp32 GEMV
@@ -49,15 +51,29 @@ def measure(threads: int, nbytes: int = defaults.PROBE_BYTES) -> dict:
     a, b = torch.rand(GEMM_N, GEMM_N), torch.rand(GEMM_N, GEMM_N)
     gemm = 2 * GEMM_N**3 / _best(lambda: torch.mm(a, b), REPEATS)
     return {
+        **int8_roof(threads),
         "threads": threads,
         "bandwidth_bytes_per_s": max(gemv, reduction),
         "bandwidth_gemv_bytes_per_s": gemv,
         "bandwidth_reduction_bytes_per_s": reduction,
         "gemm_flops_per_s": gemm,
         "method": f"best of {REPEATS}, {rows * cols * 4 >> 20} MiB fp32: the faster of torch.sum "
-                  f"and torch.mv, bytes read / time; torch.mm {GEMM_N}x{GEMM_N} fp32, 2 n^3 / time",
+                  f"and torch.mv, bytes read / time; torch.mm {GEMM_N}x{GEMM_N} fp32, 2 n^3 / time; "
+                  "int8: independent dot-product instructions on registers, 2 x multiply-adds / time",
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def int8_roof(threads: int) -> dict:
+    """The int8 dot-product peak in operations per second (two per multiply-add, as FLOPs are
+    counted), with the instructions it used; or why there is none."""
+    from .engines.native import library
+
+    try:
+        macs, path = library.int8_peak(threads, seconds=0.05)
+    except library.NativeBuildError as e:
+        return {"int8_ops_per_s": None, "int8_note": str(e)}
+    return {"int8_ops_per_s": 2 * macs, "int8_path": path}
 
 
 class ProbeProcess:

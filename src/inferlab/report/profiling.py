@@ -41,14 +41,16 @@ def render(results: RunResults, charts: list[str]) -> str:
     ceil = results.derived.ceiling
     parts = [f"# inferlab profiling report: {results.model['name']}", ""]
     if ceil:
+        int8 = (f", int8 dot products **{ceil['int8_peak'] / 1e9:.0f} GOPS** ({ceil['int8_path']})"
+                if ceil.get("int8_peak") else ", no int8 dot-product probe")
         parts += [
             f"Hardware limits at {results.config['threads']} threads, probed {ceil['probes']} times "
             f"in this run: streaming bandwidth **{ceil['bandwidth_low'] / 1e9:.1f}-"
             f"{ceil['bandwidth_high'] / 1e9:.1f} GB/s**, fp32 GEMM peak **{ceil['gemm_peak'] / 1e9:.0f} "
-            f"GFLOP/s** ({ceil['method']}). Floors use the highest rate seen in the run: "
-            f"{ceil['bandwidth'] / 1e9:.1f} GB/s (from {ceil['bandwidth_source']}) and "
-            f"{ceil['gemm'] / 1e9:.0f} GFLOP/s (from {ceil['gemm_source']}), so no efficiency can "
-            "exceed 100 %.",
+            f"GFLOP/s**{int8} ({ceil['method']}). Decode floors use the highest bandwidth seen in the "
+            f"run, {ceil['bandwidth'] / 1e9:.1f} GB/s (from {ceil['bandwidth_source']}); a prefill's "
+            "roof is the peak of its arithmetic: int8 dot products for methods whose products take "
+            "int8 activations, fp32 GEMM for the others.",
             "",
         ]
     parts += ["Profiles cover one prefill and a few decode steps per method, in a process of their "
@@ -72,7 +74,7 @@ def render(results: RunResults, charts: list[str]) -> str:
                 f"{roof.get('prefill_floor_ms', float('nan')):.1f}",
                 f"{roof.get('ttft_ms', float('nan')):.1f}",
                 f"{roof['prefill_efficiency']:.0%}" if roof.get("prefill_efficiency") else "-",
-                roof["time_source"],
+                roof.get("compute_roof", "-"), roof["time_source"],
             ])
     parts.append("")
     parts += versus_llama_cpp(results)
@@ -83,11 +85,11 @@ def render(results: RunResults, charts: list[str]) -> str:
                   f"context) / bandwidth, with the range over the probes in brackets; prefill floor "
                   f"= (2 x {arch.get('block_parameters', '?')} block parameters x "
                   f"{results.prompt_tokens} prompt tokens + 2 x {arch.get('lm_head_parameters', '?')} "
-                  f"LM-head parameters for one position + causal attention) / GEMM peak. "
-                  f"Efficiency = floor / measured time.", "",
+                  f"LM-head parameters for one position + causal attention) / the peak of the "
+                  f"method's arithmetic (its compute roof). Efficiency = floor / measured time.", "",
                   md_table(["method", "weights MB/step", "KV cache MB/step", "decode floor ms",
                             "TPOT ms", "decode efficiency", "achieved GB/s", "prefill floor ms",
-                            "TTFT ms", "prefill efficiency", "times from"], roof_rows), ""]
+                            "TTFT ms", "prefill efficiency", "compute roof", "times from"], roof_rows), ""]
     sweep = sweep_table(results)
     if sweep:
         parts += ["## What the KV cache changes: decode step against context length", "",

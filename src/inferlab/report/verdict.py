@@ -105,7 +105,8 @@ def bottleneck_lines(b: dict | None) -> list[str]:
                       f"({ms(b['decode_floor_ms'])} a step at {b['bandwidth_gb_s']:.1f} GB/s)")
     if b.get("prefill_efficiency"):
         floors.append(f"prefill at {b['prefill_efficiency']:.0%} of the compute roof "
-                      f"({ms(b['prefill_floor_ms'])} at {b['gemm_gflop_s']:.0f} GFLOP/s, the fp32 GEMM probe)")
+                      f"({ms(b['prefill_floor_ms'])} at {b['compute_roof_gops']:.0f} GOPS, the probed "
+                      f"{b['compute_roof']} peak)")
     if floors:
         out.append("- against the hardware: " + "; ".join(floors))
     if b.get("verdict"):

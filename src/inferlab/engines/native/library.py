@@ -110,3 +110,17 @@ def library_path() -> tuple[str, bool]:
 def load() -> ctypes.CDLL:
     path, _ = library_path()
     return ctypes.CDLL(path)
+
+
+def int8_peak(threads: int, seconds: float = 0.1, repeats: int = 3) -> tuple[float, str]:
+    """(multiply-adds of int8 pairs per second, kernel path): the best of `repeats` runs of
+    about `seconds` each of q4_roof.c's register-only loop with the best path this CPU has."""
+    lib = load()
+    lib.int8_peak.restype = ctypes.c_double
+    lib.int8_peak.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    path = best_path()
+    index = path_index(path)
+    rounds = 10_000
+    while (rate := lib.int8_peak(index, threads, rounds)) > 0 and rounds * 1024 * threads / rate < seconds:
+        rounds *= 4  # until one run lasts about `seconds` (a round: 512 or 1024 multiply-adds)
+    return max([rate, *(lib.int8_peak(index, threads, rounds) for _ in range(repeats - 1))]), path

@@ -1,36 +1,62 @@
 /* The machine's int8 dot-product peak, probed like the memory bandwidth: each thread runs
-   independent chains of the same instructions the 4-bit kernel uses (vpdpbusd where the CPU
-   has it, AVX2's multiply-add of bytes where not) on values held in registers, so nothing but
-   the arithmetic limits it. The profiler's compute roof for the native decoder's products. */
+   independent chains of the instructions the 4-bit kernel's copy for a path uses (vpdpbusd on
+   512-bit vectors for AVX-512 VNNI, on 256-bit for AVX-VNNI; AVX2's multiply-add of bytes in
+   pairs of blocks, as DOT2 does) on values held in registers, so nothing but the arithmetic
+   limits it: the compute roof of the native decoder's products (and of any int8 kernel). */
 
 #include "q4_common.h"
 
-#define CHAINS 12  /* independent accumulators: more than latency x throughput on these cores */
+#define CHAINS 8  /* independent sums: more than latency x throughput of these instructions */
 
-#define ROOF(SUFFIX, TARGET, STEP)                                                              \
-    static TARGET long CAT_ROOF(SUFFIX)(long rounds) {                                          \
-        __m256i acc[CHAINS], w = _mm256_set1_epi8(7), x = _mm256_set1_epi8(-3);                 \
-        for (int c = 0; c < CHAINS; c++) acc[c] = _mm256_set1_epi32(c);                         \
-        for (long r = 0; r < rounds; r++) {                                                     \
-            _Pragma("GCC unroll 12") for (int c = 0; c < CHAINS; c++) acc[c] = STEP(acc[c], w, x); \
-            __asm__ volatile("" : "+x"(w), "+x"(x)); /* keep the operands unknown: no folding */ \
-        }                                                                                       \
-        __m256i sum = acc[0];                                                                   \
-        for (int c = 1; c < CHAINS; c++) sum = _mm256_add_epi32(sum, acc[c]);                   \
-        return _mm256_extract_epi32(sum, 0);                                                    \
+/* x's value is hidden from the compiler every round, so no product can be computed once for
+   all rounds; each chain's own bytes w[c] keep the chains from sharing a product */
+#define HIDE(v) __asm__ volatile("" : "+v"(v))
+
+static long roof_avx2(long rounds) {
+    __m256i acc[CHAINS], w[CHAINS], x = _mm256_set1_epi8(-3);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int c = 0; c < CHAINS; c++) acc[c] = _mm256_setzero_si256(), w[c] = _mm256_set1_epi8((char)(c + 1));
+    for (long r = 0; r < rounds; r++) {
+        HIDE(x);
+#pragma GCC unroll 8
+        for (int c = 0; c < CHAINS; c++)  /* 64 multiply-adds, as DOT2 */
+            acc[c] = _mm256_add_epi32(acc[c], _mm256_madd_epi16(_mm256_add_epi16(
+                _mm256_maddubs_epi16(w[c], x), _mm256_maddubs_epi16(w[c], _mm256_xor_si256(x, w[c]))), ones));
     }
-#define CAT_ROOF(s) roof_##s
+    __m256i s = acc[0];
+    for (int c = 1; c < CHAINS; c++) s = _mm256_add_epi32(s, acc[c]);
+    return _mm256_extract_epi32(s, 0);
+}
 
-#define STEP_AVX2(acc, w, x) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)))
-#define STEP_AVX_VNNI(acc, w, x) _mm256_dpbusd_avx_epi32(acc, w, x)
-#define STEP_AVX512_VNNI(acc, w, x) _mm256_dpbusd_epi32(acc, w, x)
+__attribute__((target("avxvnni"))) static long roof_avx_vnni(long rounds) {
+    __m256i acc[CHAINS], w = _mm256_set1_epi8(7), x = _mm256_set1_epi8(-3);
+    for (int c = 0; c < CHAINS; c++) acc[c] = _mm256_set1_epi32(c);
+    for (long r = 0; r < rounds; r++) {
+        HIDE(x);
+#pragma GCC unroll 8
+        for (int c = 0; c < CHAINS; c++) acc[c] = _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(acc[c], w, x), w, x);
+    }
+    __m256i s = acc[0];
+    for (int c = 1; c < CHAINS; c++) s = _mm256_add_epi32(s, acc[c]);
+    return _mm256_extract_epi32(s, 0);
+}
 
-ROOF(avx2, , STEP_AVX2)
-ROOF(avx_vnni, __attribute__((target("avxvnni"))), STEP_AVX_VNNI)
-ROOF(avx512_vnni, __attribute__((target("avx512f,avx512vl,avx512bw,avx512vnni"))), STEP_AVX512_VNNI)
+__attribute__((target("avx512f,avx512vnni"))) static long roof_avx512_vnni(long rounds) {
+    __m512i acc[CHAINS], w = _mm512_set1_epi8(7), x = _mm512_set1_epi8(-3);
+    for (int c = 0; c < CHAINS; c++) acc[c] = _mm512_set1_epi32(c);
+    for (long r = 0; r < rounds; r++) {
+        HIDE(x);
+#pragma GCC unroll 8
+        for (int c = 0; c < CHAINS; c++) acc[c] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[c], w, x), w, x);
+    }
+    __m512i s = acc[0];
+    for (int c = 1; c < CHAINS; c++) s = _mm512_add_epi32(s, acc[c]);
+    return _mm512_reduce_add_epi32(s);
+}
 
-/* Multiply-adds of int8 pairs per second on `threads` threads with path's instructions, over
-   `rounds` rounds per thread (CHAINS x 32 multiply-adds each); -1 for no such path. */
+/* Multiply-adds of int8 pairs per second on `threads` threads with the path's instructions
+   (PATH_*), `rounds` rounds per thread; -1 for no such path. Each round is 64 multiply-adds per
+   chain on 256-bit vectors and 128 on 512-bit ones. */
 double int8_peak(int path, int threads, long rounds) {
     if (path < 0 || path >= PATHS) return -1.0;
     long sink = 0;
@@ -49,6 +75,6 @@ double int8_peak(int path, int threads, long rounds) {
 #pragma omp master
         t1 = omp_get_wtime();
     }
-    if (sink == 42) return 0.0;  /* uses the result: the loops are not removed */
-    return (double)threads * rounds * CHAINS * 32 / (t1 - t0);
+    const double per_round = CHAINS * (path == PATH_AVX512_VNNI ? 128.0 : 64.0);
+    return sink == 42 ? 0.0 : (double)threads * rounds * per_round / (t1 - t0);  /* the sums are used */
 }
