@@ -108,6 +108,8 @@ print(out["choices"][0]["text"])
         lib = self.lib = self._library()
         self.path, _ = self.artifact()
         lib.llama_backend_init()
+        # the file memory-mapped, llama.cpp's default (reading it into memory instead measured no
+        # faster: Q4_0, 512-token prefill 906 against 935-953 tok/s, decode 8.7 against 7.2-8.4 ms)
         mparams = lib.llama_model_default_params()
         self.model = lib.llama_model_load_from_file(self.path.encode(), mparams)
         if not self.model:
@@ -161,7 +163,9 @@ print(out["choices"][0]["text"])
                                                shape=(self.n_vocab,)) for i in wanted])
 
     def _clear(self) -> None:
-        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
+        # forget every cached position; the data need not be zeroed (it is overwritten before it
+        # is read), and zeroing 47 MB inside the prefill's clock is work no user pays for
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), False)
         self.length = 0
 
     def prefill(self, token_ids, all_logits=False):
