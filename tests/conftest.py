@@ -10,7 +10,7 @@ os.environ.setdefault("INFERLAB_CACHE", os.path.join(tempfile.gettempdir(), "inf
 os.environ.setdefault("INFERLAB_HISTORY", os.path.join(
     tempfile.gettempdir(), "inferlab-test-history", f"session-{os.getpid()}.sqlite"))
 
-from tests.tiny import make_model
+from tests.tiny import SHARP_QK, make_model  # noqa: F401 - SHARP_QK: for the tests that read it here
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,47 +58,21 @@ def _quick_hardware_probe(request, monkeypatch):
     monkeypatch.setattr(runner, "ProbeProcess", FixedProbe)
 
 
-def _on_gguf_grids(source: str, folder: str, qk_scale: float = 1.0):
-    """The model at `source` with its weights moved onto the grids of a Q4_1 GGUF (blocks:
-    4-bit affine; token table: 8-bit symmetric; scales and offsets in fp16), like the bundled
-    model's reference weights; the query and key projections first multiplied by qk_scale."""
-    import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from inferlab.engines.blockquant import affine4, symmetric8
-    from inferlab.models import resolve
-    from tests.tiny import make_tokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(source)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                w = p.numpy() * (qk_scale if name.endswith(("q_proj.weight", "k_proj.weight")) else 1.0)
-                q = (symmetric8 if "embed_tokens" in name else affine4)(w)
-                q.scales = q.scales.astype(np.float16).astype(np.float32)  # GGUF stores them in fp16
-                if q.offsets is not None:
-                    q.offsets = q.offsets.astype(np.float16).astype(np.float32)
-                p.copy_(torch.from_numpy(q.dequantize()))
-    model.save_pretrained(folder)
-    make_tokenizer(folder)
-    return resolve(folder)
-
-
 @pytest.fixture(scope="session")
 def grid_llama(tiny_models, tmp_path_factory):
-    """The tiny Llama on a Q4_1 GGUF's grids (_on_gguf_grids)."""
-    return _on_gguf_grids(tiny_models["llama"], str(tmp_path_factory.mktemp("grid-llama")))
+    """The tiny Llama on a Q4_1 GGUF's grids (tiny.on_gguf_grids)."""
+    return resolve_on_grids(tiny_models["llama"], str(tmp_path_factory.mktemp("grid-llama")))
 
 
-# Query and key projections 8x larger: transformers' default initialization leaves the tiny
-# models' attention nearly uniform, so keys rotated to the wrong position or read from another
-# sequence change their logits by less than any tolerance; here scores spread over several units
-# and each position's weight matters (tests/test_native.py measures it).
-SHARP_QK = 8.0
+def resolve_on_grids(source: str, folder: str, qk_scale: float = 1.0):
+    from inferlab.models import resolve
+    from tests.tiny import on_gguf_grids
+
+    on_gguf_grids(source, folder, qk_scale)
+    return resolve(folder)
 
 
 @pytest.fixture(scope="session")
 def sharp_llama(tiny_models, tmp_path_factory):
     """The tiny Llama on a Q4_1 GGUF's grids with sharp attention (SHARP_QK)."""
-    return _on_gguf_grids(tiny_models["llama"], str(tmp_path_factory.mktemp("sharp-llama")), SHARP_QK)
+    return resolve_on_grids(tiny_models["llama"], str(tmp_path_factory.mktemp("sharp-llama")), SHARP_QK)

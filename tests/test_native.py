@@ -102,30 +102,28 @@ def test_library_cache_is_keyed_by_the_cpu(monkeypatch):
     assert library._build_key(library.compiler()) != here  # a build for other flags is never loaded
 
 
-def test_native_method_is_skipped_without_avx2_or_on_other_architectures(monkeypatch, tiny_refs, grid_llama):
+def test_native_method_is_skipped_without_avx2_or_on_other_architectures(monkeypatch, tmp_path, tiny_refs, grid_llama):
+    import json
+    from types import SimpleNamespace
+
     cls = engine_class("native-int4")
-    assert cls.applies_to(grid_llama) and not cls.applies_to(tiny_refs["gpt2"])
-    with pytest.raises(EngineUnsupported, match="architecture 'gpt2'"):
-        cls(tiny_refs["gpt2"], threads=1).prepare()
+    assert cls.applies_to(grid_llama) and cls.applies_to(tiny_refs["gpt2"])
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "falcon"}))
+    falcon = SimpleNamespace(path=str(tmp_path))
+    assert "architecture 'falcon'" in cls.unavailable(falcon)
     monkeypatch.setattr(library, "cpu_flags", lambda: {"sse2"})
     assert not cls.applies_to(grid_llama)
     with pytest.raises(EngineUnsupported, match="lacks avx2, fma, f16c"):
         cls(grid_llama, threads=1).prepare()
 
 
-def test_native_decoder_gives_the_same_logits_on_any_thread_count(grid_llama, tmp_path):
+def test_native_decoder_gives_the_same_logits_on_any_thread_count(sharp_pack):
     # rows split differently between threads (three: the q/k/v split lands inside the k heads
-    # and is moved to a head's edge), attention's positions too (the first token has fewer
-    # positions than threads): only the order of attention's float sums may differ
-    nd.pack_model(grid_llama.path, str(tmp_path))
-    prompt, steps = [5, 17, 42, 99, 3, 250, 7], [11, 12, 13]
-    runs = []
-    for threads in (1, 2, 3):
-        dec = nd.NativeDecoder(str(tmp_path), threads, slots=16)
-        runs.append(np.stack([dec.prefill(prompt), *(dec.decode(t) for t in steps)]))
-    scale = np.abs(runs[0]).max()
+    # and is moved to a head's edge), attention's chunks too: the same arithmetic, bit for bit
+    runs = [forward_trace(nd.NativeDecoder(sharp_pack, threads, slots=600)) for threads in (1, 2, 3)]
     for other in runs[1:]:
-        assert np.abs(other - runs[0]).max() < 1e-4 * scale
+        for mine, theirs in zip(other, runs[0]):
+            assert np.array_equal(mine, theirs)
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +134,12 @@ def sharp_pack(sharp_llama, tmp_path_factory):
 
 
 def forward_trace(decoder: nd.NativeDecoder) -> list[np.ndarray]:
-    """Logits of every kind of call: a prompt (every position), a decode step, a batch's prefill
-    and its decode step."""
+    """Logits of every kind of call: a prompt (every position), decode steps, a batch's prefill
+    and its decode step, and steps beyond one chunk of attention's positions."""
     prompt = [(7 * i + 3) % 300 for i in range(37)]  # 37 rows: calls of 4 tokens and a rest of 1
     out = [decoder.prefill(prompt, all_logits=True), decoder.decode(5)]
+    long = [(5 * i + 1) % 300 for i in range(530)]  # three chunks of 256 positions
+    out += [decoder.prefill(long), decoder.decode(7), decoder.decode(8)]
     batch = [prompt[:9], prompt[9:18], prompt[18:27]]
     out += [decoder.prefill_batch(batch), decoder.append_batch([[1], [2], [3]])]
     return out
@@ -148,17 +148,20 @@ def forward_trace(decoder: nd.NativeDecoder) -> list[np.ndarray]:
 @pytest.mark.parametrize("path", [p for p in PATHS if p.values[0] != "avx2"])
 def test_every_kernel_path_gives_the_avx2_paths_logits(sharp_pack, path):
     # the integer sums are exact on every path and the float steps after them the same: equal bits
-    reference = forward_trace(nd.NativeDecoder(sharp_pack, 2, slots=64, path="avx2"))
-    for mine, theirs in zip(forward_trace(nd.NativeDecoder(sharp_pack, 2, slots=64, path=path)), reference):
+    reference = forward_trace(nd.NativeDecoder(sharp_pack, 2, slots=600, path="avx2"))
+    for mine, theirs in zip(forward_trace(nd.NativeDecoder(sharp_pack, 2, slots=600, path=path)), reference):
         assert np.array_equal(mine, theirs)
 
 
 def test_a_prompt_in_one_call_gives_the_logits_of_token_by_token(sharp_pack):
-    dec = nd.NativeDecoder(sharp_pack, 2, slots=64)
-    prompt = [(11 * i + 2) % 300 for i in range(23)]
+    # and cut into calls anywhere (a sweep's depth: a context, then the prompt): bit for bit
+    dec = nd.NativeDecoder(sharp_pack, 2, slots=600)
+    prompt = [(11 * i + 2) % 300 for i in range(300)]  # beyond one chunk of attention's positions
     whole = dec.prefill(prompt, all_logits=True)
     steps = [dec.prefill(prompt[:1])] + [dec.decode(t) for t in prompt[1:]]
-    assert np.abs(whole - np.stack(steps)).max() < 1e-5 * np.abs(whole).max()
+    assert np.array_equal(whole, np.stack(steps))
+    dec.prefill(prompt[:270])
+    assert np.array_equal(dec.append(prompt[270:]), whole[-1])
 
 
 def test_a_batch_decodes_each_sequence_as_alone(sharp_pack):
@@ -173,7 +176,7 @@ def test_a_batch_decodes_each_sequence_as_alone(sharp_pack):
     prompts = [[(p * 13 + i * 7) % 300 for i in range(11)] for p in range(5)]
     alone = [np.stack([dec.prefill(p), dec.decode(3), dec.decode(4)]) for p in prompts]
     batch = np.stack([dec.prefill_batch(prompts), dec.append_batch([[3]] * 5), dec.append_batch([[4]] * 5)], 1)
-    assert np.abs(batch - np.stack(alone)).max() < 1e-5 * np.abs(batch).max()
+    assert np.array_equal(batch, np.stack(alone))
     tokens = [generate(Engine(dec), p, 12).tokens for p in prompts]
     assert generate_batch(Engine(dec), prompts, 12).sequences == tokens
     with pytest.raises(Exception, match="holds 5 sequences"):

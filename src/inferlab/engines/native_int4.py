@@ -15,7 +15,7 @@ from ..models import artifact_folder
 from . import llama_arch
 from .base import Engine, EngineError, EngineUnsupported, Usage
 
-RECIPE = "r5"  # bump when the packed layout changes: it is part of the cache key
+RECIPE = "r6"  # bump when the packed layout changes: it is part of the cache key
 
 
 class NativeInt4(Engine):
@@ -24,7 +24,7 @@ class NativeInt4(Engine):
     summary = ("inferlab's own C decoder (AVX2, AVX-VNNI or AVX-512 VNNI as the CPU has them, compiled "
                "on this machine): 4-bit weights by the Q4_1 rule with fp16 scales (exact when the model "
                "came from Q4_1), 8-bit LM head, int8 activations, the offsets inside each dot product; "
-               "prompts and batches as matrix products; Llama-architecture models")
+               "prompts and batches as matrix products; the Llama family (Llama, Qwen2) and GPT-2")
     max_batch = 64  # sequences of one call: the KV cache holds KV_SLOTS positions for each
 
     @classmethod
@@ -156,7 +156,7 @@ print(tokenizer.decode(out))
             "file_bytes": os.path.getsize(os.path.join(self.folder, "weights.bin")),
             "details": {
                 "dtype": ("int4 weights by the Q4_1 rule (block 32, fp16 scale and offset), 8-bit LM "
-                          "head (Q8_0 rule), int8 activations per block of 32"),
+                          "head (Q8_0 rule), int8 activations per block of 32, fp32 norms and biases"),
                 "weights_exact": build.get("exact") == build.get("matrices"),
                 "weight_matrices": build.get("matrices"),
                 "max_weight_error_relative": build.get("max_relative_error"),

@@ -98,7 +98,7 @@ _EXACT = {
     # inferlab's native decoder (its own clock's phases)
     "native::matmul_q4 (q, k, v, o)": "matmul", "native::matmul_q4 (gate, up, down)": "matmul",
     "native::matmul_q8": "matmul", "native::attention": "attention",
-    "native::rmsnorm_quantize": "normalization", "native::silu_mul_quantize": "activation",
+    "native::norm_quantize": "normalization", "native::activation_quantize": "activation",
     "native::residual_add": "elementwise", "native::embedding": "embedding/lookup",
 }
 

@@ -16,13 +16,13 @@ from .breakdown import OpRecord, breakdown
 # the decoder's phase -> (operator name in the tables, model part)
 PHASES = {
     "embedding": ("native::embedding", "embedding"),
-    "rmsnorm_quantize": ("native::rmsnorm_quantize", "block norms"),
+    "norm_quantize": ("native::norm_quantize", "block norms"),
     "attention_projections": ("native::matmul_q4 (q, k, v, o)", "attention"),
     "attention": ("native::attention", "attention"),
     "mlp_projections": ("native::matmul_q4 (gate, up, down)", "mlp"),
-    "silu_mul_quantize": ("native::silu_mul_quantize", "mlp"),
+    "activation_quantize": ("native::activation_quantize", "mlp"),
     "residual_add": ("native::residual_add", "other"),
-    "final_norm": ("native::rmsnorm_quantize", "final norm + lm head"),
+    "final_norm": ("native::norm_quantize", "final norm + lm head"),
     "lm_head": ("native::matmul_q8", "final norm + lm head"),
 }
 

@@ -37,21 +37,27 @@ class Mat8(C.Structure):
     _fields_ = [("n", C.c_int32), ("k", C.c_int32), ("q", C.c_void_p), ("d", C.c_void_p)]
 
 
+PRODUCTS = ("qkv", "o", "up", "down")  # a block's 4-bit matrices, each with an optional bias
+NORMS = ("attn_norm", "ffn_norm")  # each with a bias for LayerNorm (GPT-2)
+ACT_SILU_GATED, ACT_GELU_TANH = 0, 1  # q4_common.h's ACT_*
+
+
 class Layer(C.Structure):
-    _fields_ = [("attn_norm", C.c_void_p), ("ffn_norm", C.c_void_p),
-                ("qkv", Mat4), ("o", Mat4), ("gate_up", Mat4), ("down", Mat4)]
+    _fields_ = [*((n, C.c_void_p) for n in NORMS), *((n + "_bias", C.c_void_p) for n in NORMS),
+                *((n, Mat4) for n in PRODUCTS), *((n + "_bias", C.c_void_p) for n in PRODUCTS)]
 
 
 class Model(C.Structure):
-    _fields_ = [*((name, C.c_int32) for name in ("hidden", "heads", "kv_heads", "head_dim", "inter",
-                                                  "layers", "vocab", "slots", "threads", "seqs", "path")),
+    _fields_ = [*((name, C.c_int32) for name in ("hidden", "heads", "kv_heads", "head_dim", "inter", "layers",
+                                                  "vocab", "slots", "threads", "seqs", "path", "act")),
                 ("eps", C.c_float), ("layer", C.POINTER(Layer)), ("embed", Mat8), ("head", Mat8),
-                ("final_norm", C.c_void_p), ("cos", C.c_void_p), ("sin", C.c_void_p),
-                ("k_cache", C.c_void_p), ("v_cache", C.c_void_p)]
+                *((name, C.c_void_p) for name in ("final_norm", "final_norm_bias", "cos", "sin", "positions",
+                                                  "k_cache", "v_cache"))]
 
 
 def check_supported(config: dict) -> None:
-    llama_arch.check_supported(config, "inferlab's native decoder", BLOCK)
+    llama_arch.check_supported(config, "inferlab's native decoder", BLOCK,
+                               types=(*llama_arch.LLAMA_FAMILY, "gpt2"), biases=True)
     s = llama_arch.Shapes(config)
     if s.head_dim % TILE or s.heads % s.kv_heads:
         raise EngineUnsupported(f"not supported for this model: inferlab's native decoder needs a head "
@@ -113,6 +119,57 @@ class _Blob:
             json.dump({"arrays": self.index, **meta}, f)
 
 
+def _interleaved(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    """Rows (or values) of a and b alternating: a's i-th at 2i, b's at 2i + 1 (gate, up)."""
+    if a is None:
+        return None
+    return np.stack([a, b], axis=1).reshape(-1, *a.shape[1:])
+
+
+def _gpt2_prefix(weights: dict) -> str:
+    return "transformer." if any(k.startswith("transformer.") for k in weights) else ""
+
+
+def _block(s: llama_arch.Shapes, weights: dict, i: int) -> dict:
+    """Block i's arrays in the decoder's terms (PRODUCTS as [out, in] fp32, their biases, NORMS
+    and their biases), None where the model has none."""
+    if s.gpt2:  # Conv1D layers store [in, out]; c_attn's outputs are q, k, v
+        p = f"{_gpt2_prefix(weights)}h.{i}."
+        w = {k: weights[p + k] for k in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias")}
+        out = {"attn_norm": w["ln_1.weight"], "ffn_norm": w["ln_2.weight"],
+               "attn_norm_bias": w["ln_1.bias"], "ffn_norm_bias": w["ln_2.bias"]}
+        for name, layer in zip(PRODUCTS, ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")):
+            out[name] = np.ascontiguousarray(weights[p + layer + ".weight"].T)
+            out[name + "_bias"] = weights[p + layer + ".bias"]
+        return out
+    p = f"model.layers.{i}."
+
+    def get(name):
+        return weights.get(p + name)
+
+    qkv = [get(f"self_attn.{k}_proj.weight") for k in "qkv"]
+    qkv_bias = [get(f"self_attn.{k}_proj.bias") for k in "qkv"]
+    return {"attn_norm": get("input_layernorm.weight"), "ffn_norm": get("post_attention_layernorm.weight"),
+            "attn_norm_bias": None, "ffn_norm_bias": None,
+            "qkv": np.concatenate(qkv), "qkv_bias": None if qkv_bias[0] is None else np.concatenate(qkv_bias),
+            "o": get("self_attn.o_proj.weight"), "o_bias": get("self_attn.o_proj.bias"),
+            "up": _interleaved(get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")),
+            "up_bias": _interleaved(get("mlp.gate_proj.bias"), get("mlp.up_proj.bias")),
+            "down": get("mlp.down_proj.weight"), "down_bias": get("mlp.down_proj.bias")}
+
+
+def _top(s: llama_arch.Shapes, weights: dict) -> dict:
+    """The arrays outside the blocks: final norm (and bias), learned positions, the LM head and
+    the token table (None when the head is the table)."""
+    if s.gpt2:
+        p = _gpt2_prefix(weights)
+        return {"final_norm": weights[p + "ln_f.weight"], "final_norm_bias": weights[p + "ln_f.bias"],
+                "positions": weights[p + "wpe.weight"], "head": weights[p + "wte.weight"], "embed": None}
+    head = llama_arch.lm_head_name(s, weights)
+    return {"final_norm": weights["model.norm.weight"], "final_norm_bias": None, "positions": None,
+            "head": weights[head], "embed": None if head == "model.embed_tokens.weight" else weights["model.embed_tokens.weight"]}
+
+
 def pack_model(model_folder: str, out_folder: str) -> dict:
     """Quantize and lay out a model's weights for the decoder; returns the build report
     {matrices, exact, max_relative_error}."""
@@ -129,35 +186,32 @@ def pack_model(model_folder: str, out_folder: str) -> dict:
         report["max_relative_error"] = max(report["max_relative_error"], q.max_error / max(q.max_abs, 1e-30))
         return q
 
-    def add4(name: str, parts: list[str], interleave: bool = False) -> None:
-        # interleaved: row 2i of the first matrix's row i, row 2i + 1 the second's (gate, up)
-        w = np.stack([weights[p] for p in parts], axis=1) if interleave else np.concatenate(
-            [weights[p] for p in parts], axis=0)
-        w = w.reshape(-1, w.shape[-1])
-        q = account(_half_scales(affine4(w, BLOCK), w), len(parts))
+    def add4(name: str, w: np.ndarray, count: int) -> None:
+        q = account(_half_scales(affine4(w, BLOCK), w), count)
         blob.add(name + ".q", _nibbles(q))
         blob.add(name + ".d", _tiled(q.scales.astype(np.float16)))
         blob.add(name + ".m", _tiled(q.offsets.astype(np.float16)))
 
-    def add8(name: str, source: str) -> None:
-        q = account(_half_scales(symmetric8(weights[source], BLOCK), weights[source]), 1)
+    def add8(name: str, w: np.ndarray) -> None:
+        q = account(_half_scales(symmetric8(w, BLOCK), w), 1)
         blob.add(name + ".q", _signed(q))
         blob.add(name + ".d", q.scales.astype(np.float16))
 
     for i in range(s.layers):
-        p = f"model.layers.{i}."
-        blob.add(f"{i}.attn_norm", weights[p + "input_layernorm.weight"])
-        blob.add(f"{i}.ffn_norm", weights[p + "post_attention_layernorm.weight"])
-        add4(f"{i}.qkv", [p + f"self_attn.{k}_proj.weight" for k in "qkv"])
-        add4(f"{i}.o", [p + "self_attn.o_proj.weight"])
-        add4(f"{i}.gate_up", [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], interleave=True)
-        add4(f"{i}.down", [p + "mlp.down_proj.weight"])
-    blob.add("final_norm", weights["model.norm.weight"])
-    head = llama_arch.lm_head_name(s, weights)
-    add8("head", head)
-    tied = head == "model.embed_tokens.weight"
+        for name, array in _block(s, weights, i).items():
+            if name in PRODUCTS:
+                # matrices the model has: Llama's q, k, v and gate, up are one product here each
+                add4(f"{i}.{name}", array, count=1 if s.gpt2 else {"qkv": 3, "up": 2}.get(name, 1))
+            elif array is not None:  # norms and biases, in fp32
+                blob.add(f"{i}.{name}", array)
+    top = _top(s, weights)
+    for name in ("final_norm", "final_norm_bias", "positions"):
+        if top[name] is not None:
+            blob.add(name, top[name])
+    add8("head", top["head"])
+    tied = top["embed"] is None
     if not tied:  # the token table is only gathered from; the same 8-bit rule keeps it small
-        add8("embed", "model.embed_tokens.weight")
+        add8("embed", top["embed"])
     blob.save(out_folder, {"config": config, "tied": tied, "build": report})
     return report
 
@@ -221,13 +275,16 @@ class NativeDecoder:
         arrays = {name: self._view(a) for name, a in index["arrays"].items()}
         self.weight_bytes = int(self.weights.nbytes)
         s = llama_arch.Shapes(self.config)
+        if s.max_positions:  # learned positions: none beyond the table
+            slots = min(slots, s.max_positions)
         self.shapes, self.slots = s, slots
         # the keys are cached in blocks of 8 positions (q4_attention.c): room for whole blocks
-        cos, sin = llama_arch.rotary_tables(s, -(-slots // 8) * 8)
+        room = -(-slots // 8) * 8
+        cos, sin = (None, None) if s.gpt2 else llama_arch.rotary_tables(s, room)
         self.keep = [cos, sin]  # arrays the C side points into: alive as long as the decoder
 
-        def ptr(a: np.ndarray) -> int:
-            return a.ctypes.data
+        def ptr(a: np.ndarray | None) -> int | None:
+            return None if a is None else a.ctypes.data
 
         def mat4(name: str) -> Mat4:
             q = arrays[name + ".q"]
@@ -237,15 +294,18 @@ class NativeDecoder:
             q = arrays[name + ".q"]
             return Mat8(q.shape[0], q.shape[1] * BLOCK, ptr(q), ptr(arrays[name + ".d"]))
 
-        self.layers = (Layer * s.layers)(*(
-            Layer(ptr(arrays[f"{i}.attn_norm"]), ptr(arrays[f"{i}.ffn_norm"]),
-                  mat4(f"{i}.qkv"), mat4(f"{i}.o"), mat4(f"{i}.gate_up"), mat4(f"{i}.down"))
-            for i in range(s.layers)))
+        def layer(i: int) -> Layer:
+            return Layer(*(ptr(arrays[f"{i}.{n}"]) for n in NORMS), *(ptr(arrays.get(f"{i}.{n}_bias")) for n in NORMS),
+                         *(mat4(f"{i}.{n}") for n in PRODUCTS), *(ptr(arrays.get(f"{i}.{n}_bias")) for n in PRODUCTS))
+
+        self.layers = (Layer * s.layers)(*(layer(i) for i in range(s.layers)))
         head = mat8("head")
-        self.model = Model(s.hidden, s.heads, s.kv_heads, s.head_dim, s.inter, s.layers, s.vocab, len(cos),
-                           threads, 0, library.path_index(self.path), s.eps, self.layers,
+        act = ACT_GELU_TANH if s.gpt2 else ACT_SILU_GATED
+        self.model = Model(s.hidden, s.heads, s.kv_heads, s.head_dim, s.inter, s.layers, s.vocab, room,
+                           threads, 0, library.path_index(self.path), act, s.eps, self.layers,
                            head if self.tied else mat8("embed"), head,
-                           ptr(arrays["final_norm"]), ptr(cos), ptr(sin), None, None)
+                           ptr(arrays["final_norm"]), ptr(arrays.get("final_norm_bias")), ptr(cos), ptr(sin),
+                           ptr(arrays.get("positions")), None, None)
         self.lookup_only_bytes = 0 if self.tied else sum(
             arrays[n].nbytes for n in ("embed.q", "embed.d"))
         self.scratch = np.empty(0, np.float32)

@@ -37,7 +37,7 @@ INTERNAL void cache_kv(const Model *m, float *qkv, int tokens, const int32_t *se
         for (int h = h0; h < h1; h++) {
             float *v = row + (size_t)h * hd;  /* this thread's rows: rotated in place */
             if (h < m->heads + m->kv_heads) {
-                rope(v, hd, m->cos + (size_t)pos * half_hd, m->sin + (size_t)pos * half_hd);
+                if (m->cos) rope(v, hd, m->cos + (size_t)pos * half_hd, m->sin + (size_t)pos * half_hd);
                 uint16_t *k = m->k_cache + cache_at(m, seqs[t], layer, h - m->heads, 0) + (size_t)(pos / KB) * hd * KB + pos % KB;
                 for (int c = 0; c < hd; c++) k[c * KB] = _cvtss_sh(v[c], _MM_FROUND_TO_NEAREST_INT);
             } else {

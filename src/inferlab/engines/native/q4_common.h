@@ -41,19 +41,27 @@ typedef struct {
 } Mat8;
 
 typedef struct {
-    const float *attn_norm, *ffn_norm;  /* [hidden] */
-    Mat4 qkv, o, gate_up, down;  /* qkv: q rows, then k, then v; gate_up: gate and up rows interleaved */
+    const float *attn_norm, *ffn_norm;            /* [hidden] */
+    const float *attn_norm_bias, *ffn_norm_bias;  /* [hidden]: LayerNorm (GPT-2); 0: RMSNorm (Llama) */
+    /* qkv: q rows, then k, then v; up: the MLP's input product: with a gated activation its
+       gate and up rows interleaved, else the rows of its one input product */
+    Mat4 qkv, o, up, down;
+    const float *qkv_bias, *o_bias, *up_bias, *down_bias;  /* each product's bias, or 0 */
 } Layer;
+
+enum { ACT_SILU_GATED, ACT_GELU_TANH };  /* silu(gate) * up (Llama), or gelu_new(up) (GPT-2) */
 
 typedef struct {
     int32_t hidden, heads, kv_heads, head_dim, inter, layers, vocab, slots, threads;
     int32_t seqs;             /* sequences the cache holds (a batch), `slots` positions each */
     int32_t path;             /* PATH_*: the 4-bit kernel's instruction sets */
+    int32_t act;              /* ACT_*: the MLP's activation */
     float eps;
     const Layer *layer;
     Mat8 embed, head;
-    const float *final_norm;  /* [hidden] */
-    const float *cos, *sin;   /* [slots, head_dim / 2] */
+    const float *final_norm, *final_norm_bias;  /* [hidden]; the bias 0 for RMSNorm */
+    const float *cos, *sin;   /* [slots, head_dim / 2] rotary tables, or 0 (learned positions) */
+    const float *positions;   /* [slots, hidden] learned position embeddings (GPT-2), or 0 */
     uint16_t *k_cache, *v_cache; /* [seqs, layers, kv_heads, slots, head_dim], fp16 */
 } Model;
 
