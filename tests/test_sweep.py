@@ -328,3 +328,18 @@ def test_progress_is_a_line_per_cell_off_a_terminal_and_nothing_when_quiet():
     quiet = io.StringIO()
     SweepProgress(total=3, already=0, quiet=True, stream=quiet).advance(result(32, 1.0))
     assert quiet.getvalue() == ""
+
+
+def test_a_sweep_longer_than_the_default_slots_makes_engines_reserve_enough(monkeypatch, tiny_refs):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(defaults, "KV_SLOTS", 2048)
+    monkeypatch.delenv(defaults.KV_SLOTS_ENV, raising=False)
+    long = SweepConfig(methods=["kv-cache"], prompt_token_list=[2048], new_token_list=[32], depth_list=[2048])
+    model = SimpleNamespace(path="/nonexistent")  # no config: no context window to respect
+    assert long.check_lengths(model) == 4352  # 4128 in whole 256s, for every cell and method
+    assert os.environ[defaults.KV_SLOTS_ENV] == "4352"  # what the workers read
+    short = SweepConfig(methods=["kv-cache"], prompt_token_list=[32], new_token_list=[8], depth_list=[0])
+    assert short.check_lengths(model) == 4352  # never less than already reserved
+    with pytest.raises(ValueError, match="exceed the model's context window of 256 tokens"):
+        long.check_lengths(tiny_refs["llama"])

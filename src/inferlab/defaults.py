@@ -26,9 +26,22 @@ DEFAULT_WARMUP = 1  # untimed generations before measuring
 DEFAULT_MIN_REPEATS = 5  # at least this many timed generations ...
 DEFAULT_MIN_TIME_S = 5.0  # ... and at least this much timed wall time ...
 DEFAULT_MAX_REPEATS = 30  # ... but never more than this many
-# KV slots that engines with a preallocated cache (llama.cpp, the fused ONNX graph) reserve:
-# prompt + new tokens and the quality windows fit; a longer sequence is refused with a message
-KV_SLOTS = 2048
+# KV slots per sequence that engines with a preallocated cache (llama.cpp, the fused ONNX graph,
+# ONNX Runtime GenAI, the native decoder) reserve: prompt + new tokens and the quality windows
+# fit. A sweep whose longest sequence (depth + prompt + new tokens) needs more reserves that many
+# for every cell and method (reserve_kv_slots: its workers read it from the environment).
+KV_SLOTS_ENV = "INFERLAB_KV_SLOTS"
+KV_SLOTS = int(os.environ.get(KV_SLOTS_ENV) or 2048)
+
+
+def reserve_kv_slots(tokens: int) -> int:
+    """Make engines loaded from now on (in this process's workers) reserve room for `tokens`
+    positions per sequence, in whole 256s; returns the slots they will reserve."""
+    global KV_SLOTS
+    if tokens > KV_SLOTS:
+        KV_SLOTS = -(-tokens // 256) * 256
+        os.environ[KV_SLOTS_ENV] = str(KV_SLOTS)
+    return KV_SLOTS
 DEFAULT_METHOD_TIMEOUT_S = 600.0  # a method's process is killed after this (hang guard)
 # the largest counts and times accepted: beyond them a run could not finish in a working day
 # (30,000 runs of a 1 s generation = 8 hours); refused before anything loads

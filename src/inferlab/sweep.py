@@ -90,17 +90,16 @@ class SweepConfig(RunConfig):
         if min(self.batch_list) < 1 or min(self.thread_list) < 1:
             raise ValueError("--batch and --threads must be at least 1")
 
-    def check_lengths(self, model: ModelRef) -> None:
-        """The longest sequence must fit the model's context window and the KV slots that
-        engines reserve: refused before anything loads."""
+    def check_lengths(self, model: ModelRef) -> int:
+        """The longest sequence must fit the model's context window (refused before anything
+        loads); engines then reserve KV slots for it. Returns the slots they reserve."""
         longest = max(self.depth_list) + max(self.prompt_token_list) + max(self.new_token_list)
         window = context_window(model)
-        limit = min(window or defaults.KV_SLOTS, defaults.KV_SLOTS)
-        if longest > limit:
-            what = (f"the model's context window of {window} tokens" if window and window <= defaults.KV_SLOTS
-                    else f"the {defaults.KV_SLOTS} KV slots engines reserve")
+        if window and longest > window:
             raise ValueError(f"--depth {max(self.depth_list)} + --prompt-tokens {max(self.prompt_token_list)} "
-                             f"+ --new-tokens {max(self.new_token_list)} = {longest} tokens exceed {what}")
+                             f"+ --new-tokens {max(self.new_token_list)} = {longest} tokens exceed the "
+                             f"model's context window of {window} tokens")
+        return defaults.reserve_kv_slots(longest)
 
     def check_memory(self, model: ModelRef, available: int | None) -> None:
         """Refuse, before loading, a sweep whose largest cell cannot fit: every method of a
@@ -191,7 +190,7 @@ def _run_sweep(config: SweepConfig, show, progress_factory, prober, t0) -> tuple
     model = resolve(config.model)
     if config.methods == list(defaults.DEFAULT_METHODS):
         config.methods = default_methods(model)
-    config.check_lengths(model)
+    kv_slots = config.check_lengths(model)
     config.check_memory(model, machine.conditions().get("memory_available_bytes"))
     text, source = read_text(config.text_file)
     spec = CellSpec(model, text_tokens(load_tokenizer(model.path), text, source), config,
@@ -208,7 +207,8 @@ def _run_sweep(config: SweepConfig, show, progress_factory, prober, t0) -> tuple
             model={**model.to_dict(), "parameters": parameter_count(model.path),
                    "architecture": architecture(model.path)},
             prompt_tokens=max(config.prompt_token_list),
-            sweep={"axes": config.axes(), "identity": config.identity(), "prompt_text": source},
+            sweep={"axes": config.axes(), "identity": config.identity(), "prompt_text": source,
+                   "kv_slots": kv_slots},
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             inferlab_version=__version__)
         results.methods = [MethodResult(method=m, status="running", summary=engine_class(m).summary)
