@@ -92,11 +92,7 @@ print(tokenizer.decode(out))
         self.reset_counters()
 
     def prefill(self, token_ids, all_logits=False):
-        self._book("decode")  # what the clock holds so far was decode steps
-        logits = self.decoder.prefill(token_ids, all_logits)
-        self._book("prefill")
-        self.clock["prefill_tokens"] += len(token_ids)
-        return logits
+        return self._prompt(self.decoder.prefill, len(token_ids), token_ids, all_logits)
 
     def decode(self, token_id):
         logits = self.decoder.decode(token_id)
@@ -107,28 +103,25 @@ print(tokenizer.decode(out))
         return self.decoder.rewind(length)
 
     def prefill_batch(self, sequences):
-        self._book("decode")
-        logits = self.decoder.prefill_batch(sequences)
-        self._book("prefill")
-        self.clock["prefill_tokens"] += sum(len(s) for s in sequences)
-        return logits
+        return self._prompt(self.decoder.prefill_batch, sum(map(len, sequences)), sequences)
 
     def append_batch(self, sequences):
         if all(len(s) == 1 for s in sequences):  # a decode step of every sequence
             logits = self.decoder.append_batch(sequences)
             self.clock["decode_tokens"] += len(sequences)
             return logits
-        self._book("decode")
-        logits = self.decoder.append_batch(sequences)
-        self._book("prefill")
-        self.clock["prefill_tokens"] += sum(len(s) for s in sequences)
-        return logits
+        return self._prompt(self.decoder.append_batch, sum(map(len, sequences)), sequences)
 
     def append(self, token_ids):
+        return self._prompt(self.decoder.append, len(token_ids), token_ids)
+
+    def _prompt(self, call, tokens: int, *args):
+        """A call that runs a prompt's tokens (several in one call: the prefill's work), booked
+        to prefill on the decoder's clock; what the clock held before it was decode steps."""
         self._book("decode")
-        logits = self.decoder.append(token_ids)
-        self._book("prefill")  # several tokens in one call: the prefill's work
-        self.clock["prefill_tokens"] += len(token_ids)
+        logits = call(*args)
+        self._book("prefill")
+        self.clock["prefill_tokens"] += tokens
         return logits
 
     def _book(self, phase: str) -> None:

@@ -1,9 +1,10 @@
 /* The 4-bit product's kernel, compiled once per instruction path. The file that includes it
    defines SUFFIX (the path's name in function names), TARGET (its target attribute), RN (the
-   tokens a call carries), ROWS (rows per vector: 8 for 256-bit vectors, which take a
-   tile of 16 rows as two halves, or 16), the vector types VI and VF, and the operations below;
-   DOT2(acc, lo, hi, xp) is acc plus the dot products, per 32-bit lane, of lo's four bytes with
-   the four at xp and of hi's with the four at xp + 4 (exact in int32 on every path).
+   tokens a call carries), and, from q4_vec256.h or q4_vec512.h, ROWS (rows per vector: 8 for
+   256-bit vectors, which take a tile of 16 rows as two halves, or 16), the vector types VI and
+   VF and their operations, and DOT2(acc, lo, hi, xp): acc plus the dot products, per 32-bit
+   lane, of lo's four bytes with the four at xp and of hi's with the four at xp + 4 (exact in
+   int32 on every path). This file undefines all of them at its end.
 
    A call computes the rows of one or two vectors' worth of rows for up to RN tokens: per block
    of 32 inputs, eight broadcasts of four activation bytes per token meet the unpacked nibbles
@@ -106,3 +107,21 @@ static TARGET void CAT(matmul4_, SUFFIX)(const Mat4 *w, const Act *x, int tokens
 #undef PARTS
 #undef CAT
 #undef CAT_
+#undef SUFFIX
+#undef TARGET
+#undef RN
+#undef DOT2
+#undef ROWS
+#undef VI
+#undef VF
+#undef SET1_8
+#undef SET1_F
+#undef ZERO_I
+#undef ZERO_F
+#undef LOAD_I
+#undef AND
+#undef SRLI16
+#undef CVT
+#undef FMADD
+#undef LOAD_HALF
+#undef STORE_F

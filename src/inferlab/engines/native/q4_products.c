@@ -52,101 +52,34 @@ static inline int32_t four(const int8_t *p) {
 }
 static inline __m256i four_bytes(const int8_t *p) { return _mm256_set1_epi32(four(p)); }
 
-/* 256-bit vectors: 8 rows each, two per tile */
-#define ROWS 8
-#define VI __m256i
-#define VF __m256
-#define SET1_8 _mm256_set1_epi8
-#define SET1_32 _mm256_set1_epi32
-#define SET1_F _mm256_set1_ps
-#define ZERO_I _mm256_setzero_si256
-#define ZERO_F _mm256_setzero_ps
-#define LOAD_I(p) _mm256_loadu_si256((const __m256i *)(p))
-#define AND _mm256_and_si256
-#define SRLI16 _mm256_srli_epi16
-#define CVT _mm256_cvtepi32_ps
-#define FMADD _mm256_fmadd_ps
-#define LOAD_HALF(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
-#define STORE_F _mm256_storeu_ps
-#define RN 4
-
 /* AVX2: no byte dot product; maddubs gives pairs in int16 (each at most 2 * 15 * 127, and the
    two added at most 4 * 15 * 127: no saturation), madd with ones the 32-bit lanes */
+#include "q4_vec256.h"
 #define SUFFIX avx2
 #define TARGET
+#define RN 4
 #define DOT2(acc, lo, hi, xp) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_add_epi16( \
     _mm256_maddubs_epi16(lo, four_bytes(xp)), _mm256_maddubs_epi16(hi, four_bytes(xp + 4))), _mm256_set1_epi16(1)))
 #include "q4_kernel4.h"
-#undef SUFFIX
-#undef TARGET
-#undef DOT2
 
 /* AVX-VNNI (Intel since Alder Lake and Sapphire Rapids, AMD since Zen 5): vpdpbusd in VEX form */
+#include "q4_vec256.h"
 #define SUFFIX avx_vnni
 #define TARGET __attribute__((target("avxvnni")))
+#define RN 4
 #define DOT2(acc, lo, hi, xp) _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(acc, lo, four_bytes(xp)), hi, four_bytes(xp + 4))
 #include "q4_kernel4.h"
-#undef SUFFIX
-#undef TARGET
-#undef DOT2
-#undef ROWS
-#undef VI
-#undef VF
-#undef SET1_8
-#undef SET1_32
-#undef SET1_F
-#undef ZERO_I
-#undef ZERO_F
-#undef LOAD_I
-#undef AND
-#undef SRLI16
-#undef CVT
-#undef FMADD
-#undef LOAD_HALF
-#undef STORE_F
 
 /* AVX-512 VNNI: 512-bit vectors, a whole tile each. On AMD Zen 4 a 512-bit vpdpbusd runs at
    nearly the rate of a 256-bit one (measured, one core: 234 against 128 GMAC/s), so the wide
    form nearly doubles the products' arithmetic rate. */
-#define ROWS 16
-#define VI __m512i
-#define VF __m512
-#define SET1_8 _mm512_set1_epi8
-#define SET1_32 _mm512_set1_epi32
-#define SET1_F _mm512_set1_ps
-#define ZERO_I _mm512_setzero_si512
-#define ZERO_F _mm512_setzero_ps
-#define LOAD_I(p) _mm512_loadu_si512((const void *)(p))
-#define AND _mm512_and_si512
-#define SRLI16 _mm512_srli_epi16
-#define CVT _mm512_cvtepi32_ps
-#define FMADD _mm512_fmadd_ps
-#define LOAD_HALF(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
-#define STORE_F _mm512_storeu_ps
+#include "q4_vec512.h"
 #define SUFFIX avx512_vnni
 #define TARGET __attribute__((target("avx512f,avx512vl,avx512bw,avx512vnni")))
+#define RN 4
 #define DOT2(acc, lo, hi, xp) _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc, lo, _mm512_set1_epi32(four(xp))), hi, \
                                                   _mm512_set1_epi32(four(xp + 4)))
 #include "q4_kernel4.h"
-#undef SUFFIX
-#undef TARGET
-#undef DOT2
-#undef RN
-#undef ROWS
-#undef VI
-#undef VF
-#undef SET1_8
-#undef SET1_32
-#undef SET1_F
-#undef ZERO_I
-#undef ZERO_F
-#undef LOAD_I
-#undef AND
-#undef SRLI16
-#undef CVT
-#undef FMADD
-#undef LOAD_HALF
-#undef STORE_F
 
 /* y[t, rows r0..r1) = W x[t] for a 4-bit matrix, r0 and r1 multiples of 16; ldy is y's row
    stride; path: which instruction sets (PATH_*) the kernel may use */
