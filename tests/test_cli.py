@@ -50,6 +50,9 @@ def test_run_end_to_end_and_report_redraw(tiny_models, tmp_path, capsys):
     md = open(os.path.join(folder, "report.md")).read()
     assert "| eager-nocache | ok |" in md and "speedup" in md
     assert "TTFT is engine-level" in md and "GenAI-Perf" in md  # names beside other tools
+    # what each engine does per new sequence inside TTFT, as the worker recorded it
+    assert r.method("kv-cache").details.setup_in_ttft.startswith("a new DynamicCache")
+    assert "- **eager-nocache**: none: no cache" in md
     assert "eager-nocache" in capsys.readouterr().out  # the console table
     # redraw without rerunning: remove the report, draw it again from results.json
     os.remove(os.path.join(folder, "report.md"))

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from inferlab.engines import REGISTRY, EngineError, EngineUnsupported, engine_class, method_names
+from inferlab.engines.base import Engine
 from inferlab.harness import argmax, generate
 from inferlab.results import EngineDetails
 
@@ -74,6 +75,7 @@ def test_contract(loaded, method, arch):
     d = EngineDetails.from_dict(info["details"])
     assert d.weight_bits in (32, 16, 8, 6, 5, 4) and d.activation_bits in (32, 16, 8), info["details"]
     assert d.kv_bytes_per_value is not None and d.dtype
+    assert type(engine).setup_in_ttft != Engine.setup_in_ttft  # what it does per sequence inside TTFT
     assert d.bytes_read_per_step is None or 0 < d.bytes_read_per_step <= info["weight_bytes"]
 
 

@@ -39,6 +39,7 @@ class EngineDetails:
     # the instruction sets the engine's kernels were built for or chose at run time, where it
     # says (native-int4: its kernel path; llama.cpp: the CPU options of its build)
     instruction_set: str = ""
+    setup_in_ttft: str = ""  # what the engine does per new sequence inside TTFT (Engine.setup_in_ttft)
     extra: dict[str, Any] = field(default_factory=dict)
 
     # results of schema 3 and engines' info() used these names for two of the fields

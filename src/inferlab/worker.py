@@ -80,9 +80,10 @@ class Worker:
 
     def info(self) -> p.EngineInfo:
         info = self.engine.info()
+        details = EngineDetails.from_dict(info.get("details"))
+        details.setup_in_ttft = type(self.engine).setup_in_ttft
         return p.EngineInfo(weight_bytes=info.get("weight_bytes"), file_bytes=info.get("file_bytes"),
-                            parameters=info.get("parameters"),
-                            details=EngineDetails.from_dict(info.get("details")))
+                            parameters=info.get("parameters"), details=details)
 
     def on_generate(self, request: p.Generate) -> p.Generated:
         from .harness import generate_timed

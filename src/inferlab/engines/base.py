@@ -44,6 +44,9 @@ class Engine(ABC):
     # sequences one prefill or decode call can carry; a sweep's cell of a larger batch is
     # skipped for the method, with that reason
     max_batch: ClassVar[int] = 1
+    # what the engine does for each new sequence inside the prefill's clock (TTFT): a cache
+    # allocated, reset or zeroed, a state made anew; the report states it beside the figures
+    setup_in_ttft: ClassVar[str] = "not stated"
 
     def __init__(self, model: ModelRef, threads: int):
         self.model_ref = model

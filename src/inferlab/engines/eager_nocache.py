@@ -13,6 +13,7 @@ class EagerNoCache(TorchEngine):
     steps_are_full_forwards = True
 
     max_batch = 256
+    setup_in_ttft = "none: no cache (every step runs the whole sequence again)"
 
     @torch.inference_mode()
     def _last_logits(self, all_logits=False):

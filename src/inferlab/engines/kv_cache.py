@@ -11,6 +11,7 @@ class KVCache(TorchEngine):
     name = "kv-cache"
     summary = "PyTorch fp32 with the KV cache (the reference for correctness and quality)"
     max_batch = 256
+    setup_in_ttft = "a new DynamicCache, its tensors allocated as the prompt fills them"
 
     @torch.inference_mode()
     def prefill(self, token_ids, all_logits=False):

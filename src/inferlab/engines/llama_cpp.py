@@ -41,6 +41,8 @@ def source_gguf(ref) -> str:
 class LlamaCpp(Engine):
     gguf_type: ClassVar[str]  # the llama.cpp type this method runs
     max_batch = 16  # sequences of one context (n_seq_max), CONTEXT slots each
+    setup_in_ttft = ("llama_memory_clear without zeroing (positions forgotten; a new batch size: a new "
+                     "context)")
 
     @classmethod
     def applies_to(cls, model) -> bool:

@@ -26,6 +26,7 @@ class NativeInt4(Engine):
                "came from Q4_1), 8-bit LM head, int8 activations, the offsets inside each dot product; "
                "prompts and batches as matrix products; the Llama family (Llama, Qwen2) and GPT-2")
     max_batch = 64  # sequences of one call: the KV cache holds KV_SLOTS positions for each
+    setup_in_ttft = "none: the preallocated cache is overwritten from slot 0 (a larger batch: a larger cache)"
 
     @classmethod
     def applies_to(cls, model) -> bool:

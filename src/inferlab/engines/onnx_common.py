@@ -171,6 +171,7 @@ class OrtEngine(Engine):
 
     driver: ClassVar[type]
     max_batch = 256  # the exported graph's batch axis (a driver without one says 1)
+    setup_in_ttft = "empty past arrays made for the prompt; ONNX Runtime allocates the present arrays it returns"
 
     @abstractmethod
     def artifact(self) -> tuple[str, bool]:

@@ -86,6 +86,7 @@ class OnnxInt4(OrtEngine):
     layer_bits = 4
     driver = FusedOrtDecoder
     max_batch = 1  # the graph's KV buffers are built for one sequence
+    setup_in_ttft = "none: fixed KV buffers bound once, overwritten from slot 0"
 
     @classmethod
     def applies_to(cls, model) -> bool:

@@ -58,6 +58,7 @@ class OpenVino(Engine):
     export_args: ClassVar[tuple[str, ...]] = ()
     variant: ClassVar[str]  # names the export in the cache key
     max_batch = 256  # the stateful model's batch axis (beam_idx keeps each row's state)
+    setup_in_ttft = "reset_state(): the stateful model's KV state starts empty"
 
     def artifact(self) -> tuple[str, bool]:
         tag = (f"{self.variant}-ov{metadata.version('openvino')}"

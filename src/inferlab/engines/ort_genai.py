@@ -40,6 +40,8 @@ def builder_transformers_version() -> str:
 class OrtGenAI(Engine):
     precision: ClassVar[str]  # the builder's --precision
     max_batch = 256  # GeneratorParams' batch_size
+    setup_in_ttft = ("rewind_to(0) of the generator kept for the batch size (a new batch size: a new "
+                     "generator and its KV buffers)")
 
     def artifact(self) -> tuple[str, bool]:
         tag = (f"{self.precision}-genai{metadata.version('onnxruntime-genai')}"

@@ -46,6 +46,8 @@ class TorchCompile(KVCache):
     name = "torch-compile"
     summary = "PyTorch fp32, static KV cache, decode step compiled by torch.compile (inductor)"
     max_batch = 1  # its static cache and compiled step hold one sequence
+    setup_in_ttft = ("its StaticCache reset (zeroed) for the prompt's size, or made anew for a new size "
+                     "(compiled in the untimed first call)")
     # transformers' own form of the same idea: a static cache and the forward compiled
     usage_transform = ('model.generation_config.cache_implementation = "static"\n'
                        'model.forward = torch.compile(model.forward)\n')

@@ -14,6 +14,7 @@ from .tables import (
     quality_rows,
     ranking,
     rows_of,
+    setup_in_ttft,
     time_line,
     versus_llama_cpp,
     witness_rows,
@@ -184,7 +185,7 @@ def render(results: RunResults, charts: list[str] | None = None) -> str:
                   md_table([c for c, _ in WITNESS_COLUMNS], witness), ""]
     every += [f"![{c}]({c})" for c in ("itl_by_position.png", "speed_vs_size.png") if c in charts]
     parts += folded("Every figure, per method (latency tails, floors, sizes, speedups)", every)
-    parts += folded("How it was measured", [protocol_text(results)])
+    parts += folded("How it was measured", [protocol_text(results), "", *setup_in_ttft(results)])
     parts += folded("Cold start: conversion, load and first call", [md_table([c for c, _ in COLD_COLUMNS], rows_of(results, COLD_COLUMNS))])
     built = []
     for m in results.methods:

@@ -8,7 +8,7 @@ import os
 
 from .. import defaults
 from ..results import RunResults
-from .tables import mbytes
+from .tables import mbytes, setup_in_ttft
 
 def _num(key: str, fmt="{:.1f}"):
     return lambda r: "-" if r.get(key) is None else fmt.format(r[key])
@@ -95,7 +95,7 @@ def render(results: RunResults, charts: list[str]) -> str:
     parts += quality_section(results)
     sizes = [f"- **{m.method}**: weights {mbytes(m.weight_bytes)} MB, load {m.load_s or 0:.2f} s; "
              f"{m.summary}" for m in results.methods]
-    parts += ["## Methods", ""] + sizes + [""]
+    parts += ["## Methods", ""] + sizes + [""] + setup_in_ttft(results)
     warns = results.derived.warnings
     parts += ["## Warnings", ""] + ([f"- {w}" for w in warns] or ["- none"]) + [""]
     parts += folded("Environment", environment_section(results)[2:])

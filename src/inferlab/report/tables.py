@@ -216,6 +216,8 @@ def detail_lines(m) -> list[str]:
         lines.append("weights exactly the reference's (on the quantizer's grid)")
     if d.threads:
         lines.append(f"threads: {d.threads}")
+    if d.instruction_set:
+        lines.append(f"instruction set: {d.instruction_set}")
     return lines + [f"{k.replace('_', ' ')}: {_plain(v)}" for k, v in sorted(d.extra.items()) if v not in (None, "")]
 
 
@@ -333,6 +335,15 @@ def versus_llama_cpp(results: RunResults) -> list[str]:
                      f"Run with --profile (or `inferlab profile --methods {v['method']}`) for "
                      "where its step goes.")
     return [" ".join(lines), ""]
+
+
+def setup_in_ttft(results: RunResults) -> list[str]:
+    """What each method does per new sequence inside its TTFT, as its engine states it."""
+    stated = [(m.method, m.details.setup_in_ttft) for m in results.methods if m.details.setup_in_ttft]
+    if not stated:
+        return []
+    return ["Set-up each method does for a new sequence inside TTFT (a cache made, reset or kept):", "",
+            *(f"- **{name}**: {text}" for name, text in stated), ""]
 
 
 def time_line(results: RunResults, with_report: bool = True) -> str:
