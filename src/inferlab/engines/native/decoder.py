@@ -315,10 +315,6 @@ class NativeDecoder:
         self._one = np.zeros(3, np.int32)  # a decode step's token, sequence and position
         self.batch = 1  # sequences of the current batch
 
-    @property
-    def length(self) -> int:
-        return self.lengths[0]
-
     def _hold(self, sequences: int) -> None:
         """Room in the cache for `sequences` sequences (kept when there is already room)."""
         if sequences <= self.model.seqs:
@@ -344,12 +340,10 @@ class NativeDecoder:
 
     def _run(self, ids: np.ndarray, seqs: np.ndarray, positions: np.ndarray, kept: int) -> np.ndarray:
         """Rows (token, sequence, position) through the model; the logits [kept, vocab] of the
-        last `kept` rows."""
+        last `kept` rows. The callers have checked the token ids (before narrowing them to int32)."""
         n = len(ids)
         if positions.max() >= self.slots:
             raise EngineError(f"sequence of {int(positions.max()) + 1} tokens is longer than the {self.slots} KV slots")
-        if ids.min() < 0 or ids.max() >= self.shapes.vocab:
-            raise EngineError(f"token id out of range 0..{self.shapes.vocab - 1}")
         if n not in self._scratch_floats:  # a decode step asks for the same size every time
             self._scratch_floats[n] = self.lib.scratch_floats(C.byref(self.model), n)
         if self.scratch.size < self._scratch_floats[n]:

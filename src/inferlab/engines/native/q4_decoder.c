@@ -232,9 +232,10 @@ void phase_seconds(double *out, int reset) {
 
    Five barriers a layer: after the q/k/v product (each thread rotates the k heads among its
    rows and writes its k and v heads to the cache first), after attention (chunks of positions
-   shared out, see CHUNK; then every thread joins the parts for itself), after the o product, after the gate/up product (each
-   thread applies SiLU to its own rows, interleaved gate/up, and quantizes its own blocks
-   first), after the down product. Everything between, the residual stream, the norms and the
+   shared out, see CHUNK; then every thread joins the parts for itself), after the o product,
+   after the MLP's input product (each thread applies the activation to its own rows, SiLU on
+   interleaved gate/up rows or GPT-2's GELU, and quantizes its own blocks first), after the
+   down product. Everything between, the residual stream, the norms and the
    quantization of each product's input, every thread computes for itself on private
    buffers: the same arithmetic, so the same values, with no wait. */
 int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32_t *positions, int tokens, int kept,
@@ -269,12 +270,13 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
         const int nt = omp_get_num_threads(), id = omp_get_thread_num();
         Act ah;
         act_layout(&ah, normed + T * H, H, tokens);
-        /* this thread's rows of each product: q/k/v; o and down (hidden); gate/up, in units of
-           128 (64 activations, two whole blocks of the down product's input); the LM head */
+        /* this thread's rows of each product: q/k/v; o and down (hidden); the MLP's input
+           product in whole blocks of 32 activations (64 interleaved gate/up rows, or 32 up rows),
+           the blocks the down product's input is quantized in; the LM head */
         int qkv0, qkv1, hid0, hid1, gu0, gu1, voc0, voc1;
         qkv_rows(m, &qkv0, &qkv1);
         my_rows(H, TILE, &hid0, &hid1);
-        my_rows(gu_n, (gated ? 2 : 1) * QK, &gu0, &gu1);  /* whole blocks of the activation */
+        my_rows(gu_n, (gated ? 2 : 1) * QK, &gu0, &gu1);
         my_rows(m->vocab, 4, &voc0, &voc1);
         double last = now_s();
         for (int t = 0; t < tokens; t++) {
