@@ -164,6 +164,17 @@ def test_a_prompt_in_one_call_gives_the_logits_of_token_by_token(sharp_pack):
     assert np.array_equal(dec.append(prompt[270:]), whole[-1])
 
 
+def test_long_prompts_and_batches_run_in_several_calls_with_the_same_logits(sharp_pack, monkeypatch):
+    dec = nd.NativeDecoder(sharp_pack, 2, slots=600)
+    prompt = [(13 * i + 4) % 300 for i in range(300)]
+    batch = [prompt[i:i + 40] for i in range(0, 200, 40)]
+    whole, together = dec.prefill(prompt, all_logits=True), dec.prefill_batch(batch)
+    monkeypatch.setattr(nd, "CALL_ROWS", 64)  # a prompt in 5 calls, the batch in 4 (cut inside a position)
+    assert np.array_equal(dec.prefill(prompt, all_logits=True), whole)
+    assert np.array_equal(dec.prefill(prompt), whole[-1])
+    assert np.array_equal(dec.prefill_batch(batch), together)
+
+
 def test_a_batch_decodes_each_sequence_as_alone(sharp_pack):
     from inferlab.harness import generate, generate_batch
 

@@ -26,6 +26,7 @@ from . import library
 
 BLOCK = 32
 TILE = 16  # rows of a 4-bit matrix stored together
+CALL_ROWS = 1024  # rows of one C call at most (a longer prompt or batch: several calls)
 ALIGN = 64
 
 
@@ -340,7 +341,7 @@ class NativeDecoder:
 
     def _run(self, ids: np.ndarray, seqs: np.ndarray, positions: np.ndarray, kept: int) -> np.ndarray:
         """Rows (token, sequence, position) through the model; the logits [kept, vocab] of the
-        last `kept` rows. The callers have checked the token ids (before narrowing them to int32)."""
+        last `kept` rows (none: no LM head). The callers have checked the token ids (before narrowing them to int32)."""
         n = len(ids)
         if positions.max() >= self.slots:
             raise EngineError(f"sequence of {int(positions.max()) + 1} tokens is longer than the {self.slots} KV slots")
@@ -366,7 +367,18 @@ class NativeDecoder:
             raise EngineError(f"token id out of range 0..{self.shapes.vocab - 1}")
         seqs = np.tile(np.arange(batch, dtype=np.int32), length)
         positions = (np.asarray(starts, np.int32)[None, :] + np.arange(length, dtype=np.int32)[:, None]).reshape(-1)
-        logits = self._run(ids.astype(np.int32), seqs, positions, kept)
+        ids, n = ids.astype(np.int32), len(ids)
+        # at most CALL_ROWS rows a call: the scratch grows with a call's rows (8 contexts of 2048
+        # in one call took 600 MB), and the logits are the same bits however the rows are cut
+        # (a row attends to positions that earlier rows, in this call or an earlier one, cached)
+        parts = []
+        for at in range(0, n, CALL_ROWS):
+            end = min(at + CALL_ROWS, n)
+            want = max(0, end - max(at, n - kept))  # of the last `kept` rows, those in this call
+            out = self._run(ids[at:end], seqs[at:end], positions[at:end], want)
+            if want:
+                parts.append(out)
+        logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
         for i in range(batch):
             self.lengths[i] = starts[i] + length
         return logits

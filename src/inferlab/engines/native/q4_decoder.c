@@ -226,8 +226,8 @@ void phase_seconds(double *out, int reset) {
 /* Runs `tokens` rows through the model: row t is token ids[t] of sequence seqs[t] at position
    positions[t] (a prompt: one sequence, consecutive positions; a batch's step: one row per
    sequence), each row attending to its own sequence's cache up to its position, the cache
-   updated in place. Logits [kept, vocab] for the last `kept` rows (a batch orders its rows
-   position by position, so its last rows are each sequence's last position). Returns 0, or -1
+   updated in place. Logits [kept, vocab] for the last `kept` rows, none when 0 (a batch orders
+   its rows position by position, so its last rows are each sequence's last position). Returns 0, or -1
    for a position beyond the cache, a sequence the cache does not hold, or a bad count.
 
    Five barriers a layer: after the q/k/v product (each thread rotates the k heads among its
@@ -240,7 +240,7 @@ void phase_seconds(double *out, int reset) {
    buffers: the same arithmetic, so the same values, with no wait. */
 int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32_t *positions, int tokens, int kept,
             float *logits, float *scratch) {
-    if (tokens < 1 || kept < 1 || kept > tokens) return -1;
+    if (tokens < 1 || kept < 0 || kept > tokens) return -1;
     for (int t = 0; t < tokens; t++)
         if (positions[t] < 0 || positions[t] >= m->slots || seqs[t] < 0 || seqs[t] >= m->seqs) return -1;
     const int H = m->hidden, hd = m->head_dim, inter = m->inter;
