@@ -222,24 +222,19 @@ def pack_model(model_folder: str, out_folder: str) -> dict:
 HUGE_PAGE = 2 << 20
 
 
-def _huge_page_zeros(size: int) -> np.ndarray:
-    """`size` zero bytes of anonymous memory that the kernel is asked to back with 2 MiB pages.
-    Each decode step streams every weight once: with 4 KiB pages that is one TLB miss per 4 KiB
-    (~25,000 a step for SmolLM2); with 2 MiB pages about fifty. Measured A/B in one process,
-    6 rounds: 0.95x the step time of plain pages."""
+def _read_into_huge_pages(path: str) -> np.ndarray:
+    """The file's bytes in anonymous memory that the kernel is asked to back with 2 MiB pages.
+    Each decode step streams every weight once: with 4 KiB pages that is one TLB miss per
+    4 KiB (~25,000 a step for SmolLM2); with 2 MiB pages about fifty. Measured A/B in one
+    process, 6 rounds: 0.95x the step time of plain pages."""
     import mmap
 
+    size = os.path.getsize(path)
     region = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     start = -np.frombuffer(region, np.uint8, count=1).ctypes.data % HUGE_PAGE  # 2 MiB-aligned start
     if hasattr(mmap, "MADV_HUGEPAGE"):
         region.madvise(mmap.MADV_HUGEPAGE, start, size - size % HUGE_PAGE)
-    return np.frombuffer(region, np.uint8, count=size, offset=start)
-
-
-def _read_into_huge_pages(path: str) -> np.ndarray:
-    """The file's bytes in memory the kernel is asked to back with 2 MiB pages."""
-    size = os.path.getsize(path)
-    view = _huge_page_zeros(size)
+    view = np.frombuffer(region, np.uint8, count=size, offset=start)
     with open(path, "rb") as f:
         if f.readinto(memoryview(view)) != size:
             raise OSError(f"{path}: short read")
