@@ -136,16 +136,16 @@ static inline void rope(float *v, int head_dim, const float *cos, const float *s
 #define INTERNAL __attribute__((visibility("hidden")))
 
 /* q4_products.c */
-INTERNAL void quantize_blocks(const float *xrows, Act *a, int t, int b0, int b1);
-INTERNAL void quantize_token(const float *xrows, Act *a, int t);
+INTERNAL void quantize_blocks(const float *x, Act *a, int t, int b0, int b1);
+INTERNAL void quantize_token(const float *x, Act *a, int t);
 INTERNAL void matmul4_rows(const Mat4 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1, int path);
 INTERNAL void matmul8_rows(const Mat8 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1);
 
 /* q4_attention.c */
-INTERNAL void cache_kv(const Model *m, float *qkv, int tokens, const int32_t *seqs, const int32_t *positions, int layer,
-                       int r0, int r1);
-INTERNAL void attend_group(const float *q, int G, const uint16_t *K, const uint16_t *V, int p0, int p1, int hd,
-                           float scale, float *sc, float *part, size_t pstride);
+INTERNAL void cache_kv(const Model *m, float *qkv, int t0, int t1, const int32_t *seqs, const int32_t *positions,
+                       int layer, int r0, int r1);
+INTERNAL void attend_rows(const float *q, int n, int G, const uint16_t *K, const uint16_t *V, int p0, const int *p1,
+                          int hd, float scale, float *sc, float *part, size_t rstride, size_t pstride);
 INTERNAL void combine_parts(const float *parts, int n, size_t stride, int hd, float *out);
 
 /* q4_threads.c */

@@ -26,6 +26,16 @@ phase (phase_seconds; spans for the profiler's timeline), the engine's counters 
 
 static int chunks_max(const Model *m) { return (m->slots + CHUNK - 1) / CHUNK; }
 
+/* A prompt's consecutive rows attend together, up to this many: each key and value vector read
+   and converted once for all their heads (512-token prefill, SmolLM2: the attention phase
+   0.92-0.95x its time with one row at a time, A/B in one process) */
+#define ROWS_TOGETHER 4
+
+/* Rows from which a forward pass shares out its work by rows and takes products' rows in units
+   (see forward) */
+#define MANY_ROWS 16
+#define GRAB_ROWS 32
+
 /* Few rows (a decode step): threads share out every row's chunks. Many rows (a prompt, a
    batch): each thread takes whole (row, KV head) pairs and joins their chunks itself. */
 static int share_chunks(const Model *m, int tokens) { return tokens * m->kv_heads < 4 * m->threads; }
@@ -37,12 +47,12 @@ static size_t part_floats(const Model *m) { return (size_t)m->head_dim + 8; }
 static size_t part_slots(const Model *m, int tokens) { return share_chunks(m, tokens) ? (size_t)chunks_max(m) : 1; }
 
 /* Scratch for `tokens` tokens, in floats (the caller allocates it): a shared part, then one
-   private part per thread (see forward): the residual stream, the normed rows and their int8
-   form, and attention's scores, one row's rotated queries and its chunks' parts. */
+   private part per thread (see forward): the residual stream, a normed row, the rows' int8
+   form, and attention's scores, rotated queries and chunks' parts for ROWS_TOGETHER rows. */
 static size_t private_floats(const Model *m, int tokens) {
-    const size_t group = (size_t)(m->heads / m->kv_heads);
-    return (size_t)tokens * (2 * (size_t)m->hidden + act_floats(m->hidden)) + group * (CHUNK + 16) +
-           group * m->head_dim + group * chunks_max(m) * part_floats(m) + 16;
+    const size_t heads = ROWS_TOGETHER * (size_t)(m->heads / m->kv_heads);
+    return (size_t)tokens * ((size_t)m->hidden + act_floats(m->hidden)) + m->hidden + heads * (CHUNK + 16) +
+           heads * m->head_dim + heads * chunks_max(m) * part_floats(m) + 16;
 }
 
 static size_t widest_rows(const Model *m) {
@@ -52,7 +62,8 @@ static size_t widest_rows(const Model *m) {
 
 static size_t shared_floats(const Model *m, int tokens) {
     size_t t = (size_t)tokens, parts = (size_t)m->heads * part_slots(m, tokens) * part_floats(m);
-    return t * (widest_rows(m) + 2 * (size_t)m->hidden + parts + (size_t)m->inter + act_floats(m->inter)) + 16;
+    return t * (widest_rows(m) + 2 * (size_t)m->hidden + parts + (size_t)m->inter + act_floats(m->inter) +
+                act_floats(m->hidden)) + 4 * (size_t)m->layers + 16;
 }
 
 size_t scratch_floats(const Model *m, int tokens) {
@@ -127,6 +138,27 @@ static void silu_mul_interleaved(const float *gu, int n, float *out) {
     for (; i < n; i++) out[i] = gu[2 * i] / (1.0f + expf(-gu[2 * i])) * gu[2 * i + 1];
 }
 
+/* Rows r0..r1 of a 4-bit product (plus its bias) for every row of x into y (its row stride w->n):
+   this thread's own rows (next 0: few rows, each thread streaming its share of the weights,
+   read ahead at the barrier before), or units of GRAB_ROWS rows of the whole product taken in
+   turn from the counter `next` (many rows: a thread slowed by anything else on the machine takes
+   fewer units instead of keeping the others waiting: with static shares, a 512-token prefill's
+   two threads waited 17-43 ms in all at the barriers, measured, with its products at the rate
+   they reach alone). */
+static void product_rows(const Model *m, const Mat4 *w, const float *bias, const Act *x, int tokens, float *y, int r0,
+                         int r1, atomic_int *next) {
+    if (!next) {
+        matmul4_rows(w, x, tokens, y, w->n, r0, r1, m->path);
+        add_bias(y, w->n, tokens, bias, r0, r1);
+        return;
+    }
+    for (int u; (u = atomic_fetch_add_explicit(next, 1, memory_order_relaxed)) * GRAB_ROWS < w->n;) {
+        const int a = u * GRAB_ROWS, b = a + GRAB_ROWS < w->n ? a + GRAB_ROWS : w->n;
+        matmul4_rows(w, x, tokens, y, w->n, a, b, m->path);
+        add_bias(y, w->n, tokens, bias, a, b);
+    }
+}
+
 /* ---- the forward pass ------------------------------------------------------------------- */
 
 static void embed_row(const Mat8 *e, int id, float *out) {
@@ -155,8 +187,36 @@ static void attend_chunk(const Model *m, int layer, const float *qr, int seq, in
                          float *part, size_t pstride) {
     const int p0 = c * CHUNK, p1 = len < p0 + CHUNK ? len : p0 + CHUNK;
     const size_t at = cache_at(m, seq, layer, g, 0);
-    attend_group(qr, m->heads / m->kv_heads, m->k_cache + at, m->v_cache + at, p0, p1, m->head_dim,
-                 1.0f / sqrtf((float)m->head_dim), sc, part, pstride);
+    attend_rows(qr, 1, m->heads / m->kv_heads, m->k_cache + at, m->v_cache + at, p0, &p1, m->head_dim,
+                1.0f / sqrtf((float)m->head_dim), sc, part, 0, pstride);
+}
+
+/* Rows t..t+n-1 (n <= ROWS_TOGETHER; one sequence, consecutive positions) with KV head g, every
+   chunk: their group's chunk parts in own ([row][head][chunk]), then each head's joined in
+   chunk order into its one part in `parts` (max 0, sum 1: joining it again leaves its values
+   as they are). qr and sc: this thread's room for the rows' queries and scores. */
+static void attend_whole(const Model *m, int layer, const float *qkv, int t, int n, const int32_t *seqs,
+                         const int32_t *positions, int g, float *qr, float *sc, float *own, float *parts,
+                         size_t parts_per_token) {
+    const int hd = m->head_dim, group = m->heads / m->kv_heads, qkv_n = (m->heads + 2 * m->kv_heads) * hd;
+    const size_t part_n = part_floats(m), pstride = (size_t)chunks_max(m) * part_n, rstride = group * pstride;
+    const size_t at = cache_at(m, seqs[t], layer, g, 0);
+    for (int i = 0; i < n; i++) queries(m, qkv + (size_t)(t + i) * qkv_n, positions[t + i], g, qr + (size_t)i * group * hd);
+    int p1[ROWS_TOGETHER];
+    for (int c = 0, a = 0; c <= positions[t + n - 1] / CHUNK; c++) {
+        const int p0 = c * CHUNK;
+        while (positions[t + a] < p0) a++;  /* the first row with positions in this chunk */
+        for (int i = a; i < n; i++) p1[i] = positions[t + i] + 1 < p0 + CHUNK ? positions[t + i] + 1 : p0 + CHUNK;
+        attend_rows(qr + (size_t)a * group * hd, n - a, group, m->k_cache + at, m->v_cache + at, p0, p1 + a, hd,
+                    1.0f / sqrtf((float)hd), sc, own + a * rstride + c * part_n, rstride, pstride);
+    }
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < group; h++) {
+            float *part = parts + (size_t)(t + i) * parts_per_token + (size_t)(g * group + h) * part_n;
+            combine_parts(own + i * rstride + h * pstride, positions[t + i] / CHUNK + 1, part_n, hd, part + 8);
+            part[0] = 0.0f;
+            part[1] = 1.0f;
+        }
 }
 
 /* ---- the engine's own clock: wall time per kind of work, read by the profiler -------------- */
@@ -230,31 +290,41 @@ void phase_seconds(double *out, int reset) {
    its rows position by position, so its last rows are each sequence's last position). Returns 0, or -1
    for a position beyond the cache, a sequence the cache does not hold, or a bad count.
 
-   Five barriers a layer: after the q/k/v product (each thread rotates the k heads among its
-   rows and writes its k and v heads to the cache first), after attention (chunks of positions
-   shared out, see CHUNK; then every thread joins the parts for itself), after the o product,
-   after the MLP's input product (each thread applies the activation to its own rows, SiLU on
-   interleaved gate/up rows or GPT-2's GELU, and quantizes its own blocks first), after the
-   down product. Everything between, the residual stream, the norms and the
-   quantization of each product's input, every thread computes for itself on private
-   buffers: the same arithmetic, so the same values, with no wait. */
+   Few rows (a decode step, a small batch): five barriers a layer: after the q/k/v product (each
+   thread rotates the k heads among its rows and writes its k and v heads to the cache first),
+   after attention (chunks of positions shared out, see CHUNK; then every thread joins the parts
+   for itself), after the o product, after the MLP's input product (each thread applies the
+   activation to its own rows, SiLU on interleaved gate/up rows or GPT-2's GELU, and quantizes
+   its own blocks first), after the down product. Everything between, the residual stream, the
+   norms and the quantization of each product's input, every thread computes for itself on
+   private buffers: the same arithmetic, so the same values, with no wait.
+
+   Many rows (MANY_ROWS or more: a prompt): each thread norms, joins and quantizes a share of
+   the rows into a shared input instead, the products' rows are taken in units from a counter
+   (see product_rows), and the cache is written by rows; four more barriers a layer. Each
+   value is computed by the same arithmetic either way: the same logits, bit for bit. */
 int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32_t *positions, int tokens, int kept,
             float *logits, float *scratch) {
     if (tokens < 1 || kept < 0 || kept > tokens) return -1;
     for (int t = 0; t < tokens; t++)
         if (positions[t] < 0 || positions[t] >= m->slots || seqs[t] < 0 || seqs[t] >= m->seqs) return -1;
-    const int H = m->hidden, hd = m->head_dim, inter = m->inter;
+    const int H = m->hidden, hd = m->head_dim, inter = m->inter, many = tokens >= MANY_ROWS;
     const int gated = m->act == ACT_SILU_GATED;  /* the MLP's input product: gate and up rows, or up */
     const int qkv_n = (m->heads + 2 * m->kv_heads) * hd, gu_n = (gated ? 2 : 1) * inter, group = m->heads / m->kv_heads;
     const size_t T = (size_t)tokens;
-    /* shared: product outputs, attention's parts from every thread, the MLP activation and its quantized form */
+    /* shared: product outputs, attention's parts from every thread, the MLP activation and its
+       quantized form, the products' input (many rows) */
     const size_t part_n = part_floats(m), slots = part_slots(m, tokens), parts_per_token = m->heads * slots * part_n;
-    const int shared = share_chunks(m, tokens), cm = chunks_max(m);
+    const int shared = share_chunks(m, tokens);
     float *wide = scratch, *obuf = wide + T * widest_rows(m), *dbuf = obuf + T * H, *parts = dbuf + T * H;
-    float *mlp = parts + T * parts_per_token, *hbuf = mlp + T * inter;
+    float *mlp = parts + T * parts_per_token, *hbuf = mlp + T * inter, *xbuf = hbuf + T * act_floats(inter);
     float *private_base = scratch + shared_floats(m, tokens);
-    Act hact;
+    Act hact, xact;
     act_layout(&hact, hbuf, inter, tokens);
+    act_layout(&xact, xbuf, H, tokens);
+    /* many rows: a counter per product and layer, units of rows taken in turn */
+    atomic_int *next = (atomic_int *)(xbuf + T * act_floats(H));
+    for (int i = 0; i < 4 * m->layers; i++) atomic_init(&next[i], 0);
 
     Barrier bar;
     atomic_init(&bar.count, 0);
@@ -264,12 +334,18 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
         int sense = 0;
         Ahead ahead;
         float *mine = private_base + (size_t)omp_get_thread_num() * private_floats(m, tokens);
-        float *resid = mine, *normed = resid + T * H, *sc = normed + T * H + T * act_floats(H);
-        float *qr = sc + (size_t)group * (CHUNK + 16);  /* one query row's group of heads, rotated */
-        float *own = qr + (size_t)group * hd;  /* a (row, KV head)'s chunk parts: [group][chunks] */
+        /* normed: one row on its way to x (its int8 form), kept in L1 */
+        float *resid = mine, *normed = resid + T * H, *sc = normed + H + T * act_floats(H);
+        float *qr = sc + (size_t)ROWS_TOGETHER * group * (CHUNK + 16);  /* rows' groups of heads, rotated */
+        float *own = qr + (size_t)ROWS_TOGETHER * group * hd;  /* their chunk parts: [row][head][chunk] */
         const int nt = omp_get_num_threads(), id = omp_get_thread_num();
         Act ah;
-        act_layout(&ah, normed + T * H, H, tokens);
+        act_layout(&ah, normed + H, H, tokens);
+        /* the products' input: this thread's own (few rows), or the shared one, each thread
+           preparing rows t0..t1 of it (many rows) */
+        Act *x = many ? &xact : &ah;
+        int t0 = 0, t1 = tokens;
+        if (many) my_rows(tokens, 1, &t0, &t1);
         /* this thread's rows of each product: q/k/v; o and down (hidden); the MLP's input
            product in whole blocks of 32 activations (64 interleaved gate/up rows, or 32 up rows),
            the blocks the down product's input is quantized in; the LM head */
@@ -288,14 +364,21 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
 
         for (int l = 0; l < m->layers; l++) {
             const Layer *L = &m->layer[l];
-            for (int t = 0; t < tokens; t++) {
-                norm(m, resid + t * H, L->attn_norm, L->attn_norm_bias, normed + t * H);
-                quantize_token(normed, &ah, t);
+            atomic_int *grab[4];  /* the products' counters (many rows), in order: q/k/v, o, up, down */
+            for (int i = 0; i < 4; i++) grab[i] = many ? next + 4 * l + i : 0;
+            for (int t = t0; t < t1; t++) {
+                norm(m, resid + t * H, L->attn_norm, L->attn_norm_bias, normed);
+                quantize_token(normed, x, t);
             }
+            if (many) barrier_wait(&bar, nt, &sense, 0);
             mark(PH_NORM, &last);
-            matmul4_rows(&L->qkv, &ah, tokens, wide, qkv_n, qkv0, qkv1, m->path);
-            add_bias(wide, qkv_n, tokens, L->qkv_bias, qkv0, qkv1);
-            cache_kv(m, wide, tokens, seqs, positions, l, qkv0, qkv1);
+            product_rows(m, &L->qkv, L->qkv_bias, x, tokens, wide, qkv0, qkv1, grab[0]);
+            if (many) {  /* the cache by rows, once every row's k and v are in */
+                barrier_wait(&bar, nt, &sense, 0);
+                cache_kv(m, wide, t0, t1, seqs, positions, l, m->heads * hd, qkv_n);
+            } else {
+                cache_kv(m, wide, 0, tokens, seqs, positions, l, qkv0, qkv1);
+            }
             ahead_rows4(&ahead, &L->o, hid0, hid1);  /* read while waiting here and after attention */
             barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_ATTN_PROJ, &last);
@@ -314,58 +397,56 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
                     u0 += units;
                 }
             } else {
-                /* whole (row, KV head) pairs: the chunks' parts in this thread's own buffer,
-                   joined in chunk order into the one shared part (max 0, sum 1: joining it
-                   again below leaves its values as they are) */
-                for (int it = id; it < tokens * m->kv_heads; it += nt) {
-                    const int t = it / m->kv_heads, g = it % m->kv_heads, chunks = positions[t] / CHUNK + 1;
-                    queries(m, wide + (size_t)t * qkv_n, positions[t], g, qr);
-                    for (int c = 0; c < chunks; c++)
-                        attend_chunk(m, l, qr, seqs[t], positions[t] + 1, g, c, sc, own + c * part_n, cm * part_n);
-                    for (int i = 0; i < group; i++) {
-                        float *part = parts + t * parts_per_token + (size_t)(g * group + i) * part_n;
-                        combine_parts(own + (size_t)i * cm * part_n, chunks, part_n, hd, part + 8);
-                        part[0] = 0.0f;
-                        part[1] = 1.0f;
-                    }
+                /* whole (rows, KV head) units: a prompt's rows ROWS_TOGETHER at a time */
+                for (int t = 0, unit = 0; t < tokens;) {
+                    int n = 1;
+                    while (n < ROWS_TOGETHER && t + n < tokens && seqs[t + n] == seqs[t] &&
+                           positions[t + n] == positions[t] + n)
+                        n++;
+                    for (int g = 0; g < m->kv_heads; g++, unit++)
+                        if (unit % nt == id)
+                            attend_whole(m, l, wide, t, n, seqs, positions, g, qr, sc, own, parts, parts_per_token);
+                    t += n;
                 }
             }
             barrier_wait(&bar, nt, &sense, &ahead);
-            for (int t = 0; t < tokens; t++) {  /* each thread joins every head's parts for itself */
+            for (int t = t0; t < t1; t++) {  /* every head's parts joined */
                 const int n = shared ? positions[t] / CHUNK + 1 : 1;
                 for (int h = 0; h < m->heads; h++)
-                    combine_parts(parts + t * parts_per_token + (size_t)h * slots * part_n, n, part_n, hd, normed + t * H + h * hd);
-                quantize_token(normed, &ah, t);
+                    combine_parts(parts + t * parts_per_token + (size_t)h * slots * part_n, n, part_n, hd, normed + h * hd);
+                quantize_token(normed, x, t);
             }
+            if (many) barrier_wait(&bar, nt, &sense, 0);
             mark(PH_ATTENTION, &last);
-            matmul4_rows(&L->o, &ah, tokens, obuf, H, hid0, hid1, m->path);
-            add_bias(obuf, H, tokens, L->o_bias, hid0, hid1);
+            product_rows(m, &L->o, L->o_bias, x, tokens, obuf, hid0, hid1, grab[1]);
             ahead_rows4(&ahead, &L->up, gu0, gu1);
             barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_ATTN_PROJ, &last);
             for (int t = 0; t < tokens; t++) {
-                float *x = resid + t * H;
-                for (int i = 0; i < H; i++) x[i] += obuf[t * H + i];
-                norm(m, x, L->ffn_norm, L->ffn_norm_bias, normed + t * H);
-                quantize_token(normed, &ah, t);
+                float *r = resid + t * H;
+                for (int i = 0; i < H; i++) r[i] += obuf[t * H + i];
             }
+            for (int t = t0; t < t1; t++) {
+                norm(m, resid + t * H, L->ffn_norm, L->ffn_norm_bias, normed);
+                quantize_token(normed, x, t);
+            }
+            if (many) barrier_wait(&bar, nt, &sense, 0);
             mark(PH_NORM, &last);
-            matmul4_rows(&L->up, &ah, tokens, wide, gu_n, gu0, gu1, m->path);
-            add_bias(wide, gu_n, tokens, L->up_bias, gu0, gu1);
+            product_rows(m, &L->up, L->up_bias, x, tokens, wide, gu0, gu1, grab[2]);
+            if (many) barrier_wait(&bar, nt, &sense, 0);
             mark(PH_MLP_PROJ, &last);
             /* this thread's activations: a0..a1, whole blocks */
             const int a0 = gated ? gu0 / 2 : gu0, a1 = gated ? gu1 / 2 : gu1;
             for (int t = 0; t < tokens; t++) {
                 if (gated) silu_mul_interleaved(wide + t * gu_n + gu0, a1 - a0, mlp + t * inter + a0);
                 else gelu_tanh(wide + t * gu_n + a0, a1 - a0, mlp + t * inter + a0);
-                quantize_blocks(mlp, &hact, t, a0 / QK, (a1 + QK - 1) / QK);
+                quantize_blocks(mlp + t * inter, &hact, t, a0 / QK, (a1 + QK - 1) / QK);
             }
             mark(PH_ACTIVATION, &last);
             ahead_rows4(&ahead, &L->down, hid0, hid1);
             barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_MLP_PROJ, &last);
-            matmul4_rows(&L->down, &hact, tokens, dbuf, H, hid0, hid1, m->path);
-            add_bias(dbuf, H, tokens, L->down_bias, hid0, hid1);
+            product_rows(m, &L->down, L->down_bias, &hact, tokens, dbuf, hid0, hid1, grab[3]);
             if (l + 1 < m->layers)
                 ahead_rows4(&ahead, &m->layer[l + 1].qkv, qkv0, qkv1);
             else
@@ -379,7 +460,7 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
         /* final norm and the LM head, on the last `kept` rows */
         const int first = tokens - kept;
         for (int t = 0; t < kept; t++) {
-            norm(m, resid + (first + t) * H, m->final_norm, m->final_norm_bias, normed + t * H);
+            norm(m, resid + (first + t) * H, m->final_norm, m->final_norm_bias, normed);
             quantize_token(normed, &ah, t);
         }
         mark(PH_FINAL_NORM, &last);

@@ -3,11 +3,10 @@
 
 #include "q4_common.h"
 
-/* blocks b0..b1 of row t of x [tokens, a->k] into row t of a */
-INTERNAL void quantize_blocks(const float *xrows, Act *a, int t, int b0, int b1) {
+/* blocks b0..b1 of x (a->k floats) into row t of a */
+INTERNAL void quantize_blocks(const float *x, Act *a, int t, int b0, int b1) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const int nb = a->k / QK;
-    const float *x = xrows + (size_t)t * a->k;
     int8_t *q = a->q + (size_t)t * a->k;
     float *d = a->d + (size_t)t * nb, *s = a->s + (size_t)t * nb, *e = a->e + (size_t)t * nb;
     for (int b = b0; b < b1; b++) {
@@ -33,7 +32,7 @@ INTERNAL void quantize_blocks(const float *xrows, Act *a, int t, int b0, int b1)
     }
 }
 
-INTERNAL void quantize_token(const float *xrows, Act *a, int t) { quantize_blocks(xrows, a, t, 0, a->k / QK); }
+INTERNAL void quantize_token(const float *x, Act *a, int t) { quantize_blocks(x, a, t, 0, a->k / QK); }
 
 /* ---- the 4-bit product, one copy per instruction path ------------------------------------
 
@@ -138,13 +137,13 @@ INTERNAL void matmul8_rows(const Mat8 *w, const Act *x, int tokens, float *y, in
 void product4(const Mat4 *w, const float *x, int tokens, float *y, float *scratch, int path) {
     Act a;
     act_layout(&a, scratch, w->k, tokens);
-    for (int t = 0; t < tokens; t++) quantize_token(x, &a, t);
+    for (int t = 0; t < tokens; t++) quantize_token(x + (size_t)t * w->k, &a, t);
     matmul4_rows(w, &a, tokens, y, w->n, 0, w->n, path);
 }
 
 void product8(const Mat8 *w, const float *x, int tokens, float *y, float *scratch) {
     Act a;
     act_layout(&a, scratch, w->k, tokens);
-    for (int t = 0; t < tokens; t++) quantize_token(x, &a, t);
+    for (int t = 0; t < tokens; t++) quantize_token(x + (size_t)t * w->k, &a, t);
     matmul8_rows(w, &a, tokens, y, w->n, 0, w->n);
 }
