@@ -46,24 +46,32 @@ static size_t part_floats(const Model *m) { return (size_t)m->head_dim + 8; }
 /* parts per token and head in the shared buffer: a slot per chunk, or the one joined part */
 static size_t part_slots(const Model *m, int tokens) { return share_chunks(m, tokens) ? (size_t)chunks_max(m) : 1; }
 
+static int many_rows(int tokens) { return tokens >= MANY_ROWS; }
+
 /* Scratch for `tokens` tokens, in floats (the caller allocates it): a shared part, then one
-   private part per thread (see forward): the residual stream, a normed row, the rows' int8
-   form, and attention's scores, rotated queries and chunks' parts for ROWS_TOGETHER rows. */
+   private part per thread (see forward): the residual stream (few rows), a normed row, the rows'
+   int8 form, attention's scores, rotated queries and chunks' parts for ROWS_TOGETHER rows, and
+   the MLP's input product's unit for every row (many rows). */
 static size_t private_floats(const Model *m, int tokens) {
-    const size_t heads = ROWS_TOGETHER * (size_t)(m->heads / m->kv_heads);
-    return (size_t)tokens * ((size_t)m->hidden + act_floats(m->hidden)) + m->hidden + heads * (CHUNK + 16) +
-           heads * m->head_dim + heads * chunks_max(m) * part_floats(m) + 16;
+    const size_t heads = ROWS_TOGETHER * (size_t)(m->heads / m->kv_heads), t = (size_t)tokens;
+    return (many_rows(tokens) ? t * 2 * QK : t * m->hidden) + m->hidden + t * act_floats(m->hidden) +
+           heads * (CHUNK + 16) + heads * m->head_dim + heads * chunks_max(m) * part_floats(m) + 16;
 }
 
-static size_t widest_rows(const Model *m) {
+/* columns of the shared product output: q/k/v's, or the MLP's input product's where wider (few
+   rows: many rows keep that product's outputs per unit) */
+static size_t wide_rows(const Model *m, int tokens) {
     size_t qkv = (size_t)(m->heads + 2 * m->kv_heads) * m->head_dim, gu = 2 * (size_t)m->inter;
-    return qkv > gu ? qkv : gu;
+    return qkv > gu || many_rows(tokens) ? qkv : gu;
 }
+
+/* floats for the MLP's activation before its quantization: few rows only */
+static size_t mlp_floats(const Model *m, int tokens) { return many_rows(tokens) ? 0 : (size_t)m->inter; }
 
 static size_t shared_floats(const Model *m, int tokens) {
     size_t t = (size_t)tokens, parts = (size_t)m->heads * part_slots(m, tokens) * part_floats(m);
-    return t * (widest_rows(m) + 2 * (size_t)m->hidden + parts + (size_t)m->inter + act_floats(m->inter) +
-                act_floats(m->hidden)) + 4 * (size_t)m->layers + 16;
+    return t * (wide_rows(m, tokens) + 2 * (size_t)m->hidden + parts + mlp_floats(m, tokens) + act_floats(m->inter) +
+                act_floats(m->hidden) + (many_rows(tokens) ? (size_t)m->hidden : 0)) + 4 * (size_t)m->layers + 16;
 }
 
 size_t scratch_floats(const Model *m, int tokens) {
@@ -115,11 +123,12 @@ static void gelu_tanh(const float *u, int n, float *out) {
     for (; i < n; i++) out[i] = 0.5f * u[i] * (1.0f + tanhf(0.7978845608028654f * (u[i] + 0.044715f * u[i] * u[i] * u[i])));
 }
 
-/* y[t, r0..r1) += bias[r0..r1) for every token (a product's bias on this thread's rows) */
+/* y[t * ldy + r - r0] += bias[r] for rows r0..r1, every token (a product's bias, y as
+   matmul4_rows writes it) */
 static void add_bias(float *y, int ldy, int tokens, const float *bias, int r0, int r1) {
     if (!bias) return;
     for (int t = 0; t < tokens; t++)
-        for (int r = r0; r < r1; r++) y[(size_t)t * ldy + r] += bias[r];
+        for (int r = r0; r < r1; r++) y[(size_t)t * ldy + r - r0] += bias[r];
 }
 
 /* out[i] = silu(gu[2i]) * gu[2i + 1] for n values: the gate and up products' rows interleaved */
@@ -148,14 +157,40 @@ static void silu_mul_interleaved(const float *gu, int n, float *out) {
 static void product_rows(const Model *m, const Mat4 *w, const float *bias, const Act *x, int tokens, float *y, int r0,
                          int r1, atomic_int *next) {
     if (!next) {
-        matmul4_rows(w, x, tokens, y, w->n, r0, r1, m->path);
-        add_bias(y, w->n, tokens, bias, r0, r1);
+        matmul4_rows(w, x, tokens, y + r0, w->n, r0, r1, m->path);
+        add_bias(y + r0, w->n, tokens, bias, r0, r1);
         return;
     }
     for (int u; (u = atomic_fetch_add_explicit(next, 1, memory_order_relaxed)) * GRAB_ROWS < w->n;) {
         const int a = u * GRAB_ROWS, b = a + GRAB_ROWS < w->n ? a + GRAB_ROWS : w->n;
-        matmul4_rows(w, x, tokens, y, w->n, a, b, m->path);
-        add_bias(y, w->n, tokens, bias, a, b);
+        matmul4_rows(w, x, tokens, y + a, w->n, a, b, m->path);
+        add_bias(y + a, w->n, tokens, bias, a, b);
+    }
+}
+
+/* the MLP's activation of n outputs from its input product's rows (gate/up interleaved, or up) */
+static inline void activation(const Model *m, const float *in, int n, float *out) {
+    if (m->act == ACT_SILU_GATED) silu_mul_interleaved(in, n, out);
+    else gelu_tanh(in, n, out);
+}
+
+/* The MLP's input product with its activation, for many rows: units of the rows that make one
+   block of the activation (64 interleaved gate/up rows, or 32 up rows) taken in turn from
+   `next`; a unit's outputs for every row go to this thread's buf (room for tokens x 64 floats,
+   in L2), and are at once activated and quantized into that block of h. (Through a shared
+   buffer of every row's outputs instead, the activation's pass read 6 MB per layer back from
+   L3 for a 512-token prompt and took ~5 % of the prefill, measured.) */
+static void mlp_input_many(const Model *m, const Layer *L, const Act *x, int tokens, float *buf, Act *h,
+                           atomic_int *next) {
+    const int unit = (m->act == ACT_SILU_GATED ? 2 : 1) * QK;
+    float block[QK];
+    for (int u; (u = atomic_fetch_add_explicit(next, 1, memory_order_relaxed)) * unit < L->up.n;) {
+        matmul4_rows(&L->up, x, tokens, buf, unit, u * unit, (u + 1) * unit, m->path);
+        add_bias(buf, unit, tokens, L->up_bias, u * unit, (u + 1) * unit);
+        for (int t = 0; t < tokens; t++) {
+            activation(m, buf + (size_t)t * unit, QK, block);
+            quantize_blocks(block, h, t, u, u + 1);
+        }
     }
 }
 
@@ -308,22 +343,23 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
     if (tokens < 1 || kept < 0 || kept > tokens) return -1;
     for (int t = 0; t < tokens; t++)
         if (positions[t] < 0 || positions[t] >= m->slots || seqs[t] < 0 || seqs[t] >= m->seqs) return -1;
-    const int H = m->hidden, hd = m->head_dim, inter = m->inter, many = tokens >= MANY_ROWS;
+    const int H = m->hidden, hd = m->head_dim, inter = m->inter, many = many_rows(tokens);
     const int gated = m->act == ACT_SILU_GATED;  /* the MLP's input product: gate and up rows, or up */
     const int qkv_n = (m->heads + 2 * m->kv_heads) * hd, gu_n = (gated ? 2 : 1) * inter, group = m->heads / m->kv_heads;
     const size_t T = (size_t)tokens;
     /* shared: product outputs, attention's parts from every thread, the MLP activation and its
-       quantized form, the products' input (many rows) */
+       quantized form; many rows: the products' input and the residual stream */
     const size_t part_n = part_floats(m), slots = part_slots(m, tokens), parts_per_token = m->heads * slots * part_n;
     const int shared = share_chunks(m, tokens);
-    float *wide = scratch, *obuf = wide + T * widest_rows(m), *dbuf = obuf + T * H, *parts = dbuf + T * H;
-    float *mlp = parts + T * parts_per_token, *hbuf = mlp + T * inter, *xbuf = hbuf + T * act_floats(inter);
+    float *wide = scratch, *obuf = wide + T * wide_rows(m, tokens), *dbuf = obuf + T * H, *parts = dbuf + T * H;
+    float *mlp = parts + T * parts_per_token, *hbuf = mlp + T * mlp_floats(m, tokens), *xbuf = hbuf + T * act_floats(inter);
+    float *shared_resid = xbuf + T * act_floats(H);
     float *private_base = scratch + shared_floats(m, tokens);
     Act hact, xact;
     act_layout(&hact, hbuf, inter, tokens);
     act_layout(&xact, xbuf, H, tokens);
     /* many rows: a counter per product and layer, units of rows taken in turn */
-    atomic_int *next = (atomic_int *)(xbuf + T * act_floats(H));
+    atomic_int *next = (atomic_int *)(shared_resid + (many ? T * H : 0));
     for (int i = 0; i < 4 * m->layers; i++) atomic_init(&next[i], 0);
 
     Barrier bar;
@@ -334,8 +370,11 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
         int sense = 0;
         Ahead ahead;
         float *mine = private_base + (size_t)omp_get_thread_num() * private_floats(m, tokens);
+        /* the residual stream: each thread's own copy of every row (few rows), or one shared,
+           each thread keeping rows t0..t1 (many rows); unit: the MLP's input product's (many) */
+        float *resid = many ? shared_resid : mine, *unit = mine;
         /* normed: one row on its way to x (its int8 form), kept in L1 */
-        float *resid = mine, *normed = resid + T * H, *sc = normed + H + T * act_floats(H);
+        float *normed = mine + (many ? T * 2 * QK : T * H), *sc = normed + H + T * act_floats(H);
         float *qr = sc + (size_t)ROWS_TOGETHER * group * (CHUNK + 16);  /* rows' groups of heads, rotated */
         float *own = qr + (size_t)ROWS_TOGETHER * group * hd;  /* their chunk parts: [row][head][chunk] */
         const int nt = omp_get_num_threads(), id = omp_get_thread_num();
@@ -355,7 +394,7 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
         my_rows(gu_n, (gated ? 2 : 1) * QK, &gu0, &gu1);
         my_rows(m->vocab, 4, &voc0, &voc1);
         double last = now_s();
-        for (int t = 0; t < tokens; t++) {
+        for (int t = t0; t < t1; t++) {
             embed_row(&m->embed, ids[t], resid + t * H);
             if (m->positions)
                 for (int i = 0; i < H; i++) resid[t * H + i] += m->positions[(size_t)positions[t] * H + i];
@@ -422,27 +461,28 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
             ahead_rows4(&ahead, &L->up, gu0, gu1);
             barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_ATTN_PROJ, &last);
-            for (int t = 0; t < tokens; t++) {
+            for (int t = t0; t < t1; t++) {
                 float *r = resid + t * H;
                 for (int i = 0; i < H; i++) r[i] += obuf[t * H + i];
-            }
-            for (int t = t0; t < t1; t++) {
-                norm(m, resid + t * H, L->ffn_norm, L->ffn_norm_bias, normed);
+                norm(m, r, L->ffn_norm, L->ffn_norm_bias, normed);
                 quantize_token(normed, x, t);
             }
             if (many) barrier_wait(&bar, nt, &sense, 0);
             mark(PH_NORM, &last);
-            product_rows(m, &L->up, L->up_bias, x, tokens, wide, gu0, gu1, grab[2]);
-            if (many) barrier_wait(&bar, nt, &sense, 0);
-            mark(PH_MLP_PROJ, &last);
-            /* this thread's activations: a0..a1, whole blocks */
-            const int a0 = gated ? gu0 / 2 : gu0, a1 = gated ? gu1 / 2 : gu1;
-            for (int t = 0; t < tokens; t++) {
-                if (gated) silu_mul_interleaved(wide + t * gu_n + gu0, a1 - a0, mlp + t * inter + a0);
-                else gelu_tanh(wide + t * gu_n + a0, a1 - a0, mlp + t * inter + a0);
-                quantize_blocks(mlp + t * inter, &hact, t, a0 / QK, (a1 + QK - 1) / QK);
+            if (many) {  /* the activation inside the product's phase */
+                mlp_input_many(m, L, x, tokens, unit, &hact, grab[2]);
+                mark(PH_MLP_PROJ, &last);
+            } else {
+                product_rows(m, &L->up, L->up_bias, x, tokens, wide, gu0, gu1, 0);
+                mark(PH_MLP_PROJ, &last);
+                /* this thread's activations: a0..a1, whole blocks */
+                const int a0 = gated ? gu0 / 2 : gu0, a1 = gated ? gu1 / 2 : gu1;
+                for (int t = 0; t < tokens; t++) {
+                    activation(m, wide + t * gu_n + gu0, a1 - a0, mlp + t * inter + a0);
+                    quantize_blocks(mlp + t * inter + a0, &hact, t, a0 / QK, (a1 + QK - 1) / QK);
+                }
+                mark(PH_ACTIVATION, &last);
             }
-            mark(PH_ACTIVATION, &last);
             ahead_rows4(&ahead, &L->down, hid0, hid1);
             barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_MLP_PROJ, &last);
@@ -453,10 +493,11 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
                 ahead_rows8(&ahead, &m->head, voc0, voc1);
             barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_MLP_PROJ, &last);
-            for (int t = 0; t < tokens; t++)
+            for (int t = t0; t < t1; t++)
                 for (int i = 0; i < H; i++) resid[t * H + i] += dbuf[t * H + i];
             mark(PH_RESIDUAL, &last);
         }
+        if (many) barrier_wait(&bar, nt, &sense, 0);  /* every row's stream complete */
         /* final norm and the LM head, on the last `kept` rows */
         const int first = tokens - kept;
         for (int t = 0; t < kept; t++) {

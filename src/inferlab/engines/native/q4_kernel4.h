@@ -25,12 +25,12 @@ static inline size_t CAT(unit_scales_, SUFFIX)(int nb, int j) {
 }
 
 static inline __attribute__((always_inline)) TARGET void CAT(units4_, SUFFIX)(
-    const Mat4 *w, const Act *x, int ja, int jb, const int two, int t0, const int rn, float *y, int ldy) {
+    const Mat4 *w, const Act *x, int j0, int ja, int jb, const int two, int t0, const int rn, float *y, int ldy) {
     const int nb = w->k / QK, k = w->k;
     const VI low = SET1_8(0x0F);
     const uint8_t *q[2] = {w->q + CAT(unit_bytes_, SUFFIX)(nb, ja), w->q + CAT(unit_bytes_, SUFFIX)(nb, jb)};
     const size_t sc[2] = {CAT(unit_scales_, SUFFIX)(nb, ja), CAT(unit_scales_, SUFFIX)(nb, jb)};
-    const int row[2] = {ja * ROWS, jb * ROWS};
+    const int row[2] = {(ja - j0) * ROWS, (jb - j0) * ROWS};  /* y's columns: from unit j0's first row */
     VF acc[2][RN];
 #pragma GCC unroll 8
     for (int r = 0; r < 2; r++)
@@ -76,8 +76,8 @@ static inline __attribute__((always_inline)) TARGET void CAT(units4_, SUFFIX)(
         for (int t = 0; t < rn; t++) STORE_F(y + (size_t)(t0 + t) * ldy + row[r], acc[r][t]);
 }
 
-#define CALL(two, rn) do { if (two) CAT(units4_, SUFFIX)(w, x, ja, jb, 1, t, rn, y, ldy); \
-                            else CAT(units4_, SUFFIX)(w, x, ja, ja, 0, t, rn, y, ldy); } while (0)
+#define CALL(two, rn) do { if (two) CAT(units4_, SUFFIX)(w, x, first, ja, jb, 1, t, rn, y, ldy); \
+                            else CAT(units4_, SUFFIX)(w, x, first, ja, ja, 0, t, rn, y, ldy); } while (0)
 /* the last tokens, fewer than RN: the count a constant in each copy */
 #define REST(two, n) switch (n) { case 1: CALL(two, 1); break; case 2: CALL(two, 2); break; \
                                   case 3: CALL(two, 3); break; default: break; }
@@ -85,7 +85,7 @@ static inline __attribute__((always_inline)) TARGET void CAT(units4_, SUFFIX)(
 #error "REST covers the counts below 4"
 #endif
 
-/* y[t, rows r0..r1) for every token, r0 and r1 multiples of 16: units of ROWS rows in pairs,
+/* rows r0..r1 (multiples of 16) of W x[t] for every token into y[t * ldy + r - r0]: units of ROWS rows in pairs,
    one from each half of the range (two streams through memory keep more loads in flight than
    one: plain streaming, 2 threads, measured 22.6 -> 32.5 GB/s), the odd unit out alone; rows
    outside, tokens inside, so a pair's weights stay in L1 while every token passes. (One unit

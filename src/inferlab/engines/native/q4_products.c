@@ -3,14 +3,14 @@
 
 #include "q4_common.h"
 
-/* blocks b0..b1 of x (a->k floats) into row t of a */
+/* blocks b0..b1 of row t into a, their values from x (block b0's first) */
 INTERNAL void quantize_blocks(const float *x, Act *a, int t, int b0, int b1) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const int nb = a->k / QK;
     int8_t *q = a->q + (size_t)t * a->k;
     float *d = a->d + (size_t)t * nb, *s = a->s + (size_t)t * nb, *e = a->e + (size_t)t * nb;
     for (int b = b0; b < b1; b++) {
-        const float *xb = x + b * QK;
+        const float *xb = x + (b - b0) * QK;
         __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
         __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
         __m256 amax = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
@@ -80,8 +80,8 @@ static inline __m256i four_bytes(const int8_t *p) { return _mm256_set1_epi32(fou
                                                   _mm512_set1_epi32(four(xp + 4)))
 #include "q4_kernel4.h"
 
-/* y[t, rows r0..r1) = W x[t] for a 4-bit matrix, r0 and r1 multiples of 16; ldy is y's row
-   stride; path: which instruction sets (PATH_*) the kernel may use */
+/* rows r0..r1 of W x[t] for a 4-bit matrix (r0 and r1 multiples of 16) into y[t * ldy + r - r0];
+   path: which instruction sets (PATH_*) the kernel may use */
 INTERNAL void matmul4_rows(const Mat4 *w, const Act *x, int tokens, float *y, int ldy, int r0, int r1, int path) {
     switch (path) {
         case PATH_AVX512_VNNI: matmul4_avx512_vnni(w, x, tokens, y, ldy, r0, r1); break;
