@@ -177,9 +177,9 @@ static inline void activation(const Model *m, const float *in, int n, float *out
 /* The MLP's input product with its activation, for many rows: units of the rows that make one
    block of the activation (64 interleaved gate/up rows, or 32 up rows) taken in turn from
    `next`; a unit's outputs for every row go to this thread's buf (room for tokens x 64 floats,
-   in L2), and are at once activated and quantized into that block of h. (Through a shared
-   buffer of every row's outputs instead, the activation's pass read 6 MB per layer back from
-   L3 for a 512-token prompt and took ~5 % of the prefill, measured.) */
+   in L2), and are at once activated and quantized into that block of h: no shared buffer of
+   every row's outputs (6 MB a layer for 512 rows, read back from L3) and no barrier before the
+   activation (512-token prefill: 0.98-0.99x the time, A/B in one process). */
 static void mlp_input_many(const Model *m, const Layer *L, const Act *x, int tokens, float *buf, Act *h,
                            atomic_int *next) {
     const int unit = (m->act == ACT_SILU_GATED ? 2 : 1) * QK;
