@@ -33,6 +33,16 @@ def runnable(path: str):
 PATHS = [runnable(name) for name, _ in library.PATHS]
 
 
+def runnable_attention(name: str):
+    """Attention's arithmetic as a test parameter, skipped with its reason where this CPU lacks it."""
+    missing = library.attention_missing(name)
+    return pytest.param(name, marks=pytest.mark.skipif(
+        bool(missing), reason=f"{name} attention needs {', '.join(missing)}, which this CPU lacks"))
+
+
+ATTENTIONS = [runnable_attention(name) for name, _ in library.ATTENTIONS]
+
+
 def int8_activations(x: np.ndarray):
     """What the kernels multiply: x rounded per block of 32 to int8 (scale max|x| / 127), and
     each block's exact sum minus the sum of the rounded values."""
@@ -117,10 +127,12 @@ def test_native_method_is_skipped_without_avx2_or_on_other_architectures(monkeyp
         cls(grid_llama, threads=1).prepare()
 
 
-def test_native_decoder_gives_the_same_logits_on_any_thread_count(sharp_pack):
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_native_decoder_gives_the_same_logits_on_any_thread_count(sharp_pack, attention):
     # rows split differently between threads (three: the q/k/v split lands inside the k heads
     # and is moved to a head's edge), attention's chunks too: the same arithmetic, bit for bit
-    runs = [forward_trace(nd.NativeDecoder(sharp_pack, threads, slots=600)) for threads in (1, 2, 3)]
+    runs = [forward_trace(nd.NativeDecoder(sharp_pack, threads, slots=600, attention=attention))
+            for threads in (1, 2, 3)]
     for other in runs[1:]:
         for mine, theirs in zip(other, runs[0]):
             assert np.array_equal(mine, theirs)
@@ -153,9 +165,24 @@ def test_every_kernel_path_gives_the_avx2_paths_logits(sharp_pack, path):
         assert np.array_equal(mine, theirs)
 
 
-def test_a_prompt_in_one_call_gives_the_logits_of_token_by_token(sharp_pack):
+@pytest.mark.skipif(bool(library.attention_missing("bf16")), reason="bf16 attention needs AVX-512 BF16, which this CPU lacks")
+def test_bf16_attention_gives_nearly_the_logits_of_fp32_attention(sharp_pack):
+    # bf16 keys, values, queries and weights (8 bits of mantissa), fp32 sums: on the sharp model
+    # (scores that matter) within 1 % of the logits' range, the same greedy token nearly always
+    fp32 = forward_trace(nd.NativeDecoder(sharp_pack, 2, slots=600, attention="fp32"))
+    bf16 = forward_trace(nd.NativeDecoder(sharp_pack, 2, slots=600, attention="bf16"))
+    for mine, theirs in zip(bf16, fp32):
+        scale = np.abs(theirs).max()
+        assert not np.array_equal(mine, theirs)  # the arithmetic did change
+        assert np.abs(mine - theirs).max() < 0.01 * scale, np.abs(mine - theirs).max() / scale
+    agree = np.concatenate([(a.argmax(-1) == b.argmax(-1)).ravel() for a, b in zip(bf16, fp32)])
+    assert agree.mean() >= 0.9
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_a_prompt_in_one_call_gives_the_logits_of_token_by_token(sharp_pack, attention):
     # and cut into calls anywhere (a sweep's depth: a context, then the prompt): bit for bit
-    dec = nd.NativeDecoder(sharp_pack, 2, slots=600)
+    dec = nd.NativeDecoder(sharp_pack, 2, slots=600, attention=attention)
     prompt = [(11 * i + 2) % 300 for i in range(300)]  # beyond one chunk of attention's positions
     whole = dec.prefill(prompt, all_logits=True)
     steps = [dec.prefill(prompt[:1])] + [dec.decode(t) for t in prompt[1:]]
@@ -164,8 +191,9 @@ def test_a_prompt_in_one_call_gives_the_logits_of_token_by_token(sharp_pack):
     assert np.array_equal(dec.append(prompt[270:]), whole[-1])
 
 
-def test_long_prompts_and_batches_run_in_several_calls_with_the_same_logits(sharp_pack, monkeypatch):
-    dec = nd.NativeDecoder(sharp_pack, 2, slots=600)
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_long_prompts_and_batches_run_in_several_calls_with_the_same_logits(sharp_pack, monkeypatch, attention):
+    dec = nd.NativeDecoder(sharp_pack, 2, slots=600, attention=attention)
     prompt = [(13 * i + 4) % 300 for i in range(300)]
     batch = [prompt[i:i + 40] for i in range(0, 200, 40)]
     whole, together = dec.prefill(prompt, all_logits=True), dec.prefill_batch(batch)
@@ -175,7 +203,8 @@ def test_long_prompts_and_batches_run_in_several_calls_with_the_same_logits(shar
     assert np.array_equal(dec.prefill_batch(batch), together)
 
 
-def test_a_batch_decodes_each_sequence_as_alone(sharp_pack):
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_a_batch_decodes_each_sequence_as_alone(sharp_pack, attention):
     from inferlab.harness import generate, generate_batch
 
     class Engine:  # the harness's view of an engine, on the decoder itself
@@ -183,7 +212,7 @@ def test_a_batch_decodes_each_sequence_as_alone(sharp_pack):
             self.prefill, self.decode = decoder.prefill, decoder.decode
             self.prefill_batch, self.append_batch = decoder.prefill_batch, decoder.append_batch
 
-    dec = nd.NativeDecoder(sharp_pack, 2, slots=64)
+    dec = nd.NativeDecoder(sharp_pack, 2, slots=64, attention=attention)
     prompts = [[(p * 13 + i * 7) % 300 for i in range(11)] for p in range(5)]
     alone = [np.stack([dec.prefill(p), dec.decode(3), dec.decode(4)]) for p in prompts]
     batch = np.stack([dec.prefill_batch(prompts), dec.append_batch([[3]] * 5), dec.append_batch([[4]] * 5)], 1)

@@ -150,14 +150,17 @@ print(tokenizer.decode(out))
             "file_bytes": os.path.getsize(os.path.join(self.folder, "weights.bin")),
             "details": {
                 "dtype": ("int4 weights by the Q4_1 rule (block 32, fp16 scale and offset), 8-bit LM "
-                          "head (Q8_0 rule), int8 activations per block of 32, fp32 norms and biases"),
+                          "head (Q8_0 rule), int8 activations per block of 32, fp32 norms and biases, "
+                          f"{d.attention} attention products (fp32 sums)"),
                 "weights_exact": build.get("exact") == build.get("matrices"),
                 "weight_matrices": build.get("matrices"),
                 "max_weight_error_relative": build.get("max_relative_error"),
                 "threads": self.threads, "artifact": self.folder, "library": self.library,
                 "compiler_flags": " ".join(library.COMPILER_FLAGS),
-                "instruction_set": d.path,  # the 4-bit products' kernel (library.PATHS), chosen for this CPU
-                "kv_cache": f"in place, fp16, {d.slots} slots per layer",
+                # the 4-bit products' kernel (library.PATHS) and attention's arithmetic
+                # (library.ATTENTIONS), each chosen for this CPU
+                "instruction_set": f"{d.path} products, {d.attention} attention",
+                "kv_cache": f"in place, {'bf16' if d.attention == 'bf16' else 'fp16'}, {d.slots} slots per layer",
                 "kv_bytes_per_value": 2, "weight_bits": 4, "activation_bits": 8,
                 "lm_head_last_position_only": True,
                 "bytes_read_per_step": d.weight_bytes - d.lookup_only_bytes,

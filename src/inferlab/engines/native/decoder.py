@@ -50,7 +50,8 @@ class Layer(C.Structure):
 
 class Model(C.Structure):
     _fields_ = [*((name, C.c_int32) for name in ("hidden", "heads", "kv_heads", "head_dim", "inter", "layers",
-                                                  "vocab", "slots", "threads", "seqs", "path", "act")),
+                                                  "vocab", "slots", "threads", "seqs", "path", "act",
+                                                  "attention")),
                 ("eps", C.c_float), ("layer", C.POINTER(Layer)), ("embed", Mat8), ("head", Mat8),
                 *((name, C.c_void_p) for name in ("final_norm", "final_norm_bias", "cos", "sin", "positions",
                                                   "k_cache", "v_cache"))]
@@ -60,10 +61,10 @@ def check_supported(config: dict) -> None:
     llama_arch.check_supported(config, "inferlab's native decoder", BLOCK,
                                types=(*llama_arch.LLAMA_FAMILY, "gpt2"), biases=True)
     s = llama_arch.Shapes(config)
-    if s.head_dim % TILE or s.heads % s.kv_heads:
+    if s.head_dim % TILE or s.head_dim > 256 or s.heads % s.kv_heads:
         raise EngineUnsupported(f"not supported for this model: inferlab's native decoder needs a head "
-                                f"size that is a multiple of {TILE} (has {s.head_dim}) and query heads in "
-                                f"whole groups per KV head ({s.heads} / {s.kv_heads})")
+                                f"size that is a multiple of {TILE} up to 256 (has {s.head_dim}) and query "
+                                f"heads in whole groups per KV head ({s.heads} / {s.kv_heads})")
 
 
 # ---- packing (the build step) ------------------------------------------------------------
@@ -244,13 +245,17 @@ def _read_into_huge_pages(path: str) -> np.ndarray:
 class NativeDecoder:
     """Prefill and decode through the compiled decoder, one sequence or a batch of them; the KV
     cache is one preallocated pair of arrays (`slots` positions per sequence) that every call
-    extends in place. `path` names the 4-bit kernel's instruction sets (library.PATHS; the best
-    this CPU has by default)."""
+    extends in place. `path` names the 4-bit kernel's instruction sets (library.PATHS), `attention`
+    attention's arithmetic (library.ATTENTIONS): the best this CPU has by default."""
 
-    def __init__(self, folder: str, threads: int, slots: int, sequences: int = 1, path: str | None = None):
+    def __init__(self, folder: str, threads: int, slots: int, sequences: int = 1, path: str | None = None,
+                 attention: str | None = None):
         self.path = path or library.best_path()
         if missing := library.path_missing(self.path):
             raise EngineUnsupported(f"the {self.path} kernel needs {', '.join(missing)}, which this CPU lacks")
+        self.attention = attention or library.best_attention()
+        if missing := library.attention_missing(self.attention):
+            raise EngineUnsupported(f"{self.attention} attention needs {', '.join(missing)}, which this CPU lacks")
         self.lib = library.load()
         self.lib.forward.restype = C.c_int
         self.lib.forward.argtypes = [C.POINTER(Model), *[C.c_void_p] * 3, C.c_int, C.c_int, C.c_void_p, C.c_void_p]
@@ -274,8 +279,8 @@ class NativeDecoder:
         if s.max_positions:  # learned positions: none beyond the table
             slots = min(slots, s.max_positions)
         self.shapes, self.slots = s, slots
-        # the keys are cached in blocks of 8 positions (q4_attention.c): room for whole blocks
-        room = -(-slots // 8) * 8
+        # the keys are cached in blocks of 8 or 16 positions (q4_attention*.c): room for whole blocks
+        room = -(-slots // 16) * 16
         cos, sin = (None, None) if s.gpt2 else llama_arch.rotary_tables(s, room)
         self.keep = [cos, sin]  # arrays the C side points into: alive as long as the decoder
 
@@ -298,7 +303,8 @@ class NativeDecoder:
         head = mat8("head")
         act = ACT_GELU_TANH if s.gpt2 else ACT_SILU_GATED
         self.model = Model(s.hidden, s.heads, s.kv_heads, s.head_dim, s.inter, s.layers, s.vocab, room,
-                           threads, 0, library.path_index(self.path), act, s.eps, self.layers,
+                           threads, 0, library.path_index(self.path), act,
+                           library.attention_index(self.attention), s.eps, self.layers,
                            head if self.tied else mat8("embed"), head,
                            ptr(arrays["final_norm"]), ptr(arrays.get("final_norm_bias")), ptr(cos), ptr(sin),
                            ptr(arrays.get("positions")), None, None)
@@ -322,7 +328,8 @@ class NativeDecoder:
         # then grows with the positions) and a layout by chunks of positions measured 6.2-6.3 ms
         # a step at 2048 positions against 4.9-6.0 for this one, inside the machine's drift
         # between sittings: not decided, kept as it was
-        self.k_cache = np.zeros((sequences, s.layers, s.kv_heads, self.model.slots, s.head_dim), np.float16)
+        # fp16 or bf16 (the attention's), 16 bits either way
+        self.k_cache = np.zeros((sequences, s.layers, s.kv_heads, self.model.slots, s.head_dim), np.uint16)
         self.v_cache = np.zeros_like(self.k_cache)
         self.model.k_cache, self.model.v_cache = self.k_cache.ctypes.data, self.v_cache.ctypes.data
         self.model.seqs = sequences

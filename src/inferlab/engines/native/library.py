@@ -31,6 +31,14 @@ PATHS = (
     ("avx-vnni", ("avx_vnni",)),
     ("avx512-vnni", ("avx512f", "avx512vl", "avx512bw", "avx512_vnni")),
 )
+# Attention's arithmetic, in q4_common.h's ATT_* order, with the flags each needs: fp32 on an
+# fp16 cache everywhere, or bf16 products (fp32 sums) on a bf16 cache with AVX-512 BF16, twice
+# the multiply-adds per instruction. The two give slightly different logits (a machine's results
+# record which it ran); each is the same bits on any thread count, call or batch.
+ATTENTIONS = (
+    ("fp32", ()),
+    ("bf16", ("avx512f", "avx512vl", "avx512bw", "avx512_bf16")),
+)
 COMPILER_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 LIBRARIES = ("-lm",)
 
@@ -57,6 +65,24 @@ def best_path(flags: set[str] | None = None) -> str:
     """The fastest kernel path this CPU can run (the last of PATHS it has the flags for)."""
     flags = cpu_flags() if flags is None else flags
     return [name for name, _ in PATHS if not path_missing(name, flags)][-1]
+
+
+def attention_missing(name: str, flags: set[str] | None = None) -> list[str]:
+    """The CPU flags this machine lacks for attention's arithmetic `name` (empty: it can run)."""
+    flags = cpu_flags() if flags is None else flags
+    needs = dict(ATTENTIONS)
+    if name not in needs:
+        raise ValueError(f"no attention arithmetic {name!r} (choices: {', '.join(needs)})")
+    return [f for f in (*NEEDED_FLAGS, *needs[name]) if f not in flags]
+
+
+def best_attention(flags: set[str] | None = None) -> str:
+    """The fastest attention arithmetic this CPU can run."""
+    return [name for name, _ in ATTENTIONS if not attention_missing(name, flags)][-1]
+
+
+def attention_index(name: str) -> int:
+    return [n for n, _ in ATTENTIONS].index(name)
 
 
 def path_index(name: str) -> int:

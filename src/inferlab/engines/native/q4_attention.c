@@ -39,10 +39,17 @@ INTERNAL void cache_kv(const Model *m, float *qkv, int t0, int t1, const int32_t
             float *v = row + (size_t)h * hd;  /* this thread's rows: rotated in place */
             if (h < m->heads + m->kv_heads) {
                 if (m->cos) rope(v, hd, m->cos + (size_t)pos * half_hd, m->sin + (size_t)pos * half_hd);
-                uint16_t *k = m->k_cache + cache_at(m, seqs[t], layer, h - m->heads, 0) + (size_t)(pos / KB) * hd * KB + pos % KB;
-                for (int c = 0; c < hd; c++) k[c * KB] = _cvtss_sh(v[c], _MM_FROUND_TO_NEAREST_INT);
+                uint16_t *K = m->k_cache + cache_at(m, seqs[t], layer, h - m->heads, 0);
+                if (m->attention == ATT_BF16) {
+                    cache_key_bf16(K, pos, v, hd);
+                } else {
+                    uint16_t *k = K + (size_t)(pos / KB) * hd * KB + pos % KB;
+                    for (int c = 0; c < hd; c++) k[c * KB] = _cvtss_sh(v[c], _MM_FROUND_TO_NEAREST_INT);
+                }
             } else {
-                store_half(m->v_cache + cache_at(m, seqs[t], layer, h - m->heads - m->kv_heads, pos), v, hd);
+                uint16_t *V = m->v_cache + cache_at(m, seqs[t], layer, h - m->heads - m->kv_heads, 0);
+                if (m->attention == ATT_BF16) cache_value_bf16(V, pos, v, hd);
+                else store_half(V + (size_t)pos * hd, v, hd);
             }
         }
     }
@@ -190,9 +197,14 @@ static float exp_scores(float *sc, int n, float *sum_out) {
    its output before normalization. Each head's arithmetic is that of the head alone (its
    scores, their softmax over its own positions, its values summed in position order), whatever
    n, so a prompt's rows get the bits they would get one by one; the rows share each converted
-   key and value vector. sc: room for n x G x (p1[n - 1] - p0 + KB) floats. */
-INTERNAL void attend_rows(const float *q, int n, int G, const uint16_t *K, const uint16_t *V, int p0, const int *p1,
-                          int hd, float scale, float *sc, float *part, size_t rstride, size_t pstride) {
+   key and value vector. sc: room for n x G x (CHUNK + 32) floats. arith (ATT_*): bf16 runs
+   q4_attention_bf16.c's arithmetic instead, on its cache. */
+INTERNAL void attend_rows(int arith, const float *q, int n, int G, const uint16_t *K, const uint16_t *V, int p0,
+                          const int *p1, int hd, float scale, float *sc, float *part, size_t rstride, size_t pstride) {
+    if (arith == ATT_BF16) {
+        attend_rows_bf16(q, n, G, K, V, p0, p1, hd, scale, sc, part, rstride, pstride);
+        return;
+    }
     const int heads = n * G, stride = (p1[n - 1] - p0 + KB) / KB * KB;
     float *outs[heads];
     for (int h = 0; h < heads; h++) outs[h] = part + (size_t)(h / G) * rstride + (size_t)(h % G) * pstride + 8;

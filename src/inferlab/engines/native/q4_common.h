@@ -51,18 +51,23 @@ typedef struct {
 
 enum { ACT_SILU_GATED, ACT_GELU_TANH };  /* silu(gate) * up (Llama), or gelu_new(up) (GPT-2) */
 
+/* attention's arithmetic and its cache: fp32 on an fp16 cache (q4_attention.c), or bf16
+   products with fp32 sums on a bf16 cache (q4_attention_bf16.c, AVX-512 BF16) */
+enum { ATT_FP32, ATT_BF16 };
+
 typedef struct {
     int32_t hidden, heads, kv_heads, head_dim, inter, layers, vocab, slots, threads;
     int32_t seqs;             /* sequences the cache holds (a batch), `slots` positions each */
     int32_t path;             /* PATH_*: the 4-bit kernel's instruction sets */
     int32_t act;              /* ACT_*: the MLP's activation */
+    int32_t attention;        /* ATT_*: attention's arithmetic */
     float eps;
     const Layer *layer;
     Mat8 embed, head;
     const float *final_norm, *final_norm_bias;  /* [hidden]; the bias 0 for RMSNorm */
     const float *cos, *sin;   /* [slots, head_dim / 2] rotary tables, or 0 (learned positions) */
     const float *positions;   /* [slots, hidden] learned position embeddings (GPT-2), or 0 */
-    uint16_t *k_cache, *v_cache; /* [seqs, layers, kv_heads, slots, head_dim], fp16 */
+    uint16_t *k_cache, *v_cache; /* [seqs, layers, kv_heads, slots, head_dim], fp16 or bf16 (ATT_*) */
 } Model;
 
 /* Activations of `tokens` rows, quantized per block of 32 as every product needs them:
@@ -144,8 +149,14 @@ INTERNAL void matmul8_rows(const Mat8 *w, const Act *x, int tokens, float *y, in
 /* q4_attention.c */
 INTERNAL void cache_kv(const Model *m, float *qkv, int t0, int t1, const int32_t *seqs, const int32_t *positions,
                        int layer, int r0, int r1);
-INTERNAL void attend_rows(const float *q, int n, int G, const uint16_t *K, const uint16_t *V, int p0, const int *p1,
+INTERNAL void attend_rows(int arith, const float *q, int n, int G, const uint16_t *K, const uint16_t *V, int p0, const int *p1,
                           int hd, float scale, float *sc, float *part, size_t rstride, size_t pstride);
+
+/* q4_attention_bf16.c */
+INTERNAL void cache_key_bf16(uint16_t *K, int pos, const float *k, int hd);
+INTERNAL void cache_value_bf16(uint16_t *V, int pos, const float *v, int hd);
+INTERNAL void attend_rows_bf16(const float *q, int n, int G, const uint16_t *K, const uint16_t *V, int p0, const int *p1,
+                               int hd, float scale, float *sc, float *part, size_t rstride, size_t pstride);
 INTERNAL void combine_parts(const float *parts, int n, size_t stride, int hd, float *out);
 
 /* q4_threads.c */

@@ -55,7 +55,7 @@ static int many_rows(int tokens) { return tokens >= MANY_ROWS; }
 static size_t private_floats(const Model *m, int tokens) {
     const size_t heads = ROWS_TOGETHER * (size_t)(m->heads / m->kv_heads), t = (size_t)tokens;
     return (many_rows(tokens) ? t * 2 * QK : t * m->hidden) + m->hidden + t * act_floats(m->hidden) +
-           heads * (CHUNK + 16) + heads * m->head_dim + heads * chunks_max(m) * part_floats(m) + 16;
+           heads * (CHUNK + 32) + heads * m->head_dim + heads * chunks_max(m) * part_floats(m) + 16;
 }
 
 /* columns of the shared product output: q/k/v's, or the MLP's input product's where wider (few
@@ -222,7 +222,7 @@ static void attend_chunk(const Model *m, int layer, const float *qr, int seq, in
                          float *part, size_t pstride) {
     const int p0 = c * CHUNK, p1 = len < p0 + CHUNK ? len : p0 + CHUNK;
     const size_t at = cache_at(m, seq, layer, g, 0);
-    attend_rows(qr, 1, m->heads / m->kv_heads, m->k_cache + at, m->v_cache + at, p0, &p1, m->head_dim,
+    attend_rows(m->attention, qr, 1, m->heads / m->kv_heads, m->k_cache + at, m->v_cache + at, p0, &p1, m->head_dim,
                 1.0f / sqrtf((float)m->head_dim), sc, part, 0, pstride);
 }
 
@@ -242,7 +242,7 @@ static void attend_whole(const Model *m, int layer, const float *qkv, int t, int
         const int p0 = c * CHUNK;
         while (positions[t + a] < p0) a++;  /* the first row with positions in this chunk */
         for (int i = a; i < n; i++) p1[i] = positions[t + i] + 1 < p0 + CHUNK ? positions[t + i] + 1 : p0 + CHUNK;
-        attend_rows(qr + (size_t)a * group * hd, n - a, group, m->k_cache + at, m->v_cache + at, p0, p1 + a, hd,
+        attend_rows(m->attention, qr + (size_t)a * group * hd, n - a, group, m->k_cache + at, m->v_cache + at, p0, p1 + a, hd,
                     1.0f / sqrtf((float)hd), sc, own + a * rstride + c * part_n, rstride, pstride);
     }
     for (int i = 0; i < n; i++)
@@ -375,7 +375,7 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
         float *resid = many ? shared_resid : mine, *unit = mine;
         /* normed: one row on its way to x (its int8 form), kept in L1 */
         float *normed = mine + (many ? T * 2 * QK : T * H), *sc = normed + H + T * act_floats(H);
-        float *qr = sc + (size_t)ROWS_TOGETHER * group * (CHUNK + 16);  /* rows' groups of heads, rotated */
+        float *qr = sc + (size_t)ROWS_TOGETHER * group * (CHUNK + 32);  /* rows' groups of heads, rotated */
         float *own = qr + (size_t)ROWS_TOGETHER * group * hd;  /* their chunk parts: [row][head][chunk] */
         const int nt = omp_get_num_threads(), id = omp_get_thread_num();
         Act ah;
