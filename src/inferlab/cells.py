@@ -36,6 +36,19 @@ class CellSpec:
     batch_checks: tuple[str, ...] = ()
 
 
+@dataclass
+class LoadInfo:
+    """What a pool's loads said, as plain data (it travels from a cluster's nodes): per (method,
+    threads) the Loaded reply, or the failure's (status, message)."""
+
+    loaded: dict[tuple[str, int], p.Loaded]
+    failures: dict[tuple[str, int], tuple[str, str]]
+
+    @classmethod
+    def of(cls, pool: "WorkerPool") -> "LoadInfo":
+        return cls(dict(pool.loaded), {k: (e.status, e.message) for k, e in pool.failures.items()})
+
+
 class WorkerPool:
     """This host's loaded workers, one process per (method, threads). A load failure is kept
     and answered again, so a broken method is not reloaded for every cell."""
@@ -88,7 +101,7 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
     interrupted cell measured stays in it)."""
     t0 = time.perf_counter()
     out = out or CellResult(cell=cell)
-    out.conditions["before"] = machine.conditions()
+    out.conditions["before"] = {**machine.conditions(), "at": time.time()}  # at: wall-clock seconds
     sequences = [spec.text.sequence(cell, i) for i in range(cell.batch)]
     contexts = [c for c, _ in sequences] if cell.depth else []
     request = p.Generate([q for _, q in sequences], cell.new_tokens, contexts=contexts)
@@ -146,7 +159,7 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
     for r in out.methods:
         if r.status == "running":
             r.status = "ok"
-    out.conditions["after"] = machine.conditions()
+    out.conditions["after"] = {**machine.conditions(), "at": time.time()}
     out.status, out.seconds = "complete", time.perf_counter() - t0
     return out
 

@@ -98,6 +98,17 @@ def _int_list(minimum: int):
     return parse
 
 
+def add_cluster_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where the cells run (default: here, one after another)")
+    g.add_argument("--cluster", metavar="ADDRESS",
+                   help="a Ray cluster: 'auto' (the one this machine belongs to), ray://HOST:PORT, "
+                        "HOST:PORT (its GCS), or local:N (N simulated nodes on this machine); each "
+                        "cell runs on one node, never two at once on one host")
+    g.add_argument("--nodes", metavar="FILTER",
+                   help="only the cluster's nodes with every term: LABEL=VALUE or a resource name "
+                        "(comma-separated)")
+
+
 def add_sweep_axes(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("the sweep's axes (lists: 1,2,4 or 1-8+1 or 1-64*2; every combination runs)")
     g.add_argument("--prompt-tokens", type=_int_list(1), default=list(defaults.SWEEP_PROMPT_TOKENS),
@@ -206,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="benchmark methods over every combination of prompt length, "
                                      "new tokens, context depth, threads and batch (cells)")
     add_measure_options(p, with_profile_switch=False, sweep=True)
+    add_cluster_options(p)
     p = sub.add_parser("plan", help="a scenario (use case and requirements, TOML) in; the "
                                     "measurements it needs, a verdict and a recommendation out")
     p.add_argument("scenario", nargs="?",
@@ -220,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=defaults.RESULTS_DIR,
                    help="folder under which each plan gets a new folder (default results/)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_cluster_options(p)
     p = sub.add_parser("report", help="derive every figure again and redraw report.md, report.html and "
                                       "charts from a results.json (saved again in this version's schema)")
     p.add_argument("results", nargs="?", help="path to a results.json (or its folder)")
@@ -344,7 +357,8 @@ def sweep_config_from_args(args):
         output_dir=args.output, quality=not args.no_quality, text_file=args.text_file,
         max_ppl_increase=args.max_ppl_increase, max_kl_mean=args.max_kl,
         min_top1=args.min_top1, prompt_token_list=args.prompt_tokens, new_token_list=args.new_tokens,
-        depth_list=args.depth, thread_list=args.threads, batch_list=args.batch, resume=args.resume)
+        depth_list=args.depth, thread_list=args.threads, batch_list=args.batch, resume=args.resume,
+        cluster=args.cluster, nodes=args.nodes)
 
 
 def cmd_sweep(args) -> int:
@@ -410,7 +424,7 @@ def cmd_plan(args) -> int:
     try:
         scenario = load_scenario(find_scenario(args.scenario))
         methods = plan_methods(scenario, args.methods, display)
-        config = plan_config(scenario, methods, args.output, args.timeout)
+        config = plan_config(scenario, methods, args.output, args.timeout, args.cluster, args.nodes)
         config.validate()
     except (ScenarioError, ModelError, ValueError) as e:
         return _fail(str(e))

@@ -47,7 +47,9 @@ def cell_rows(results, divergences: dict | None = None) -> list[dict]:
             row = {"method": m.method, "test": cell.test, "key": cell.key,
                    "n_prompt": cell.prompt_tokens, "n_gen": cell.new_tokens, "n_depth": cell.depth,
                    "n_threads": cell.threads, "n_batch": cell.batch, "status": m.status,
-                   "error": m.error, "runs": len(m.runs), "warnings": []}
+                   "error": m.error, "runs": len(m.runs), "warnings": [],
+                   # where it was measured: "local", or a cluster node's id; its machine's kind
+                   "node": c.node.get("id"), "machine_kind": c.node.get("kind")}
             if m.ok and m.runs:
                 row.update(cell_figures(m, cell, asked), first_divergence=divergences.get((cell.key, m.method)))
             rows.append(row)

@@ -44,7 +44,8 @@ def plan_methods(scenario: Scenario, methods: list[str] | None, show) -> list[st
     return out
 
 
-def plan_config(scenario: Scenario, methods: list[str], output_dir: str, timeout_s: float) -> SweepConfig:
+def plan_config(scenario: Scenario, methods: list[str], output_dir: str, timeout_s: float,
+                cluster: str | None = None, nodes: str | None = None) -> SweepConfig:
     w = scenario.workload
     b = scenario.budget
     return SweepConfig(model=scenario.model, methods=methods, text_file=scenario.text_file,
@@ -54,7 +55,7 @@ def plan_config(scenario: Scenario, methods: list[str], output_dir: str, timeout
                        max_ppl_increase=b["max_ppl_increase"], max_kl_mean=b["max_kl_mean"],
                        min_top1=b["min_top1"], prompt_token_list=w.prompt_tokens,
                        new_token_list=w.new_tokens, depth_list=w.depth, thread_list=w.threads,
-                       batch_list=w.batch)
+                       batch_list=w.batch, cluster=cluster, nodes=nodes)
 
 
 def _worker(config: Configuration, model: ModelRef, folder: str, job: str) -> WorkerHandle:

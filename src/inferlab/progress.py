@@ -14,6 +14,11 @@ def duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def node_name(node: dict) -> str:
+    """A cluster node as progress lines and reports name it: its hostname and id's start."""
+    return f"{node.get('hostname') or node.get('host')} ({str(node.get('id', ''))[:8]})"
+
+
 class SweepProgress:
     def __init__(self, total: int, already: int, quiet: bool = False, stream=None):
         self.stream = stream or sys.stderr
@@ -31,15 +36,18 @@ class SweepProgress:
             return "ETA after the first cell"
         return "ETA " + duration(self.seconds / self.done * (self.total - self.done))
 
-    def starting(self, cell: Cell) -> None:
+    def starting(self, cell: Cell, where: str = "") -> None:
+        """`where`: the node a cluster sends the cell to (nothing here)."""
         if self.bar is not None:
-            self.bar.set_description_str(f"now {cell.key}; {self.eta()}")
+            self.bar.set_description_str(f"now {cell.key}{f' on {where}' if where else ''}; {self.eta()}")
 
     def advance(self, result: CellResult) -> None:
         self.done += 1
         self.seconds += result.seconds or 0.0
         states = ", ".join(f"{m.method} {m.status}" for m in result.methods if m.status != "ok")
         note = f" ({states})" if states else ""
+        if result.node.get("id", "local") != "local":
+            note = f" on {node_name(result.node)}{note}"
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_description_str(f"done {result.cell.key}{note}; {self.eta()}")

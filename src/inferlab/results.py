@@ -311,10 +311,14 @@ class CellResult:
     other load, counters, status), and the machine's state around it."""
 
     cell: Cell
-    status: str = "running"  # running | complete | interrupted
+    # running | complete | interrupted | failed (no node could measure it: a cluster's)
+    status: str = "running"
     methods: list[MethodResult] = field(default_factory=list)
     conditions: dict[str, Any] = field(default_factory=dict)  # machine.conditions() before/after
     seconds: float | None = None  # wall time the cell took, loading excluded
+    # where it was measured: id ("local", or the Ray node's), host, hostname, and kind, the key
+    # of its machine's record in RunResults.machines
+    node: dict[str, Any] = field(default_factory=dict)
 
     def method(self, name: str) -> MethodResult | None:
         return next((m for m in self.methods if m.method == name), None)
@@ -322,13 +326,13 @@ class CellResult:
     def to_dict(self) -> dict:
         return {"cell": self.cell.to_dict(), "status": self.status,
                 "methods": [m.to_dict() for m in self.methods], "conditions": self.conditions,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "node": self.node}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CellResult":
         return cls(cell=Cell.from_dict(d["cell"]), status=d.get("status", "running"),
                    methods=[MethodResult.from_dict(m) for m in d.get("methods", [])],
-                   conditions=d.get("conditions") or {}, seconds=d.get("seconds"))
+                   conditions=d.get("conditions") or {}, seconds=d.get("seconds"), node=d.get("node") or {})
 
 
 @dataclass
@@ -341,6 +345,9 @@ class RunResults:
     # a sweep: its axes (SweepConfig.axes) and its cells; a run has neither
     sweep: dict[str, Any] | None = None
     cells: list[CellResult] = field(default_factory=list)
+    # a sweep: the record of each kind of machine its cells were measured on (CellResult.node's
+    # kind: cluster.machine_kind); `machine` is the driver's
+    machines: dict[str, dict[str, Any]] = field(default_factory=dict)
     reference_tokens: list[int] | None = None
     quality_setup: dict[str, Any] | None = None  # text, windows, budget (quality.py)
     probes: list[dict[str, Any]] = field(default_factory=list)  # bandwidth / GEMM peak (probe.py)

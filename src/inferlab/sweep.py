@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import __version__, defaults, history, machine
+from . import __version__, cluster, defaults, history, machine
 from . import protocol as p
-from .cells import CellSpec, LocalExecutor, WorkerPool
+from .cells import CellSpec, LoadInfo, LocalExecutor, WorkerPool
 from .checks import check_output_location, context_window
 from .config import RunConfig
 from .engines import default_methods, engine_class, engine_path, has_prepare
@@ -52,6 +52,10 @@ class SweepConfig(RunConfig):
     thread_list: list[int] = field(default_factory=lambda: [defaults.default_threads()])
     batch_list: list[int] = field(default_factory=lambda: [1])
     resume: str | None = None
+    # where the cells run: None here, else a Ray cluster's address (cluster.parse_address) and
+    # the nodes to use (cluster.parse_node_filter); neither changes what a cell measures
+    cluster: str | None = None
+    nodes: str | None = None
 
     min_repeats: int = defaults.SWEEP_MIN_REPEATS
     min_time_s: float = defaults.SWEEP_MIN_TIME_S
@@ -89,6 +93,13 @@ class SweepConfig(RunConfig):
             raise ValueError("--prompt-tokens must be at least 1")
         if min(self.batch_list) < 1 or min(self.thread_list) < 1:
             raise ValueError("--batch and --threads must be at least 1")
+        if self.cluster is not None:
+            from .cluster import parse_address, parse_node_filter
+
+            parse_address(self.cluster)
+            parse_node_filter(self.nodes)
+        elif self.nodes:
+            raise ValueError("--nodes chooses nodes of a cluster: give --cluster too")
 
     def check_lengths(self, model: ModelRef) -> int:
         """The longest sequence must fit the model's context window (refused before anything
@@ -120,9 +131,9 @@ class SweepConfig(RunConfig):
 
     def identity(self) -> dict:
         """What a resumed sweep must share with the folder it resumes: its cells and how each
-        is measured (output, display and resume options aside)."""
+        is measured (output, display and resume options aside, and where its cells run)."""
         d = self.to_dict()
-        for key in ("output_dir", "resume", "timeout_s"):
+        for key in ("output_dir", "resume", "timeout_s", "cluster", "nodes"):
             d.pop(key, None)
         return d
 
@@ -195,6 +206,15 @@ def _run_sweep(config: SweepConfig, show, progress_factory, prober, t0) -> tuple
     text, source = read_text(config.text_file)
     spec = CellSpec(model, text_tokens(load_tokenizer(model.path), text, source), config,
                     config.batch_checks())
+    if config.resume:  # refused before a cluster is started
+        resumed_results(config, model)
+    with contextlib.ExitStack() as stack:  # a cluster, connected before any folder is made
+        session = stack.enter_context(_cluster_session(config, model, show)) if config.cluster else None
+        return _measure(config, show, progress_factory, prober, t0, model, spec, kv_slots, source, session)
+
+
+def _measure(config: SweepConfig, show, progress_factory, prober, t0, model: ModelRef, spec: CellSpec,
+             kv_slots: int, source: str, session) -> tuple[RunResults, str]:
     if config.resume:
         results = resumed_results(config, model)
         folder = config.resume
@@ -233,28 +253,44 @@ def _run_sweep(config: SweepConfig, show, progress_factory, prober, t0) -> tuple
         finally:
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - since
 
-    def probe(when: str) -> None:
+    def probe(when: str) -> None:  # on this machine, or on each host of the cluster
         with phase("probes"):
-            results.probes.append({**prober.measure(), "when": when})
+            answers = session.probe(config.threads, defaults.PROBE_BYTES, config.timeout_s) if session \
+                else [prober.measure()]
+            results.probes.extend({**a, "when": when} for a in answers)
 
     try:
         save(results, path)
         with phase("prepare"):
             for m in results.methods:
-                _prepare(m, model, logdir, config.timeout_s)
+                prepare_method(m, model, logdir, config.timeout_s)
+            if session:
+                for method, error in session.prepare([m.method for m in results.methods if m.status == "running"],
+                                                     config.timeout_s).items():
+                    m = results.method(method)
+                    m.status, m.error = "failed", f"prepare, on every node: {error}"
+        if session:
+            results.machines.update(session.machines())
+        else:  # this machine, its cells' node
+            here = cluster.describe_here()
+            results.machines[here["kind"]] = here["machine"]
         save(results, path)
         probe("before the measurements")
         progress = progress_factory(len(todo), len(config.cells()) - len(todo))
 
-        def done(cell_result: CellResult) -> None:
+        def done(cell_result: CellResult, loads: LoadInfo | None = None) -> None:
+            """A cell's result, and what its node's loads said (a cluster's; here: the pool's)."""
+            if not session:
+                cell_result.node = cluster.local_node(here)
             results.cells.append(cell_result)
-            _keep_load_info(results, pool, cell_result.cell.threads)
+            _keep_load_info(results, loads or LoadInfo.of(pool), cell_result.cell.threads)
             save(results, path)
             write_cells_csv(results, folder)
             progress.advance(cell_result)
 
+        executor = cluster.ClusterExecutor(session) if session else LocalExecutor(pool)
         with phase("cells"):
-            LocalExecutor(pool).run(todo, spec, done, progress.starting)
+            executor.run(todo, spec, done, progress.starting)
         progress.close()
         # judged once per sweep: a resumed sweep whose methods all have a verdict keeps them
         if config.quality and any(m.quality is None for m in results.methods if m.status == "running"):
@@ -279,8 +315,20 @@ def _run_sweep(config: SweepConfig, show, progress_factory, prober, t0) -> tuple
     return results, folder
 
 
-def _prepare(m: MethodResult, model: ModelRef, logdir: str, timeout_s: float) -> None:
-    """A method's one-time conversion in a process of its own (as in a run)."""
+@contextlib.contextmanager
+def _cluster_session(config: SweepConfig, model: ModelRef, show):
+    """Connected to --cluster with a measuring actor on each chosen node (cluster.py)."""
+    session = cluster.ClusterSession(cluster.parse_address(config.cluster), cluster.parse_node_filter(config.nodes),
+                                     config.model, model.content_hash, show)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def prepare_method(m: MethodResult, model: ModelRef, logdir: str, timeout_s: float) -> None:
+    """A method's one-time conversion in a process of its own (as in a run); a failure goes
+    into m (status and error)."""
     if not has_prepare(m.method):
         return
     start = p.Start(method=m.method, engine=engine_path(m.method), model=model, threads=1)
@@ -294,17 +342,17 @@ def _prepare(m: MethodResult, model: ModelRef, logdir: str, timeout_s: float) ->
         worker.close()
 
 
-def _keep_load_info(results: RunResults, pool: WorkerPool, threads: int) -> None:
+def _keep_load_info(results: RunResults, loads: LoadInfo, threads: int) -> None:
     """What each method's load said (sizes, details, load time), once per method."""
     for m in results.methods:
-        loaded = pool.loaded.get((m.method, threads))
+        loaded = loads.loaded.get((m.method, threads))
         if loaded is not None and m.load_s is None:
             m.load_s, m.threads = loaded.load_s, threads
             m.weight_bytes, m.file_bytes = loaded.info.weight_bytes, loaded.info.file_bytes
             m.parameters, m.details = loaded.info.parameters, loaded.info.details
-        failure = pool.failures.get((m.method, threads))
-        if failure is not None and m.status == "running" and failure.status == "skipped":
-            m.status, m.error = "skipped", failure.message
+        failure = loads.failures.get((m.method, threads))
+        if failure is not None and m.status == "running" and failure[0] == "skipped":
+            m.status, m.error = "skipped", failure[1]
 
 
 def _judge_quality(results: RunResults, model: ModelRef, config: SweepConfig, pool: WorkerPool,

@@ -92,6 +92,7 @@ def render(results: RunResults, charts: list[str]) -> str:
     parts += ["## Cells", "", md_table(CELL_NAMES, cell_table_rows(results)), ""]
     if charts:  # each chart one axis of the cells above
         parts += ['<div class="beside">', ""] + [f"![{c}]({c})" for c in charts] + ["", "</div>", ""]
+    parts += nodes_section(results)
     parts += quality_section(results)
     sizes = [f"- **{m.method}**: weights {mbytes(m.weight_bytes)} MB, load {m.load_s or 0:.2f} s; "
              f"{m.summary}" for m in results.methods]
@@ -100,6 +101,22 @@ def render(results: RunResults, charts: list[str]) -> str:
     parts += ["## Warnings", ""] + ([f"- {w}" for w in warns] or ["- none"]) + [""]
     parts += folded("Environment", environment_section(results)[2:])
     return "\n".join(parts)
+
+
+def nodes_section(results: RunResults) -> list[str]:
+    """Where each cell ran and on what machine, for a sweep on a cluster (nothing otherwise)."""
+    from ..progress import node_name
+    from .markdown import md_table
+
+    if all(c.node.get("id", "local") == "local" for c in results.cells):
+        return []
+    rows = [[c.cell.key, node_name(c.node) if c.node else "-", c.node.get("host", "-"),
+             c.node.get("kind", "-"), c.status, f"{c.seconds:.1f}" if c.seconds else "-"] for c in results.cells]
+    kinds = [f"- kind `{k}`: {m.get('cpu')}, {m.get('usable_cpus')} usable CPUs, "
+             f"{(m.get('memory_bytes') or 0) / 2**30:.0f} GiB, Python {m.get('python')}, inferlab "
+             f"{m.get('inferlab_commit') or '?'}" for k, m in results.machines.items()]
+    return (["## Where the cells ran", "", md_table(["cell", "node", "host", "machine kind", "status", "seconds"], rows),
+             ""] + kinds + [""])
 
 
 # chart file -> (x axis, y figure, labels); the other axes are held at one value per line set

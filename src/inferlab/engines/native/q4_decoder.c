@@ -11,10 +11,11 @@ Weights:  4-bit matrices [n, k/32] blocks of 16 bytes (byte j = element j in the
           GGUF stores them; 8-bit matrices (Q8_0 rule: w = q * d, q in -127..127, d fp16) for
           the LM head and the token table.
 Activations are quantized per block of 32 to int8 (scale max|x| / 127) right before each
-product, as llama.cpp and ONNX Runtime's accuracy_level 4 do; the KV cache is fp16; everything
-else is fp32. One OpenMP parallel region per forward pass: products split by rows, attention
-by positions, threads meeting at a spin barrier that reads ahead; thread 0 keeps a clock per
-phase (phase_seconds; spans for the profiler's timeline), the engine's counters and profiler. */
+product, as llama.cpp and ONNX Runtime's accuracy_level 4 do; the KV cache is fp16 (bf16 where
+attention multiplies in bf16: q4_attention_bf16.c); everything else is fp32. One OpenMP
+parallel region per forward pass: products split by rows, attention by positions, threads
+meeting at a spin barrier that reads ahead; thread 0 keeps a clock per phase (phase_seconds;
+spans for the profiler's timeline), the engine's counters and profiler. */
 
 #include "q4_common.h"
 

@@ -1,0 +1,416 @@
+"""Sweeps and plans on a Ray cluster (`--cluster`): the same cells as on one machine, each
+measured on one node by cells.measure_cell, with the same protocol, and saved on the driver as
+it arrives. A host is a measuring instrument: never two cells at once on one host, even where
+several Ray nodes share it (a simulated cluster's all do). Ray is imported here only, and
+only when --cluster is given.
+
+Each node answers with its machine record; nodes whose records agree in what decides speed
+(CPU, its flags, cores, memory, software) are one kind, and by default every cell is measured
+once on every kind present (`--nodes` keeps only nodes with a label or resource). For now a
+results set holds one kind of machine: a cluster of several kinds is refused (pick one with
+--nodes) until reports, comparisons and verdicts keep machines apart."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import machine
+from .results import Cell, CellResult
+
+LOCAL_PREFIX = "local:"
+CONNECT_TIMEOUT_S = 5.0  # a TCP reach of the address before Ray's own (minute-long) retries
+
+
+class ClusterError(ValueError):
+    """The cluster cannot be used as asked (one line: why); the CLI exits 2, as for any bad option."""
+
+
+@dataclass(frozen=True)
+class ClusterAddress:
+    text: str
+    local_nodes: int = 0  # local:N: a simulated cluster of N nodes on this machine
+
+
+def parse_address(text: str) -> ClusterAddress:
+    """`auto`, `local:N`, `ray://host:port` or a GCS `host:port`; ValueError for anything else."""
+    text = text.strip()
+    if text.startswith(LOCAL_PREFIX):
+        n = text[len(LOCAL_PREFIX):]
+        if not n.isdigit() or not 1 <= int(n) <= 16:
+            raise ValueError(f"--cluster {text}: local:N takes N from 1 to 16 simulated nodes")
+        return ClusterAddress(text, int(n))
+    if text == "auto":
+        return ClusterAddress(text)
+    rest = text[len("ray://"):] if text.startswith("ray://") else text
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--cluster {text}: give auto, local:N, ray://HOST:PORT or HOST:PORT")
+    return ClusterAddress(text)
+
+
+def parse_node_filter(text: str | None) -> list[tuple[str, str | None]]:
+    """--nodes: comma-separated terms, each `key=value` (a node label) or `name` (a custom
+    resource or a label key the node has); a node must match every term."""
+    if not text:
+        return []
+    terms = []
+    for term in (t.strip() for t in text.split(",")):
+        if not term:
+            continue
+        key, eq, value = term.partition("=")
+        if not key or (eq and not value):
+            raise ValueError(f"--nodes {text}: each term is LABEL=VALUE or a resource name")
+        terms.append((key, value if eq else None))
+    if not terms:
+        raise ValueError(f"--nodes {text}: no terms")
+    return terms
+
+
+def matches(node: dict, terms: list[tuple[str, str | None]]) -> bool:
+    labels, resources = node.get("Labels") or {}, node.get("Resources") or {}
+    return all(labels.get(k) == v if v is not None else (resources.get(k, 0) > 0 or k in labels)
+               for k, v in terms)
+
+
+def machine_kind(record: dict) -> str:
+    """A short id of what decides a machine's speed in its record: CPU, flags, cores, memory
+    (GiB), Python, libraries, inferlab's build; equal ids: figures that may share a statistic."""
+    keys = ("cpu", "cpu_flags", "usable_cpus", "python", "libraries", "inferlab_commit")
+    what = {k: record.get(k) for k in keys}
+    what["memory_gib"] = round((record.get("memory_bytes") or 0) / 2**30)
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def describe_here() -> dict:
+    """This machine's record and kind: what a local sweep's cells carry."""
+    record = machine.describe()
+    return {"kind": machine_kind(record), "machine": record}
+
+
+def local_node(described: dict) -> dict:
+    """A cell's node when measured here (the shape a cluster's cells have)."""
+    name = socket.gethostname()
+    return {"id": "local", "host": name, "hostname": name, "kind": described["kind"]}
+
+
+class NodeMeasurer:
+    """On one node, as a Ray actor: the node's machine record, the model resolved there, its
+    own worker pool (cells.WorkerPool) kept across cells; measures the cells it is sent one
+    after another, by the same protocol as a local sweep."""
+
+    def __init__(self, model: str, content_hash: str, thread_env: dict[str, str]):
+        # Ray sets OMP_NUM_THREADS and the like in its workers; the engines set their threads
+        # themselves and the record must say what the user set: the driver's own values
+        for var in machine.THREAD_VARS:
+            os.environ.pop(var, None)
+        os.environ.update(thread_env)
+        self.described = describe_here()
+        self.logdir = tempfile.mkdtemp(prefix="inferlab-node-logs-")
+        self.model, self.error, self.pool = None, None, None
+        try:
+            from .models import resolve
+
+            ref = resolve(model)
+            if ref.content_hash != content_hash:
+                self.error = (f"its copy of {model} differs from the driver's (content "
+                              f"{ref.content_hash} against {content_hash})")
+            self.model = ref
+        except Exception as e:  # a node without the model fails its cells with the reason
+            self.error = f"cannot load {model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+
+    def describe(self) -> dict:
+        import ray
+
+        return {**self.described, "ray": ray.__version__, "error": self.error, "pid": os.getpid()}
+
+    def prepare(self, methods: list[str], timeout_s: float) -> dict[str, str | None]:
+        """Each method's one-time conversion on this node (its own cache); the error per method."""
+        from .results import MethodResult
+        from .sweep import prepare_method
+
+        out = {}
+        for method in methods:
+            r = MethodResult(method=method, status="running")
+            prepare_method(r, self.model, self.logdir, timeout_s)
+            out[method] = None if r.status == "running" else r.error
+        return out
+
+    def measure(self, cell: Cell, spec):
+        """The cell's result, and what this node's loads said (cells.LoadInfo)."""
+        from .cells import LoadInfo, WorkerPool, measure_cell
+
+        if self.pool is None:
+            self.pool = WorkerPool(self.model, self.logdir, spec.config.timeout_s)
+        result = measure_cell(cell, dataclasses.replace(spec, model=self.model), self.pool)
+        return result, LoadInfo.of(self.pool)
+
+    def probe(self, threads: int, nbytes: int, timeout_s: float) -> dict:
+        """The hardware probe (probe.py) on this node's host."""
+        from .probe import ProbeProcess
+
+        prober = ProbeProcess(threads, nbytes, timeout_s)
+        try:
+            return prober.measure()
+        finally:
+            prober.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
+@dataclass
+class Node:
+    id: str
+    host: str  # the address its raylet listens on: nodes on one host share it
+    hostname: str
+    actor: object = None
+    kind: str = ""
+    machine: dict = field(default_factory=dict)
+    cells: int = 0  # cells sent to it
+    alive: bool = True
+    error: str | None = None  # why it was left out
+
+    def record(self) -> dict:
+        return {"id": self.id, "host": self.host, "hostname": self.hostname, "kind": self.kind}
+
+
+class ClusterSession:
+    """Connected to a cluster (a simulated one started for local:N), with one measuring actor
+    on every selected node; close() lets go of all of it."""
+
+    def __init__(self, address: ClusterAddress, node_filter: list[tuple[str, str | None]], model: str,
+                 content_hash: str, show=lambda msg: None):
+        self.keeper: subprocess.Popen | None = None
+        self.nodes: list[Node] = []
+        try:
+            import ray
+        except ImportError:
+            raise ClusterError("--cluster needs Ray (pip install ray==2.60.0, as requirements.txt pins it)") from None
+        self.ray = ray
+        target = self._start_local(address.local_nodes) if address.local_nodes else address.text
+        if not address.local_nodes and target != "auto" and not target.startswith("ray://"):
+            _reachable(target)
+        show(f"connecting to the Ray cluster at {target}")
+        try:
+            ray.init(address=target, logging_level="ERROR", log_to_driver=False)
+        except Exception as e:
+            self.close()
+            raise ClusterError(f"--cluster {address.text}: {_first_line(e)}") from None
+        try:
+            self._start_actors(node_filter, model, content_hash, show)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_local(self, n: int) -> str:
+        from .cluster_local import ADDRESS_MARK
+
+        errors = tempfile.TemporaryFile("w+")
+        self.keeper = subprocess.Popen([sys.executable, "-m", "inferlab.cluster_local", str(n)],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+                                       text=True, start_new_session=True)
+        for line in self.keeper.stdout:  # until the address, or the keeper's end
+            if line.startswith(ADDRESS_MARK):
+                errors.close()
+                return line[len(ADDRESS_MARK):].strip()
+        errors.seek(0)
+        last = [line for line in errors.read().splitlines() if line.strip()][-1:]
+        errors.close()
+        raise ClusterError(f"--cluster local:{n}: the simulated cluster did not start"
+                           + (f" ({last[0].strip()[:300]})" if last else ""))
+
+    def _start_actors(self, node_filter, model: str, content_hash: str, show) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        alive = [n for n in self.ray.nodes() if n.get("Alive")]
+        chosen = [n for n in alive if matches(n, node_filter)]
+        if not chosen:
+            raise ClusterError(f"no node of the cluster's {len(alive)} matches --nodes "
+                               f"{','.join(k if v is None else f'{k}={v}' for k, v in node_filter)}")
+        thread_env = {v: os.environ[v] for v in machine.THREAD_VARS if v in os.environ}
+        measurer = self.ray.remote(NodeMeasurer)
+        for n in chosen:
+            node = Node(id=n["NodeID"], host=n.get("NodeManagerAddress", ""), hostname=n.get("NodeManagerHostname", ""))
+            node.actor = measurer.options(
+                num_cpus=0, max_restarts=0, max_concurrency=1,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node.id, soft=False),
+            ).remote(model, content_hash, thread_env)
+            self.nodes.append(node)
+        show(f"{len(self.nodes)} node{'s' * (len(self.nodes) != 1)} on "
+             f"{len({n.host for n in self.nodes})} host{'s' * (len({n.host for n in self.nodes}) != 1)}: "
+             "loading the model on each")
+        mine = self.ray.__version__
+        for node, ref in [(n, n.actor.describe.remote()) for n in self.nodes]:
+            try:
+                info = self.ray.get(ref)
+            except Exception as e:  # its actor did not start: inferlab or the model missing there
+                info = {"ray": mine, "kind": "", "machine": {}, "error": _first_line(e)}
+            if info["ray"] != mine:
+                raise ClusterError(f"node {node.hostname} ({node.host}) runs Ray {info['ray']}, this "
+                                   f"machine {mine}: install the same version everywhere")
+            node.kind, node.machine, node.error = info["kind"], info["machine"], info["error"]
+            if node.error:
+                show(f"node {node.hostname} ({node.host}) left out: {node.error}")
+                node.alive = False
+                self._retire(node)
+        if not any(n.alive for n in self.nodes):
+            raise ClusterError("no node can measure: " + "; ".join(
+                f"{n.hostname} ({n.host}): {n.error}" for n in self.nodes))
+        kinds = {n.kind: n.machine for n in self.nodes if n.alive}
+        if len(kinds) > 1:
+            names = "; ".join(f"{k}: {m.get('cpu')}, {m.get('usable_cpus')} CPUs" for k, m in kinds.items())
+            raise ClusterError(f"the cluster has {len(kinds)} kinds of machine ({names}): one results set "
+                               "keeps one kind for now; choose one with --nodes (a label or resource)")
+
+    def _retire(self, node: Node) -> None:
+        try:
+            self.ray.kill(node.actor)
+        except Exception:
+            pass
+
+    def machines(self) -> dict[str, dict]:
+        return {n.kind: n.machine for n in self.nodes if n.alive}
+
+    def prepare(self, methods: list[str], timeout_s: float) -> dict[str, str]:
+        """Each live node prepares every method (its own cache); the methods that failed on
+        every node, with one node's reason."""
+        nodes = [n for n in self.nodes if n.alive]
+        answers = self.ray.get([n.actor.prepare.remote(methods, timeout_s) for n in nodes])
+        failed = {}
+        for method in methods:
+            errors = [a[method] for a in answers if a[method]]
+            if len(errors) == len(answers):
+                failed[method] = errors[0]
+        return failed
+
+    def probe(self, threads: int, nbytes: int, timeout_s: float) -> list[dict]:
+        """The hardware probe once on each host (on one of its live nodes, hosts one after
+        another: a probe measures its host alone); each answer names its node."""
+        out, seen = [], set()
+        for node in self.nodes:
+            if node.alive and node.host not in seen:
+                seen.add(node.host)
+                try:
+                    answer = self.ray.get(node.actor.probe.remote(threads, nbytes, timeout_s))
+                except Exception as e:
+                    answer = {"error": f"probe on {node.hostname}: {_first_line(e)}"}
+                out.append({**answer, "node": node.record()})
+        return out
+
+    def close(self) -> None:
+        try:
+            for node in self.nodes:
+                if node.alive:
+                    try:
+                        self.ray.get(node.actor.close.remote(), timeout=30)
+                    except Exception:
+                        pass
+            if getattr(self, "ray", None) is not None and self.ray.is_initialized():
+                self.ray.shutdown()
+        finally:
+            if self.keeper is not None:
+                self.keeper.stdin.close()  # the keeper shuts its nodes down
+                try:
+                    self.keeper.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    self.keeper.kill()
+                self.keeper = None
+
+
+class ClusterExecutor:
+    """Sends each cell to a node, at most one cell per host at a time, spreading them over the
+    nodes of a host; a node lost mid-cell costs that cell, sent once more to another node (of
+    the same kind), else recorded as failed. `done` gets every cell's result as it arrives."""
+
+    def __init__(self, session: ClusterSession):
+        self.session = session
+
+    def run(self, cells: list[Cell], spec, done: Callable[[CellResult], None],
+            starting: Callable[..., None] = lambda cell, where="": None) -> None:
+        from .progress import node_name
+
+        ray = self.session.ray
+        pending = [(cell, 0) for cell in cells]  # (cell, tries so far)
+        running: dict = {}  # ObjectRef -> (cell, tries, node)
+        try:
+            while pending or running:
+                busy = {node.host for _, _, node in running.values()}
+                for node in self._free_nodes(busy):
+                    if not pending:
+                        break
+                    cell, tries = pending.pop(0)
+                    node.cells += 1
+                    starting(cell, node_name(node.record()))
+                    running[node.actor.measure.remote(cell, spec)] = (cell, tries, node)
+                    busy.add(node.host)
+                if not running:  # cells left, no node alive to take them
+                    for cell, _ in pending:
+                        done(_failed(cell, "no node of the cluster is left to measure it"))
+                    return
+                ready, _ = ray.wait(list(running), num_returns=1)
+                cell, tries, node = running.pop(ready[0])
+                loads = None
+                try:
+                    result, loads = ray.get(ready[0])
+                except ray.exceptions.RayActorError as e:  # the node or its actor is gone
+                    node.alive = False
+                    if tries == 0 and any(n.alive for n in self.session.nodes):
+                        pending.insert(0, (cell, 1))
+                        continue
+                    result = _failed(cell, f"node {node.hostname} ({node.host}) was lost: {_first_line(e)}")
+                except ray.exceptions.RayTaskError as e:
+                    result = _failed(cell, f"on node {node.hostname}: {_first_line(e)}")
+                result.node = node.record()
+                done(result, loads)
+        except KeyboardInterrupt:  # the running cells' actors go, their engines' processes with them
+            for cell, _, node in running.values():
+                node.alive = False
+                self.session._retire(node)
+                done(CellResult(cell=cell, status="interrupted", node=node.record()))
+            raise
+
+    def _free_nodes(self, busy: set[str]) -> list[Node]:
+        """One live node per host without a running cell: the one that took the fewest cells."""
+        free: dict[str, Node] = {}
+        for node in self.session.nodes:
+            if node.alive and node.host not in busy:
+                best = free.get(node.host)
+                if best is None or node.cells < best.cells:
+                    free[node.host] = node
+        return list(free.values())
+
+
+def _failed(cell: Cell, reason: str) -> CellResult:
+    """A cell no node measured: every method failed with the reason (a resumed sweep runs it again)."""
+    from .results import MethodResult
+
+    return CellResult(cell=cell, status="failed",
+                      methods=[MethodResult(method=m, status="failed", error=reason, threads=cell.threads)
+                               for m in cell.methods])
+
+
+def _reachable(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise ClusterError(f"--cluster {address}: cannot reach it ({e.strerror or e})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return type(e).__name__

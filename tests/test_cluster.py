@@ -1,0 +1,152 @@
+"""Sweeps on a Ray cluster (--cluster): addresses and node filters, a simulated two-node cluster
+on this machine measuring a tiny model's cells (one at a time on this one host, each cell's
+node recorded, a node stopped mid-cell costing only that cell, the record shape of a local
+run), and a driver killed outright, then resumed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from inferlab import cluster, sweep
+from inferlab.progress import SweepProgress
+from inferlab.results import load
+from tests.test_cli import only_run_folder, run_cli
+from tests.test_sweep import SWEEP_IN_CHILD
+
+ray = pytest.importorskip("ray")
+
+CELLS = dict(methods=["kv-cache"], prompt_token_list=[4, 8], depth_list=[0, 6], new_token_list=[3],
+             thread_list=[1], min_repeats=2, max_repeats=2, min_time_s=0.0, quality=False)
+
+
+@pytest.mark.parametrize("text, nodes", [("auto", 0), ("local:2", 2), ("ray://10.0.0.5:10001", 0),
+                                         ("10.0.0.5:6379", 0)])
+def test_cluster_addresses(text, nodes):
+    assert cluster.parse_address(text).local_nodes == nodes
+
+
+@pytest.mark.parametrize("text", ["local:0", "local:x", "local:99", "nowhere", "ray://host", ""])
+def test_bad_cluster_addresses_are_refused(text):
+    with pytest.raises(ValueError, match="--cluster"):
+        cluster.parse_address(text)
+
+
+def test_node_filters_match_labels_and_resources():
+    node = {"Labels": {"cpu": "avx512", "zone": "a"}, "Resources": {"CPU": 2.0, "fast": 1.0}}
+    assert cluster.matches(node, cluster.parse_node_filter("cpu=avx512,fast"))
+    assert cluster.matches(node, cluster.parse_node_filter("zone"))
+    assert not cluster.matches(node, cluster.parse_node_filter("cpu=avx2"))
+    assert not cluster.matches(node, cluster.parse_node_filter("gpu"))
+    with pytest.raises(ValueError, match="--nodes"):
+        cluster.parse_node_filter("cpu=")
+
+
+def test_machine_kinds_tell_machines_apart_by_what_decides_speed():
+    here = cluster.describe_here()["machine"]
+    assert cluster.machine_kind(here) == cluster.machine_kind({**here, "hostname": "another-box"})
+    assert cluster.machine_kind(here) != cluster.machine_kind({**here, "cpu": "another CPU"})
+
+
+def test_bad_cluster_options_exit_2_with_one_line(tiny_models, tmp_path, capsys):
+    base = ["sweep", "--model", tiny_models["llama"], "--methods", "kv-cache", "--prompt-tokens", "4",
+            "--new-tokens", "3", "--output", tmp_path, "--quiet"]
+    assert run_cli(*base, "--cluster", "127.0.0.1:1") == 2  # nothing listens on port 1
+    assert "cannot reach it" in capsys.readouterr().err
+    assert run_cli(*base, "--nodes", "fast") == 2
+    assert "give --cluster too" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)  # no results folder
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    worker = c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    yield c, worker
+    c.shutdown()
+
+
+def cell_shape(d):
+    """The keys of a cell's record, nested: what must be the same wherever it was measured."""
+    if isinstance(d, dict):
+        return {k: cell_shape(v) for k, v in d.items() if k not in ("counters",)}
+    if isinstance(d, list):
+        return [cell_shape(d[0])] if d else []
+    return type(d).__name__ if d is not None else None
+
+
+def test_a_sweep_on_two_nodes_one_cell_at_a_time_losing_one_node(two_nodes, tiny_models, tmp_path):
+    c, worker = two_nodes
+    starts, killed = [], threading.Event()
+
+    class Watching(SweepProgress):
+        def starting(self, cell, where=""):
+            starts.append(where)
+            if worker.node_id[:8] in where and sum(worker.node_id[:8] in w for w in starts) == 2:
+                # the worker's second cell: its node stops while the cell runs
+                threading.Timer(0.5, lambda: (c.remove_node(worker, allow_graceful=False), killed.set())).start()
+
+    # cells of 8 runs of 40 new tokens (about 2 s): the node stops 0.5 s into one
+    cells = {**CELLS, "new_token_list": [40], "min_repeats": 8, "max_repeats": 8}
+    config = sweep.SweepConfig(model=tiny_models["llama"], output_dir=str(tmp_path / "c"), cluster=c.address, **cells)
+    results, folder = sweep.run_sweep(config, lambda msg: None, lambda todo, done: Watching(todo, done, quiet=True))
+    assert killed.is_set()
+    assert results.status == "complete" and len(results.cells) == 4
+    assert all(cr.status == "complete" and cr.method("kv-cache").ok for cr in results.cells)
+    nodes = [cr.node["id"] for cr in results.cells]
+    assert worker.node_id in nodes and len(set(nodes)) == 2  # spread over both
+    assert len(starts) == 5  # the lost cell was sent once more, to the other node
+    spans = sorted((cr.conditions["before"]["at"], cr.conditions["after"]["at"]) for cr in results.cells)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # one host: never two cells at once
+    assert set(results.machines) == {cr.node["kind"] for cr in results.cells}
+    saved = load(os.path.join(folder, "results.json"))
+    assert [cr.node for cr in saved.cells] == [cr.node for cr in results.cells]
+
+    # the same cell measured here has a record of the same shape
+    local = sweep.SweepConfig(model=tiny_models["llama"], output_dir=str(tmp_path / "l"),
+                              **{**cells, "prompt_token_list": [4], "depth_list": [0]})
+    mine, _ = sweep.run_sweep(local, lambda msg: None, lambda todo, done: SweepProgress(todo, done, quiet=True))
+    theirs = next(cr for cr in results.cells if cr.cell.key == mine.cells[0].cell.key)
+    assert cell_shape(mine.cells[0].to_dict()) == cell_shape(theirs.to_dict())
+    assert mine.cells[0].node["id"] == "local" and mine.cells[0].node["kind"] in mine.machines
+
+
+def test_a_driver_killed_outright_takes_its_simulated_nodes_and_resumes(tiny_models, tmp_path, request):
+    import psutil
+
+    out = tmp_path / "s"
+    args = ["sweep", "--model", tiny_models["llama"], "--methods", "kv-cache", "--prompt-tokens", "4,8",
+            "--new-tokens", "3", "--repeats", "30", "--max-repeats", "30", "--min-time", "0", "--threads", "1",
+            "--no-quality", "--quiet", "--cluster", "local:2", "--output", str(out)]
+    proc = subprocess.Popen([sys.executable, "-c", SWEEP_IN_CHILD, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    request.addfinalizer(proc.kill)
+    deadline = time.time() + 180
+    while time.time() < deadline:  # kill it once its first cell is saved
+        time.sleep(0.3)
+        paths = [os.path.join(out, d, "results.json") for d in os.listdir(out)] if out.exists() else []
+        if paths and os.path.exists(paths[0]) and json.load(open(paths[0]))["cells"]:
+            break
+    keepers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "inferlab.cluster_local" in " ".join(p.cmdline())]
+    assert len(keepers) == 1
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    keepers[0].wait(timeout=60)  # the simulated nodes go with their driver
+    folder = only_run_folder(out)
+    first = {cr.cell.key: cr for cr in load(os.path.join(folder, "results.json")).cells if cr.status == "complete"}
+    assert len(first) == 1
+    assert run_cli(*args, "--resume", folder) == 0
+    second = load(os.path.join(folder, "results.json"))
+    assert second.status == "complete" and len(second.cells) == 2
+    for cr in second.cells:
+        assert cr.node["id"] != "local"
+        if cr.cell.key in first:  # kept as measured before the kill
+            assert cr.method("kv-cache").runs == first[cr.cell.key].method("kv-cache").runs
