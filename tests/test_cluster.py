@@ -3,13 +3,11 @@ on this machine measuring a tiny model's cells (one at a time on this one host, 
 node recorded, a node stopped mid-cell costing only that cell, the record shape of a local
 run), and a driver killed outright, then resumed."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -17,7 +15,7 @@ from inferlab import cluster, sweep
 from inferlab.progress import SweepProgress
 from inferlab.results import load
 from tests.test_cli import only_run_folder, run_cli
-from tests.test_sweep import SWEEP_IN_CHILD
+from tests.test_sweep import SWEEP_IN_CHILD, wait_for_a_saved_cell
 
 ray = pytest.importorskip("ray")
 
@@ -129,12 +127,7 @@ def test_a_driver_killed_outright_takes_its_simulated_nodes_and_resumes(tiny_mod
     proc = subprocess.Popen([sys.executable, "-c", SWEEP_IN_CHILD, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     request.addfinalizer(proc.kill)
-    deadline = time.time() + 180
-    while time.time() < deadline:  # kill it once its first cell is saved
-        time.sleep(0.3)
-        paths = [os.path.join(out, d, "results.json") for d in os.listdir(out)] if out.exists() else []
-        if paths and os.path.exists(paths[0]) and json.load(open(paths[0]))["cells"]:
-            break
+    wait_for_a_saved_cell(out, 180)  # then kill it
     keepers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "inferlab.cluster_local" in " ".join(p.cmdline())]
     assert len(keepers) == 1
     proc.send_signal(signal.SIGKILL)

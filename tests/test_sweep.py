@@ -138,6 +138,16 @@ SWEEP_IN_CHILD = (
 )
 
 
+def wait_for_a_saved_cell(out, seconds: float) -> None:
+    """Until the one sweep under `out` has saved a cell (or `seconds` have passed)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        time.sleep(0.3)
+        paths = [os.path.join(out, d, "results.json") for d in os.listdir(out)] if out.exists() else []
+        if paths and os.path.exists(paths[0]) and json.load(open(paths[0]))["cells"]:
+            return
+
+
 def test_an_interrupted_sweep_resumes_with_only_the_missing_cells(tiny_models, tmp_path, request):
     out = tmp_path / "s"
     args = ["sweep", "--model", tiny_models["llama"], "--methods", "kv-cache",
@@ -146,12 +156,7 @@ def test_an_interrupted_sweep_resumes_with_only_the_missing_cells(tiny_models, t
     proc = subprocess.Popen([sys.executable, "-c", SWEEP_IN_CHILD, *args, "--output", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     request.addfinalizer(proc.kill)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # stop it once its first cell is saved
-        time.sleep(0.3)
-        paths = [os.path.join(out, d, "results.json") for d in os.listdir(out)] if out.exists() else []
-        if paths and os.path.exists(paths[0]) and json.load(open(paths[0]))["cells"]:
-            break
+    wait_for_a_saved_cell(out, 120)  # then stop it
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

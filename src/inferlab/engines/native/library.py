@@ -52,13 +52,23 @@ def missing_cpu_flags(flags: set[str] | None = None) -> list[str]:
     return [f for f in NEEDED_FLAGS if f not in flags]
 
 
+def _missing(choices: tuple, what: str, name: str, flags: set[str] | None) -> list[str]:
+    """The CPU flags this machine lacks for the choice `name` of PATHS or ATTENTIONS."""
+    flags = cpu_flags() if flags is None else flags
+    needs = dict(choices)
+    if name not in needs:
+        raise ValueError(f"no {what} {name!r} (choices: {', '.join(needs)})")
+    return [f for f in (*NEEDED_FLAGS, *needs[name]) if f not in flags]
+
+
 def path_missing(name: str, flags: set[str] | None = None) -> list[str]:
     """The CPU flags this machine lacks for the kernel path `name` (empty: it can run)."""
-    flags = cpu_flags() if flags is None else flags
-    needs = dict(PATHS)
-    if name not in needs:
-        raise ValueError(f"no kernel path {name!r} (paths: {', '.join(needs)})")
-    return [f for f in (*NEEDED_FLAGS, *needs[name]) if f not in flags]
+    return _missing(PATHS, "kernel path", name, flags)
+
+
+def attention_missing(name: str, flags: set[str] | None = None) -> list[str]:
+    """The CPU flags this machine lacks for attention's arithmetic `name` (empty: it can run)."""
+    return _missing(ATTENTIONS, "attention arithmetic", name, flags)
 
 
 def best_path(flags: set[str] | None = None) -> str:
@@ -67,26 +77,18 @@ def best_path(flags: set[str] | None = None) -> str:
     return [name for name, _ in PATHS if not path_missing(name, flags)][-1]
 
 
-def attention_missing(name: str, flags: set[str] | None = None) -> list[str]:
-    """The CPU flags this machine lacks for attention's arithmetic `name` (empty: it can run)."""
-    flags = cpu_flags() if flags is None else flags
-    needs = dict(ATTENTIONS)
-    if name not in needs:
-        raise ValueError(f"no attention arithmetic {name!r} (choices: {', '.join(needs)})")
-    return [f for f in (*NEEDED_FLAGS, *needs[name]) if f not in flags]
-
-
 def best_attention(flags: set[str] | None = None) -> str:
-    """The fastest attention arithmetic this CPU can run."""
+    """The fastest attention arithmetic this CPU can run (the last of ATTENTIONS it has)."""
+    flags = cpu_flags() if flags is None else flags
     return [name for name, _ in ATTENTIONS if not attention_missing(name, flags)][-1]
-
-
-def attention_index(name: str) -> int:
-    return [n for n, _ in ATTENTIONS].index(name)
 
 
 def path_index(name: str) -> int:
     return [n for n, _ in PATHS].index(name)
+
+
+def attention_index(name: str) -> int:
+    return [n for n, _ in ATTENTIONS].index(name)
 
 
 def compiler() -> str:
