@@ -185,11 +185,13 @@ def run_sweep(config: SweepConfig, show, progress_factory: Callable[[int, int], 
     config.validate()
     check_output_location(config.output_dir)
     t0 = time.perf_counter()
-    prober = ProbeProcess(config.threads, defaults.PROBE_BYTES, config.timeout_s)
+    # a cluster's probes run on its hosts (ClusterSession.probe): none here then
+    prober = None if config.cluster else ProbeProcess(config.threads, defaults.PROBE_BYTES, config.timeout_s)
     try:
         results, folder = _run_sweep(config, show, progress_factory, prober, t0)
     finally:
-        prober.close()
+        if prober is not None:
+            prober.close()
     history.record(results, folder)  # every sweep (and plan), from the CLI or the API
     return results, folder
 
