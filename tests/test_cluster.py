@@ -51,6 +51,19 @@ def test_machine_kinds_tell_machines_apart_by_what_decides_speed():
     assert cluster.machine_kind(here) != cluster.machine_kind({**here, "cpu": "another CPU"})
 
 
+def test_rays_messages_to_the_driver_go_to_the_sweeps_log(tmp_path):
+    from ray._private import worker
+
+    with open(tmp_path / "ray.log", "w") as log:
+        original = cluster._route_ray_messages(log)
+        try:
+            assert original is not None  # the pinned Ray still prints through it
+            worker.print_to_stdstream({"lines": ["a node was marked dead"], "pid": "raylet", "is_err": False})
+        finally:
+            worker.print_to_stdstream = original
+    assert (tmp_path / "ray.log").read_text() == "a node was marked dead\n"
+
+
 def test_bad_cluster_options_exit_2_with_one_line(tiny_models, tmp_path, capsys):
     base = ["sweep", "--model", tiny_models["llama"], "--methods", "kv-cache", "--prompt-tokens", "4",
             "--new-tokens", "3", "--output", tmp_path, "--quiet"]
@@ -115,6 +128,49 @@ def test_a_sweep_on_two_nodes_one_cell_at_a_time_losing_one_node(two_nodes, tiny
     theirs = next(cr for cr in results.cells if cr.cell.key == mine.cells[0].cell.key)
     assert cell_shape(mine.cells[0].to_dict()) == cell_shape(theirs.to_dict())
     assert mine.cells[0].node["id"] == "local" and mine.cells[0].node["kind"] in mine.machines
+
+
+def test_every_cell_runs_once_on_each_kind_of_machine_and_never_mixes_them(two_nodes, tiny_models, tmp_path):
+    from inferlab.compare import compare
+    from inferlab.report.sweep import render
+
+    c, _ = two_nodes
+    named = c.add_node(num_cpus=1, labels={cluster.MACHINE_LABEL: "second-box"})  # the same CPU, named apart
+    c.wait_for_nodes()
+    try:
+        config = sweep.SweepConfig(model=tiny_models["llama"], output_dir=str(tmp_path / "k"), cluster=c.address,
+                                   **{**CELLS, "depth_list": [0]})
+        results, folder = sweep.run_sweep(config, lambda msg: None,
+                                          lambda todo, done: SweepProgress(todo, done, quiet=True))
+    finally:
+        c.remove_node(named)
+    assert results.status == "complete" and len(results.machines) == 2
+    (second,) = [k for k, m in results.machines.items() if m.get("name") == "second-box"]
+    assert sorted((cr.cell.point, cr.cell.machine) for cr in results.cells) == sorted(
+        (point, kind) for point in ("pp4+tg3 t1 b1", "pp8+tg3 t1 b1") for kind in results.machines)
+    for cr in results.cells:  # each measured by a node of its kind; the named node, its kind's only
+        assert cr.status == "complete" and cr.node["kind"] == cr.cell.machine
+        assert (cr.node["id"] == named.node_id) == (cr.cell.machine == second)
+    spans = sorted((cr.conditions["before"]["at"], cr.conditions["after"]["at"]) for cr in results.cells)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # one host: never two cells at once
+    saved = load(os.path.join(folder, "results.json"))
+    names = {r["machine"] for r in saved.derived.cells}
+    assert len(names) == 2 and "second-box" in names
+    lines = compare(saved, results, "a", "b").lines  # cells pair with their own kind's only
+    assert sorted(line.cell for line in lines) == sorted(cr.cell.key for cr in results.cells)
+    assert "| machine |" in render(saved, [])
+    logs = os.path.join(folder, "logs", f"node-{named.node_id[:8]}")  # each node's worker logs, gathered
+    assert "kv-cache-t1.log" in os.listdir(logs) and os.path.getsize(os.path.join(logs, "kv-cache-t1.log"))
+
+
+def test_a_node_with_another_ray_version_is_one_line_and_exit_2(two_nodes, tiny_models, tmp_path, capsys, monkeypatch):
+    c, _ = two_nodes
+    monkeypatch.setattr(ray, "__version__", "0.0.0")  # this driver's Ray, as the nodes hear it
+    assert run_cli("sweep", "--model", tiny_models["llama"], "--methods", "kv-cache", "--prompt-tokens", "4",
+                   "--new-tokens", "3", "--output", tmp_path, "--quiet", "--cluster", c.address) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "this machine Ray 0.0.0" in err and "install the same" in err
+    assert not os.listdir(tmp_path)
 
 
 def test_a_driver_killed_outright_takes_its_simulated_nodes_and_resumes(tiny_models, tmp_path, request):

@@ -145,6 +145,23 @@ def test_the_cheapest_configuration_wins_and_none_met_names_the_nearest(tmp_path
     assert unsure.exit_code == EXIT_ONLY_INDETERMINATE
 
 
+def test_on_two_kinds_of_machine_a_configuration_is_a_method_on_one_of_them(tmp_path):
+    s = load_scenario(write(tmp_path, GOOD))
+    r = _results({1: {"a": [400] * 5, "kv-cache": [800] * 5}})  # a misses on the slow box
+    fast = CellResult(cell=Cell(8, 4, 0, 1, 1, ("a", "kv-cache"), machine="k-fast"), status="complete",
+                      methods=[_method("a", [100] * 5, 1), _method("kv-cache", [300] * 5, 1)])
+    r.cells[0].cell = Cell(8, 4, 0, 1, 1, ("a", "kv-cache"), machine="k-slow")
+    r.cells.append(fast)
+    r.machines = {"k-slow": {"cpu": "Slow CPU", "usable_cpus": 2}, "k-fast": {"name": "fast box"}}
+    v = judge(s, r)
+    assert sorted(c.name for c in v.configurations) == [
+        "a t1 b1 on Slow CPU, 2 CPUs", "a t1 b1 on fast box", "kv-cache t1 b1 on Slow CPU, 2 CPUs",
+        "kv-cache t1 b1 on fast box"]
+    assert v.recommended.name == "a t1 b1 on fast box"
+    (speedup,) = v.speedups  # against the baseline on its own machine only: E2E 400 / 200 ms
+    assert speedup.cell.endswith("on k-fast") and speedup.ratio == pytest.approx(2.0, rel=0.05)
+
+
 def test_a_method_that_failed_a_run_or_the_quality_budget_misses(tmp_path):
     s = load_scenario(write(tmp_path, GOOD))
     r = _results({1: {"a": [100] * 5, "b": [100] * 5}})

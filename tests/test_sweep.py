@@ -267,8 +267,8 @@ def test_methods_take_turns_in_a_rotating_order(tiny_refs):
 
 
 def _row(method, **figures):
-    base = {"method": method, "n_prompt": 32, "n_gen": 32, "n_depth": 0, "n_threads": 2, "n_batch": 1,
-            "e2e_ms": 100.0, "tpot_ms": 3.0}
+    base = {"method": method, "machine": "", "n_prompt": 32, "n_gen": 32, "n_depth": 0, "n_threads": 2,
+            "n_batch": 1, "e2e_ms": 100.0, "tpot_ms": 3.0}
     return {**base, **figures}
 
 
@@ -283,6 +283,21 @@ def test_crossovers_name_where_the_fastest_method_changes():
     assert crossovers(rows, excluded={"b"}) == []  # a method that failed the gate never wins
     rows[2]["e2e_ms"] = 400  # a still wins at 512: the crossover moves
     assert crossovers(rows, excluded=set())[0].startswith("a is fastest end to end up to 512")
+
+
+def test_crossovers_and_knees_never_mix_two_kinds_of_machine():
+    from inferlab.derive_cells import crossovers, knees
+
+    # a wins at 32 tokens on one machine, b at 512 on another: no crossover between machines
+    rows = [_row("a", machine="box A", n_prompt=32, e2e_ms=100), _row("b", machine="box A", n_prompt=32, e2e_ms=150),
+            _row("a", machine="box B", n_prompt=512, e2e_ms=600), _row("b", machine="box B", n_prompt=512, e2e_ms=450)]
+    assert crossovers(rows, excluded=set()) == []
+    rows += [_row("a", machine="box B", n_prompt=32, e2e_ms=100), _row("b", machine="box B", n_prompt=32, e2e_ms=150)]
+    (sentence,) = crossovers(rows, excluded=set())
+    assert sentence.endswith("(machine box B, n_gen 32, n_depth 0, n_threads 2, n_batch 1)")
+    growth = [_row("a", machine="box A", n_batch=1, tg_tps_total=100.0),
+              _row("a", machine="box B", n_batch=2, tg_tps_total=90.0)]
+    assert knees(growth) == []  # batch 1 on one machine and batch 2 on another are no line
 
 
 @pytest.mark.parametrize("gain, knee", [(0.099, True), (0.101, False)])

@@ -31,8 +31,8 @@ class CellSpec:
     model: ModelRef
     text: TextTokens
     config: RunConfig  # repeats, minimum time, timeout
-    # the cells (by key) where each sequence of the batch is also generated alone: one per
-    # batch size > 1, chosen by the driver
+    # the cells (by point: on every machine) where each sequence of the batch is also
+    # generated alone: one per batch size > 1, chosen by the driver
     batch_checks: tuple[str, ...] = ()
 
 
@@ -145,7 +145,7 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
                     one_run)
     # batching may change the arithmetic: every sequence generated alone, after the timed runs
     # (its contexts would otherwise replace the batch's in the cache)
-    if cell.batch > 1 and cell.key in spec.batch_checks:
+    if cell.batch > 1 and cell.point in spec.batch_checks:
         for r in out.methods:
             if r.status != "running":
                 continue

@@ -381,7 +381,7 @@ def cmd_sweep(args) -> int:
         print(f"{len(cells)} cell{'s' * (len(cells) != 1)} x {len(config.methods)} "
               f"method{'s' * (len(config.methods) != 1)}; estimated "
               f"{duration(estimate_seconds(config, cells))} (a rough figure: it assumes "
-              "SmolLM2-like speeds)")
+              "SmolLM2-like speeds)" + (", once on each kind of machine of the cluster" if config.cluster else ""))
         return EXIT_OK
     interrupt_on_termination()
     try:

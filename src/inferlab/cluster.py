@@ -5,10 +5,10 @@ several Ray nodes share it (a simulated cluster's all do). Ray is imported here 
 only when --cluster is given.
 
 Each node answers with its machine record; nodes whose records agree in what decides speed
-(CPU, its flags, cores, memory, software) are one kind, and by default every cell is measured
-once on every kind present (`--nodes` keeps only nodes with a label or resource). For now a
-results set holds one kind of machine: a cluster of several kinds is refused (pick one with
---nodes) until reports, comparisons and verdicts keep machines apart."""
+(CPU, its flags, cores, memory, software, and the name a node's `inferlab-machine` label gives)
+are one kind. Every cell is measured once on every kind present (`--nodes` keeps only nodes
+with a label or resource): where there are several, each cell carries its kind (Cell.machine),
+so that no statistic, comparison or verdict mixes machines."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,7 +29,11 @@ from . import machine
 from .results import Cell, CellResult
 
 LOCAL_PREFIX = "local:"
+# a node label naming the node's machine: nodes of equal records but other names (the same CPU
+# with SMT off, another instance type) are other kinds, and the reports call the kind by it
+MACHINE_LABEL = "inferlab-machine"
 CONNECT_TIMEOUT_S = 5.0  # a TCP reach of the address before Ray's own (minute-long) retries
+NODE_LOG_BYTES = 1 << 20  # of each worker log a node sends back: its end, where errors are
 
 
 class ClusterError(ValueError):
@@ -83,8 +89,9 @@ def matches(node: dict, terms: list[tuple[str, str | None]]) -> bool:
 
 def machine_kind(record: dict) -> str:
     """A short id of what decides a machine's speed in its record: CPU, flags, cores, memory
-    (GiB), Python, libraries, inferlab's build; equal ids: figures that may share a statistic."""
-    keys = ("cpu", "cpu_flags", "usable_cpus", "python", "libraries", "inferlab_commit")
+    (GiB), Python, libraries, inferlab's build, the name its label gives; equal ids: figures
+    that may share a statistic."""
+    keys = ("cpu", "cpu_flags", "usable_cpus", "python", "libraries", "inferlab_commit", "name")
     what = {k: record.get(k) for k in keys}
     what["memory_gib"] = round((record.get("memory_bytes") or 0) / 2**30)
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
@@ -163,9 +170,23 @@ class NodeMeasurer:
         finally:
             prober.close()
 
-    def close(self) -> None:
+    def logs(self, limit: int) -> dict[str, bytes]:
+        """This node's worker logs (prepare's and each method's), the last `limit` bytes of each."""
+        out = {}
+        for name in sorted(os.listdir(self.logdir)):
+            with open(os.path.join(self.logdir, name), "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - limit))
+                out[name] = f.read()
+        return out
+
+    def release(self) -> None:
+        """Its workers (and their engines' memory) let go; the next cell loads them again."""
         if self.pool is not None:
             self.pool.close()
+            self.pool = None
+
+    def close(self) -> None:
+        self.release()
 
 
 @dataclass
@@ -173,6 +194,7 @@ class Node:
     id: str
     host: str  # the address its raylet listens on: nodes on one host share it
     hostname: str
+    labels: dict = field(default_factory=dict)
     actor: object = None
     kind: str = ""
     machine: dict = field(default_factory=dict)
@@ -192,11 +214,13 @@ class ClusterSession:
                  content_hash: str, show=lambda msg: None):
         self.keeper: subprocess.Popen | None = None
         self.nodes: list[Node] = []
+        self.show = show
         try:
             import ray
         except ImportError:
             raise ClusterError("--cluster needs Ray (pip install ray==2.60.0, as requirements.txt pins it)") from None
         self.ray = ray
+        self.ray_messages, self.ray_printer = None, None  # what Ray's driver would print (_route_ray_messages)
         target = self._start_local(address.local_nodes) if address.local_nodes else address.text
         if not address.local_nodes and target != "auto" and not target.startswith("ray://"):
             _reachable(target)
@@ -205,7 +229,9 @@ class ClusterSession:
             ray.init(address=target, logging_level="ERROR", log_to_driver=False)
         except Exception as e:
             self.close()
-            raise ClusterError(f"--cluster {address.text}: {_first_line(e)}") from None
+            raise ClusterError(f"--cluster {address.text}: {_versions_differ(e) or _first_line(e)}") from None
+        self.ray_messages = tempfile.NamedTemporaryFile("w", prefix="inferlab-ray-", suffix=".log", delete=False)
+        self.ray_printer = _route_ray_messages(self.ray_messages)
         try:
             self._start_actors(node_filter, model, content_hash, show)
         except BaseException:
@@ -240,7 +266,8 @@ class ClusterSession:
         thread_env = {v: os.environ[v] for v in machine.THREAD_VARS if v in os.environ}
         measurer = self.ray.remote(NodeMeasurer)
         for n in chosen:
-            node = Node(id=n["NodeID"], host=n.get("NodeManagerAddress", ""), hostname=n.get("NodeManagerHostname", ""))
+            node = Node(id=n["NodeID"], host=n.get("NodeManagerAddress", ""),
+                        hostname=n.get("NodeManagerHostname", ""), labels=n.get("Labels") or {})
             node.actor = measurer.options(
                 num_cpus=0, max_restarts=0, max_concurrency=1,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node.id, soft=False),
@@ -258,21 +285,23 @@ class ClusterSession:
             if info["ray"] != mine:
                 raise ClusterError(f"node {node.hostname} ({node.host}) runs Ray {info['ray']}, this "
                                    f"machine {mine}: install the same version everywhere")
-            node.kind, node.machine, node.error = info["kind"], info["machine"], info["error"]
+            node.machine, node.error = info["machine"], info["error"]
+            if node.labels.get(MACHINE_LABEL):
+                node.machine = {**node.machine, "name": node.labels[MACHINE_LABEL]}
+            node.kind = machine_kind(node.machine)
             if node.error:
                 show(f"node {node.hostname} ({node.host}) left out: {node.error}")
                 node.alive = False
-                self._retire(node)
+                self.retire(node)
         if not any(n.alive for n in self.nodes):
             raise ClusterError("no node can measure: " + "; ".join(
                 f"{n.hostname} ({n.host}): {n.error}" for n in self.nodes))
-        kinds = {n.kind: n.machine for n in self.nodes if n.alive}
+        kinds = self.machines()
         if len(kinds) > 1:
-            names = "; ".join(f"{k}: {m.get('cpu')}, {m.get('usable_cpus')} CPUs" for k, m in kinds.items())
-            raise ClusterError(f"the cluster has {len(kinds)} kinds of machine ({names}): one results set "
-                               "keeps one kind for now; choose one with --nodes (a label or resource)")
+            show(f"{len(kinds)} kinds of machine: every cell is measured on each ("
+                 + "; ".join(machine.kind_names(kinds).values()) + ")")
 
-    def _retire(self, node: Node) -> None:
+    def retire(self, node: Node) -> None:
         try:
             self.ray.kill(node.actor)
         except Exception:
@@ -280,6 +309,14 @@ class ClusterSession:
 
     def machines(self) -> dict[str, dict]:
         return {n.kind: n.machine for n in self.nodes if n.alive}
+
+    def cells_for(self, cells: list[Cell]) -> list[Cell]:
+        """The cells to measure: each once per kind of machine where there are several (the
+        kind in the cell), as they are where there is one."""
+        kinds = sorted(self.machines())
+        if len(kinds) < 2:
+            return cells
+        return [dataclasses.replace(c, machine=kind) for c in cells for kind in kinds]
 
     def prepare(self, methods: list[str], timeout_s: float) -> dict[str, str]:
         """Each live node prepares every method (its own cache); the methods that failed on
@@ -307,6 +344,25 @@ class ClusterSession:
                 out.append({**answer, "node": node.record()})
         return out
 
+    def gather_logs(self, logdir: str) -> None:
+        """Each live node's worker logs into logdir/node-ID (the first 8 characters of its id):
+        what a failed method said on the node that ran it; and Ray's messages, into ray.log."""
+        self.ray_messages.flush()
+        if os.path.getsize(self.ray_messages.name):
+            shutil.copyfile(self.ray_messages.name, os.path.join(logdir, "ray.log"))
+        for node in self.nodes:
+            if not node.alive:
+                continue
+            try:
+                logs = self.ray.get(node.actor.logs.remote(NODE_LOG_BYTES), timeout=60)
+            except Exception:  # a node that went: the cell's result says why
+                continue
+            target = os.path.join(logdir, f"node-{node.id[:8]}")
+            os.makedirs(target, exist_ok=True)
+            for name, data in logs.items():
+                with open(os.path.join(target, name), "wb") as f:
+                    f.write(data)
+
     def close(self) -> None:
         try:
             for node in self.nodes:
@@ -315,9 +371,17 @@ class ClusterSession:
                         self.ray.get(node.actor.close.remote(), timeout=30)
                     except Exception:
                         pass
-            if getattr(self, "ray", None) is not None and self.ray.is_initialized():
-                self.ray.shutdown()
+            if getattr(self, "ray", None) is not None:
+                self.ray.shutdown()  # (also after a failed ray.init, which may have connected halfway)
         finally:
+            if self.ray_printer is not None:
+                from ray._private import worker
+
+                worker.print_to_stdstream = self.ray_printer
+            if self.ray_messages is not None:
+                self.ray_messages.close()
+                os.unlink(self.ray_messages.name)
+                self.ray_messages = None
             if self.keeper is not None:
                 self.keeper.stdin.close()  # the keeper shuts its nodes down
                 try:
@@ -328,12 +392,14 @@ class ClusterSession:
 
 
 class ClusterExecutor:
-    """Sends each cell to a node, at most one cell per host at a time, spreading them over the
-    nodes of a host; a node lost mid-cell costs that cell, sent once more to another node (of
-    the same kind), else recorded as failed. `done` gets every cell's result as it arrives."""
+    """Sends each cell to a node of its kind, at most one cell per host at a time, spreading
+    them over the nodes of a host (whose engines are loaded on one of its nodes at a time); a
+    node lost mid-cell costs that cell, sent once more to another node of its kind, else
+    recorded as failed. `done` gets every cell's result as it arrives."""
 
     def __init__(self, session: ClusterSession):
         self.session = session
+        self.holding: dict[str, Node] = {}  # host -> the node whose engines are loaded there
 
     def run(self, cells: list[Cell], spec, done: Callable[[CellResult], None],
             starting: Callable[..., None] = lambda cell, where="": None) -> None:
@@ -344,50 +410,78 @@ class ClusterExecutor:
         running: dict = {}  # ObjectRef -> (cell, tries, node)
         try:
             while pending or running:
+                for cell, tries in [p for p in pending if not any(_takes(n, p[0]) for n in self.session.nodes)]:
+                    pending.remove((cell, tries))
+                    done(_failed(cell, "no node of the cluster is left to measure it" if not cell.machine
+                                 else f"no node of its kind of machine ({cell.machine}) is left to measure it"))
                 busy = {node.host for _, _, node in running.values()}
-                for node in self._free_nodes(busy):
-                    if not pending:
-                        break
-                    cell, tries = pending.pop(0)
+                for node, i in self._next_cells(pending, busy):
+                    cell, tries = pending.pop(i)
+                    self._hold_host(node)
                     node.cells += 1
                     starting(cell, node_name(node.record()))
                     running[node.actor.measure.remote(cell, spec)] = (cell, tries, node)
-                    busy.add(node.host)
-                if not running:  # cells left, no node alive to take them
+                if not running:  # (every cell left has a free node: none can be left here)
                     for cell, _ in pending:
-                        done(_failed(cell, "no node of the cluster is left to measure it"))
+                        done(_failed(cell, "no node took it"))
                     return
                 ready, _ = ray.wait(list(running), num_returns=1)
                 cell, tries, node = running.pop(ready[0])
                 loads = None
                 try:
                     result, loads = ray.get(ready[0])
-                except ray.exceptions.RayActorError as e:  # the node or its actor is gone
+                except ray.exceptions.RayTaskError as e:  # the measuring itself raised
+                    result = _failed(cell, f"on node {node.hostname}: {_first_line(e)}")
+                except ray.exceptions.RayError as e:  # the node, or its actor, is gone (lost, killed
+                    # by Ray's memory monitor, crashed): it takes no more cells
                     node.alive = False
-                    if tries == 0 and any(n.alive for n in self.session.nodes):
+                    self.session.retire(node)
+                    if tries == 0 and any(_takes(n, cell) for n in self.session.nodes):
+                        self.session.show(f"node {node_name(node.record())} was lost during {cell.key} "
+                                          f"({_first_line(e)[:120]}): the cell goes once more to another node")
                         pending.insert(0, (cell, 1))
                         continue
                     result = _failed(cell, f"node {node.hostname} ({node.host}) was lost: {_first_line(e)}")
-                except ray.exceptions.RayTaskError as e:
-                    result = _failed(cell, f"on node {node.hostname}: {_first_line(e)}")
                 result.node = node.record()
                 done(result, loads)
         except KeyboardInterrupt:  # the running cells' actors go, their engines' processes with them
             for cell, _, node in running.values():
                 node.alive = False
-                self.session._retire(node)
+                self.session.retire(node)
                 done(CellResult(cell=cell, status="interrupted", node=node.record()))
             raise
 
-    def _free_nodes(self, busy: set[str]) -> list[Node]:
-        """One live node per host without a running cell: the one that took the fewest cells."""
-        free: dict[str, Node] = {}
-        for node in self.session.nodes:
-            if node.alive and node.host not in busy:
-                best = free.get(node.host)
-                if best is None or node.cells < best.cells:
-                    free[node.host] = node
-        return list(free.values())
+    def _hold_host(self, node: Node) -> None:
+        """Engines stay loaded on one node of a host at a time: the node that measured the
+        host's last cell lets its workers go before another node of the host loads its own
+        (two nodes' loaded engines, KV caches at depth and batch, filled a 24 GiB host)."""
+        last = self.holding.get(node.host)
+        if last is not None and last is not node and last.alive:
+            try:
+                self.session.ray.get(last.actor.release.remote(), timeout=120)
+            except Exception:  # it went: its processes with it
+                pass
+        self.holding[node.host] = node
+
+    def _next_cells(self, pending: list[tuple[Cell, int]], busy: set[str]) -> list[tuple[Node, int]]:
+        """Per host without a running cell, a node and the index in `pending` of the first cell
+        it can take: of the host's nodes that can take one, the one that took the fewest cells."""
+        out, taken = [], set()
+        for node in sorted(self.session.nodes, key=lambda n: n.cells):
+            if node.host in busy or not node.alive:
+                continue
+            i = next((i for i, (cell, _) in enumerate(pending) if i not in taken and _takes(node, cell)), None)
+            if i is not None:
+                out.append((node, i))
+                taken.add(i)
+                busy.add(node.host)
+        # popped from the back first, so that the indices still point at their cells
+        return sorted(out, key=lambda t: -t[1])
+
+
+def _takes(node: Node, cell: Cell) -> bool:
+    """A live node of the cell's kind of machine (any kind, where the sweep has one)."""
+    return node.alive and cell.machine in ("", node.kind)
 
 
 def _failed(cell: Cell, reason: str) -> CellResult:
@@ -399,6 +493,24 @@ def _failed(cell: Cell, reason: str) -> CellResult:
                                for m in cell.methods])
 
 
+def _route_ray_messages(log):
+    """Ray's driver prints the cluster's error messages on standard output, a lost node's as
+    dozens of lines of its state: they go to `log` (the sweep's logs/ray.log) instead, and the
+    sweep says in one line what it did about it. Ray offers no switch for this: its printer is
+    replaced in its module, where it exists. Returns the printer replaced (None: none was)."""
+    from ray._private import worker
+
+    def to_log(data: dict, ignore_prefix: bool = False) -> None:
+        if not log.closed:
+            log.write("\n".join(str(line) for line in data.get("lines", [])) + "\n")
+            log.flush()
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is not None:
+        worker.print_to_stdstream = to_log
+    return original
+
+
 def _reachable(address: str) -> None:
     host, _, port = address.rpartition(":")
     try:
@@ -406,6 +518,19 @@ def _reachable(address: str) -> None:
             pass
     except OSError as e:
         raise ClusterError(f"--cluster {address}: cannot reach it ({e.strerror or e})") from None
+
+
+def _versions_differ(e: BaseException) -> str | None:
+    """Ray's refusal of a cluster of other versions (its message spreads them over lines) in one
+    line; None for any other error."""
+    text = str(e)
+    if "Version mismatch" not in text:
+        return None
+    ray_, python = re.findall(r"Ray: (\S+)", text), re.findall(r"Python: (\S+)", text)
+    if len(ray_) < 2 or len(python) < 2:
+        return _first_line(e)
+    return (f"the cluster runs Ray {ray_[0]} on Python {python[0]}, this machine Ray {ray_[1]} on Python "
+            f"{python[1]}: install the same versions everywhere")
 
 
 def _first_line(e: BaseException) -> str:

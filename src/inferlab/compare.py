@@ -171,20 +171,28 @@ def _budget(r: RunResults) -> str:
 
 
 def environment(r: RunResults) -> list[tuple[str, str, bool]]:
-    """(what, value, refuses when it differs) of everything a comparison checks."""
-    mach = r.machine or {}
-    out = [("model", model_key(r), True), ("workload", workload(r), True),
-           ("CPU", str(mach.get("cpu")), False),
-           ("CPU flags", " ".join(mach.get("cpu_flags") or []), False),
-           ("logical CPUs", str(mach.get("logical_cpus")), False),
-           ("usable CPUs", str(mach.get("usable_cpus")), False),
-           ("memory", f"{(mach.get('memory_bytes') or 0) / 2**30:.1f} GiB", False),
-           ("OS", str(mach.get("os")), False), ("Python", str(mach.get("python")), False),
-           ("inferlab", f"{r.inferlab_version} {mach.get('inferlab_commit') or ''}".strip(), False),
-           ("threads", str((r.config or {}).get("threads") or
-                           (r.sweep or {}).get("axes", {}).get("threads")), False),
-           ("thread variables", str(mach.get("thread_env") or {}), False),
-           ("protocol", _protocol(r), False), ("quality budget", _budget(r), False)]
+    """(what, value, refuses when it differs) of everything a comparison checks. The machine is
+    the one that measured (a cluster's one kind, else this run's); a sweep over several kinds
+    lists them by the ids its cells' keys end with (cells pair only with their own kind's)."""
+    from .machine import kind_names
+
+    kinds = r.machines or {}
+    out = [("model", model_key(r), True), ("workload", workload(r), True)]
+    mach = r.measuring_machine()
+    if len(kinds) > 1:
+        out.append(("kinds of machine", "; ".join(f"{k}: {n}" for k, n in sorted(kind_names(kinds).items())), False))
+    else:
+        out += [("CPU", str(mach.get("cpu")), False),
+                ("CPU flags", " ".join(mach.get("cpu_flags") or []), False),
+                ("logical CPUs", str(mach.get("logical_cpus")), False),
+                ("usable CPUs", str(mach.get("usable_cpus")), False),
+                ("memory", f"{(mach.get('memory_bytes') or 0) / 2**30:.1f} GiB", False),
+                ("OS", str(mach.get("os")), False), ("Python", str(mach.get("python")), False)]
+    out += [("inferlab", f"{r.inferlab_version} {mach.get('inferlab_commit') or ''}".strip(), False),
+            ("threads", str((r.config or {}).get("threads") or
+                            (r.sweep or {}).get("axes", {}).get("threads")), False),
+            ("thread variables", str((r.machine or {}).get("thread_env") or {}), False),
+            ("protocol", _protocol(r), False), ("quality budget", _budget(r), False)]
     libs = mach.get("libraries") or {}
     out += [(lib, str(version), False) for lib, version in sorted(libs.items())]
     return out

@@ -25,7 +25,7 @@ def method_figures(results) -> dict:
 
 
 def derive(results) -> Derived:
-    cpus = (results.machine or {}).get("logical_cpus")
+    cpus = results.measuring_machine().get("logical_cpus")
     comps = comparisons(results)
     summaries = method_figures(results)
     roofs, ceiling = rooflines(results, summaries)
@@ -48,7 +48,7 @@ def derive(results) -> Derived:
         )
         if m.ok and m.profile:
             entry.bottleneck = Bottleneck(*verdict(m, roofs.get(m.method), sweep_growth(m),
-                                                   (results.machine or {}).get("cpu_flags", [])))
+                                                   results.measuring_machine().get("cpu_flags", [])))
         methods[m.method] = entry
     out = Derived(methods=methods, ceiling=ceiling, ranking=ranking(results, methods),
                   versus_llama_cpp=versus_llama_cpp(results, methods),

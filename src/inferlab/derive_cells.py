@@ -14,7 +14,8 @@ from .stats import median_interval, summarize
 CROSSOVER_AXES = (("n_prompt", "e2e_ms", "prompt tokens", "end to end"),
                   ("n_depth", "tpot_ms", "tokens of context", "per decoded token"),
                   ("n_threads", "tpot_ms", "threads", "per decoded token"))
-AXES = ("n_prompt", "n_gen", "n_depth", "n_threads", "n_batch")
+# "machine": the kind of machine's name where a sweep spans several (else ""), held like an axis
+AXES = ("machine", "n_prompt", "n_gen", "n_depth", "n_threads", "n_batch")
 
 
 def first_divergences(results) -> dict[tuple[str, str], int]:
@@ -38,13 +39,17 @@ def first_divergences(results) -> dict[tuple[str, str], int]:
 
 
 def cell_rows(results, divergences: dict | None = None) -> list[dict]:
+    from .machine import kind_names
+
     asked = (results.config or {}).get("min_repeats", 0)
     divergences = first_divergences(results) if divergences is None else divergences
+    names = kind_names(results.machines)
     rows = []
     for c in results.cells:
         cell = c.cell
         for m in c.methods:
             row = {"method": m.method, "test": cell.test, "key": cell.key,
+                   "machine": names.get(cell.machine, cell.machine) if cell.machine else "",
                    "n_prompt": cell.prompt_tokens, "n_gen": cell.new_tokens, "n_depth": cell.depth,
                    "n_threads": cell.threads, "n_batch": cell.batch, "status": m.status,
                    "error": m.error, "runs": len(m.runs), "warnings": [],
@@ -95,7 +100,7 @@ def knees(rows: list[dict]) -> list[str]:
     from . import defaults
 
     measured = [r for r in rows if r.get("tg_tps_total") is not None]
-    held = ("n_prompt", "n_gen", "n_depth", "n_threads")
+    held = ("machine", "n_prompt", "n_gen", "n_depth", "n_threads")
     out = []
     for method in dict.fromkeys(r["method"] for r in measured):
         found, growing = [], []
@@ -104,7 +109,7 @@ def knees(rows: list[dict]) -> list[str]:
             line = sorted((r["n_batch"], r["tg_tps_total"]) for r in group)
             if len(line) < 2:
                 continue
-            where = "pp{} tg{} d{} t{}".format(*fixed)
+            where = "pp{} tg{} d{} t{}".format(*fixed[1:]) + (f" on {fixed[0]}" if fixed[0] else "")
             knee = next((b for (b, t), (_, t_next) in zip(line, line[1:])
                          if t_next < t * (1 + defaults.KNEE_GAIN)), None)
             if knee is None:
@@ -146,7 +151,7 @@ def crossovers(rows: list[dict], excluded: set[str]) -> list[str]:
             runs = [(w, [x for x, _ in g]) for w, g in groupby(winners, key=lambda t: t[1])]
             if len(runs) < 2:
                 continue
-            where = ", ".join(f"{a} {v}" for a, v in zip(held, fixed))
+            where = ", ".join(f"{a} {v}" for a, v in zip(held, fixed) if a != "machine" or v)
             parts = [f"{runs[0][0]} is fastest {how} up to {runs[0][1][-1]} {unit}"]
             parts += [f"from {xs[0]}, {w}" for w, xs in runs[1:]]
             out.append(f"{'; '.join(parts)} ({where})")

@@ -72,7 +72,7 @@ def add(results: RunResults, results_path: str, kind: str | None = None, path: s
             values = {"created": results.created, "kind": kind or ("sweep" if results.sweep else "run"),
                       "status": results.status, "model": model_key(results),
                       "configuration": configuration(results), "workload": workload(results),
-                      "cpu": (results.machine or {}).get("cpu"), "hostname": (results.machine or {}).get("hostname"),
+                      "cpu": _cpu(results), "hostname": results.measuring_machine().get("hostname"),
                       "inferlab_version": results.inferlab_version,
                       "methods": ",".join(m.method for m in results.methods), "results_path": results_path}
             if old:
@@ -150,3 +150,13 @@ def last_before(path: str, results: RunResults, results_path: str) -> dict:
     if not found:
         raise HistoryError(f"no earlier run of this configuration in the history {path}")
     return found[0]
+
+
+def _cpu(results) -> str | None:
+    """The CPU that measured; a sweep over several kinds of machine names each (records.py
+    gives each record its own)."""
+    from .machine import kind_names
+
+    if len(results.machines) > 1:
+        return "; ".join(sorted(kind_names(results.machines).values()))
+    return results.measuring_machine().get("cpu")

@@ -106,3 +106,12 @@ def conditions() -> dict:
     except (OSError, ValueError):
         pass
     return out
+
+
+def kind_names(machines: dict[str, dict]) -> dict[str, str]:
+    """What reports call each kind of machine (results.machines: kind -> record): the name its
+    nodes' label gave, else its CPU and cores; the kind's id added where two names would be alike."""
+    names = {kind: m.get("name") or f"{m.get('cpu') or 'unknown CPU'}, {m.get('usable_cpus')} CPUs"
+             for kind, m in machines.items()}
+    alike = [n for n in names.values() if list(names.values()).count(n) > 1]
+    return {kind: f"{n} [{kind}]" if n in alike else n for kind, n in names.items()}

@@ -110,8 +110,9 @@ def _link_or_copy(source: str, target: str) -> str:
 def the_missing_cell(config: Configuration, results: RunResults) -> tuple[CellResult, MethodResult]:
     """The cell that decided a configuration's first unmet requirement (else its first cell)."""
     key = next((c.cell for c in config.checks if c.status != MET and c.cell), None)
+    mine = (config.threads, config.batch, config.machine)
     cells = [(cell, cell.method(config.method)) for cell in results.cells
-             if cell.cell.threads == config.threads and cell.cell.batch == config.batch]
+             if (cell.cell.threads, cell.cell.batch, cell.cell.machine) == mine]
     return next(((c, m) for c, m in cells if c.cell.key == key), cells[0])
 
 
@@ -152,8 +153,11 @@ def bottleneck(config: Configuration, results: RunResults, model: ModelRef, scen
         out["profile_error"] = e.message
     finally:
         worker.close()
-    # the roofline of this cell alone: its prompt, its new tokens, the sweep's probes
-    view = SimpleNamespace(methods=[record], probes=results.probes, model=results.model,
+    # the roofline of this cell alone: its prompt, its new tokens, the sweep's probes of its
+    # kind of machine (a cluster's probes name their node; a local sweep's, none)
+    kind = cell.node.get("kind")
+    probes = [probe for probe in results.probes if (probe.get("node") or {}).get("kind", kind) == kind]
+    view = SimpleNamespace(methods=[record], probes=probes, model=results.model,
                            prompt_tokens=cell.cell.prompt_tokens, config={"new_tokens": cell.cell.new_tokens})
     roofs, _ = rooflines(view, method_figures(view))
     roof = roofs.get(config.method) or {}
@@ -161,7 +165,8 @@ def bottleneck(config: Configuration, results: RunResults, model: ModelRef, scen
                                           "prefill_floor_ms", "bandwidth_gb_s", "compute_roof_gops",
                                           "compute_roof")})
     if record.profile:
-        out["verdict"], out["next"] = verdict(record, roof or None, None, results.machine.get("cpu_flags", []))
+        flags = results.machine_of(cell.cell).get("cpu_flags", [])
+        out["verdict"], out["next"] = verdict(record, roof or None, None, flags)
     if (out.get("prefill_share") or 0) >= 0.5:  # the profile judges decode; here prefill leads
         out["next"] = prefill_advice(rows, config.method, out.get("prefill_efficiency"))
     return out

@@ -39,7 +39,7 @@ def _hash(text: str) -> str:
 
 
 def _lib(name: str):
-    return lambda r, cell, m, fig, where: ((r.machine or {}).get("libraries") or {}).get(name)
+    return lambda r, cell, m, fig, where: (r.machine_of(cell).get("libraries") or {}).get(name)
 
 
 def _q(key: str):
@@ -50,8 +50,8 @@ def _fig(key: str):
     return lambda r, cell, m, fig, where: fig.get(key)
 
 
-def _machine(key: str):
-    return lambda r, cell, m, fig, where: (r.machine or {}).get(key)
+def _machine(key: str):  # of the machine that measured the cell (a cluster's node's kind)
+    return lambda r, cell, m, fig, where: r.machine_of(cell).get(key)
 
 
 # (column, SQLite type, getter(results, cell, method result, its figures, samples' location))
@@ -81,9 +81,9 @@ COLUMNS = (
     ("kl_mean", "REAL", _q("kl_mean")),
     ("top1", "REAL", _q("top1")),
     ("first_divergence", "INTEGER", _fig("first_divergence")),
-    ("other_load", "REAL", lambda r, cell, m, fig, where: m.other_load((r.machine or {}).get("logical_cpus"))),
+    ("other_load", "REAL", lambda r, cell, m, fig, where: m.other_load(r.machine_of(cell).get("logical_cpus"))),
     ("cpu", "TEXT", _machine("cpu")),
-    ("cpu_flags", "TEXT", lambda r, cell, m, fig, where: " ".join((r.machine or {}).get("cpu_flags") or [])),
+    ("cpu_flags", "TEXT", lambda r, cell, m, fig, where: " ".join(r.machine_of(cell).get("cpu_flags") or [])),
     ("logical_cpus", "INTEGER", _machine("logical_cpus")),
     ("usable_cpus", "INTEGER", _machine("usable_cpus")),
     ("memory_bytes", "INTEGER", _machine("memory_bytes")),

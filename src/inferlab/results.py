@@ -274,8 +274,9 @@ class MethodResult:
 @dataclass(frozen=True)
 class Cell:
     """One workload point of a sweep: plain data, the unit of measuring, storing, resuming and
-    (later) of sending to another host. `depth` tokens are in the cache before the prompt;
-    `batch` sequences run at once."""
+    of sending to another host. `depth` tokens are in the cache before the prompt;
+    `batch` sequences run at once. `machine`: the kind of machine (cluster.machine_kind) that
+    measures it, where a sweep spans several kinds; empty where it runs on one."""
 
     prompt_tokens: int
     new_tokens: int
@@ -283,10 +284,16 @@ class Cell:
     threads: int = 1
     batch: int = 1
     methods: tuple[str, ...] = ()
+    machine: str = ""
 
     @property
     def key(self) -> str:
-        """Unique within a sweep: what resuming matches cells by."""
+        """Unique within a sweep: what resuming, comparing and the derived rows match cells by."""
+        return self.point + (f" on {self.machine}" if self.machine else "")
+
+    @property
+    def point(self) -> str:
+        """The workload point, whatever machine measures it: 'pp512+tg32 t2 b1'."""
         return f"{self.test} t{self.threads} b{self.batch}"
 
     @property
@@ -298,6 +305,8 @@ class Cell:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["methods"] = list(self.methods)
+        if not self.machine:  # one kind of machine: the record a local sweep has always had
+            del d["machine"]
         return d
 
     @classmethod
@@ -367,6 +376,17 @@ class RunResults:
         c = self.config or {}
         return Cell(prompt_tokens=self.prompt_tokens, new_tokens=c.get("new_tokens", 0),
                     threads=c.get("threads") or 1, methods=tuple(m.method for m in self.methods))
+
+    def measuring_machine(self) -> dict[str, Any]:
+        """The record of the machine that measured: a cluster's one kind's, else this run's own;
+        {} where a sweep spans several kinds (machine_of then says, cell by cell)."""
+        if len(self.machines) > 1:
+            return {}
+        return next(iter(self.machines.values())) if self.machines else self.machine or {}
+
+    def machine_of(self, cell: Cell) -> dict[str, Any]:
+        """The record of the machine that measured `cell`."""
+        return (self.machines.get(cell.machine) or {}) if cell.machine else self.measuring_machine()
 
     def measured(self) -> list[tuple[Cell, MethodResult]]:
         """Every (cell, method) record: a sweep's cells, or a run's methods in its one cell.

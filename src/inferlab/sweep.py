@@ -76,10 +76,11 @@ class SweepConfig(RunConfig):
                     self.prompt_token_list, self.new_token_list)]
 
     def batch_checks(self) -> tuple[str, ...]:
-        """The cells (keys) where batching is checked against each sequence alone: one per
-        batch size > 1, at the largest thread count, the cheapest (shortest context and prompt)."""
+        """The cells (points, on every machine) where batching is checked against each sequence
+        alone: one per batch size > 1, at the largest thread count, the cheapest (shortest
+        context and prompt)."""
         return tuple(min((c for c in self.cells() if c.batch == batch and c.threads == self.threads),
-                         key=lambda c: (c.depth + c.prompt_tokens, c.new_tokens)).key
+                         key=lambda c: (c.depth + c.prompt_tokens, c.new_tokens)).point
                      for batch in self.batch_list if batch > 1)
 
     def validate(self) -> None:
@@ -151,7 +152,7 @@ def estimate_seconds(config: SweepConfig, cells: list[Cell]) -> float:
         one = prefill + cell.new_tokens * ESTIMATE_DECODE_S
         first = prefill + defaults.CELL_WARMUP_NEW_TOKENS * ESTIMATE_DECODE_S + (config.warmup - 1) * one
         timed = min(max(config.min_repeats * one, config.min_time_s), config.max_repeats * one)
-        alone = one if cell.key in checks else 0  # B sequences of 1/B of the batch's work each
+        alone = one if cell.point in checks else 0  # B sequences of 1/B of the batch's work each
         contexts = (cell.threads, cell.batch, cell.depth)  # what a cell's contexts depend on
         fill = 0 if contexts in filled else cell.batch * cell.depth * ESTIMATE_PREFILL_S
         filled.add(contexts)
@@ -239,7 +240,8 @@ def _measure(config: SweepConfig, show, progress_factory, prober, t0, model: Mod
     timings = results.timings
     timings["resolve"] = timings.get("resolve", 0.0) + time.perf_counter() - t0
     done_keys = {c.cell.key for c in results.cells}
-    todo = [c for c in config.cells() if c.key not in done_keys]
+    planned = session.cells_for(config.cells()) if session else config.cells()  # per kind of machine
+    todo = [c for c in planned if c.key not in done_keys]
     logdir = os.path.join(folder, "logs")
     os.makedirs(logdir, exist_ok=True)
     workdir = os.path.join(folder, ".work")
@@ -278,7 +280,7 @@ def _measure(config: SweepConfig, show, progress_factory, prober, t0, model: Mod
             results.machines[here["kind"]] = here["machine"]
         save(results, path)
         probe("before the measurements")
-        progress = progress_factory(len(todo), len(config.cells()) - len(todo))
+        progress = progress_factory(len(todo), len(planned) - len(todo))
 
         def done(cell_result: CellResult, loads: LoadInfo | None = None) -> None:
             """A cell's result, and what its node's loads said (a cluster's; here: the pool's)."""
@@ -311,6 +313,8 @@ def _measure(config: SweepConfig, show, progress_factory, prober, t0, model: Mod
     finally:
         pool.close()
         shutil.rmtree(workdir, ignore_errors=True)
+        if session:
+            session.gather_logs(logdir)
     timings["total"] = timings.get("total", 0.0) + time.perf_counter() - t0
     save(results, path)
     write_cells_csv(results, folder)

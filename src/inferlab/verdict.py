@@ -52,10 +52,14 @@ class Configuration:
     checks: list[Check] = field(default_factory=list)
     peak_rss_bytes: int | None = None  # the largest over its cells
     e2e_s: float | None = None  # its cells' median E2E, the slowest cell
+    # where a sweep spans several kinds of machine: the kind (Cell.machine) and what reports
+    # call it (machine.kind_names); a configuration is then a method on one kind of machine
+    machine: str = ""
+    machine_name: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.method} t{self.threads} b{self.batch}"
+        return f"{self.method} t{self.threads} b{self.batch}" + (f" on {self.machine_name}" if self.machine else "")
 
     @property
     def status(self) -> str:
@@ -77,7 +81,8 @@ class Configuration:
         return worst
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "threads": self.threads, "batch": self.batch, "status": self.status,
+        return {"method": self.method, "threads": self.threads, "batch": self.batch, "machine": self.machine,
+                "machine_name": self.machine_name, "status": self.status,
                 "peak_rss_bytes": self.peak_rss_bytes, "e2e_s": self.e2e_s,
                 "checks": [c.to_dict() for c in self.checks]}
 
@@ -229,15 +234,19 @@ def _quality_check(req: Requirement, record: MethodResult | None) -> Check:
 
 
 def configurations(scenario: Scenario, results: RunResults) -> list[Configuration]:
-    by_config: dict[tuple[str, int, int], list[tuple[CellResult, MethodResult]]] = {}
+    from .machine import kind_names
+
+    by_config: dict[tuple[str, int, int, str], list[tuple[CellResult, MethodResult]]] = {}
     for cell in results.cells:
         for m in cell.methods:
             if m.status == "skipped":
                 continue  # not a configuration this method offers (no batched decode)
-            by_config.setdefault((m.method, cell.cell.threads, cell.cell.batch), []).append((cell, m))
+            by_config.setdefault((m.method, cell.cell.threads, cell.cell.batch, cell.cell.machine),
+                                 []).append((cell, m))
+    names = kind_names(results.machines)
     out = []
-    for (method, threads, batch), cells in by_config.items():
-        config = Configuration(method, threads, batch)
+    for (method, threads, batch, kind), cells in by_config.items():
+        config = Configuration(method, threads, batch, machine=kind, machine_name=names.get(kind, kind))
         config.checks = [_check(req, cells, results) for req in scenario.requirements]
         rss = [m.peak_rss_bytes for _, m in cells if m.peak_rss_bytes]
         config.peak_rss_bytes = max(rss) if rss else None
@@ -263,7 +272,7 @@ def speedups(winner: Configuration, results: RunResults) -> list[Speedup]:
     bootstrap interval): the workflow's last step."""
     out = []
     for cell in results.cells:
-        if cell.cell.threads != winner.threads or cell.cell.batch != winner.batch:
+        if (cell.cell.threads, cell.cell.batch, cell.cell.machine) != (winner.threads, winner.batch, winner.machine):
             continue
         mine = cell.method(winner.method)
         for base in BASELINES:

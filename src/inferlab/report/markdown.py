@@ -94,18 +94,23 @@ def quality_section(results: RunResults, chart: str | None = None) -> list[str]:
 
 
 def environment_section(results: RunResults) -> list[str]:
-    """Model, machine, libraries and where the time went (a run's and a sweep's report)."""
-    mach, model = results.machine, results.model
+    """Model, machine, libraries and where the time went (a run's and a sweep's report): the
+    machine that measured (the driver's, where a sweep spans several kinds: each kind is in
+    'Where the cells ran')."""
+    several = len(results.machines) > 1
+    mach, model = results.machine if several else results.measuring_machine(), results.model
     return [
         "## Environment",
         "",
         f"- model: `{model['spec']}` ({model['source']}), content hash {model['content_hash']}",
+        *([f"- measured on {len(results.machines)} kinds of machine (see 'Where the cells ran'); this "
+           "machine drove the sweep:"] if several else []),
         f"- CPU: {mach.get('cpu')}, {mach.get('usable_cpus')} usable of {mach.get('logical_cpus')} "
         f"logical CPUs; flags: {', '.join(mach.get('cpu_flags', []))}",
         f"- memory: {(mach.get('memory_bytes') or 0) / 2**30:.1f} GiB; OS: {mach.get('os')}; "
         f"Python {mach.get('python')}",
         "- libraries: " + ", ".join(f"{k} {v}" for k, v in mach.get("libraries", {}).items() if v),
-        f"- thread variables: {mach.get('thread_env') or 'none set'}",
+        f"- thread variables: {results.machine.get('thread_env') or 'none set'}",
         "- where the run's wall time went, in seconds (writing this report aside): "
         + time_line(results, with_report=False),
         "",

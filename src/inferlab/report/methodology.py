@@ -56,7 +56,8 @@ def figure(results: RunResults, name: str, arg: str | None) -> str:
         return f"{value:.4f}" if name == "kl" else f"{value:.1%}"
     if name == "weights_mb":
         return f"{_method(results, arg).weight_bytes / 1e6:.0f} MB"
-    own = {"machine": lambda: f"{results.machine.get('cpu')}, {results.machine.get('logical_cpus')} logical CPUs",
+    mach = results.measuring_machine()
+    own = {"machine": lambda: f"{mach.get('cpu')}, {mach.get('logical_cpus')} logical CPUs",
            "date": lambda: results.created[:10], "model": lambda: results.model.get("name"),
            "new_tokens": lambda: str(results.config.get("new_tokens")),
            "prompt_tokens": lambda: str(results.prompt_tokens),

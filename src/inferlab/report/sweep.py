@@ -31,25 +31,27 @@ CELL_COLUMNS = (
 CELL_NAMES = tuple(name for name, _ in CELL_COLUMNS)
 
 
-def cell_table_rows(results: RunResults, reasons: bool = True) -> list[list[str]]:
-    """The cells' figures as text; `reasons` adds why a method did not run to its status."""
+def cell_table(results: RunResults, reasons: bool = True) -> tuple[list[str], list[list[str]]]:
+    """The cells' column names and figures as text, a machine column first where the sweep
+    spans several kinds of machine; `reasons` adds why a method did not run to its status."""
+    machines = any(r.get("machine") for r in results.derived.cells)
     rows = []
     for r in results.derived.cells:
         row = [get(r) for _, get in CELL_COLUMNS]
         if reasons and r.get("error"):
             row[CELL_NAMES.index("status")] += f": {r['error']}"
-        rows.append(row)
-    return rows
+        rows.append([r.get("machine", "")] * machines + row)
+    return ["machine"] * machines + list(CELL_NAMES), rows
 
 
 def console_cells(results: RunResults) -> str:
-    rows = cell_table_rows(results, reasons=False)
-    widths = [max(len(x) for x in [c] + [r[i] for r in rows]) for i, c in enumerate(CELL_NAMES)]
+    names, rows = cell_table(results, reasons=False)
+    widths = [max(len(x) for x in [c] + [r[i] for r in rows]) for i, c in enumerate(names)]
 
     def fmt(row):
         return "  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip()
 
-    lines = [fmt(CELL_NAMES), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    lines = [fmt(names), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
     lines += [""] + [f"crossover: {c}" for c in results.derived.crossovers]
     lines += [f"batch knee: {k}" for k in results.derived.knees]
     return "\n".join(lines).rstrip()
@@ -89,7 +91,7 @@ def render(results: RunResults, charts: list[str]) -> str:
     knees = results.derived.knees
     if knees:
         parts += ["## Batch: where total throughput stops growing", ""] + [f"- {k}" for k in knees] + [""]
-    parts += ["## Cells", "", md_table(CELL_NAMES, cell_table_rows(results)), ""]
+    parts += ["## Cells", "", md_table(*cell_table(results)), ""]
     if charts:  # each chart one axis of the cells above
         parts += ['<div class="beside">', ""] + [f"![{c}]({c})" for c in charts] + ["", "</div>", ""]
     parts += nodes_section(results)
@@ -110,9 +112,12 @@ def nodes_section(results: RunResults) -> list[str]:
 
     if all(c.node.get("id", "local") == "local" for c in results.cells):
         return []
+    from ..machine import kind_names
+
     rows = [[c.cell.key, node_name(c.node) if c.node else "-", c.node.get("host", "-"),
              c.node.get("kind", "-"), c.status, f"{c.seconds:.1f}" if c.seconds else "-"] for c in results.cells]
-    kinds = [f"- kind `{k}`: {m.get('cpu')}, {m.get('usable_cpus')} usable CPUs, "
+    names = kind_names(results.machines)
+    kinds = [f"- kind `{k}` ({names[k]}): {m.get('cpu')}, {m.get('usable_cpus')} usable CPUs, "
              f"{(m.get('memory_bytes') or 0) / 2**30:.0f} GiB, Python {m.get('python')}, inferlab "
              f"{m.get('inferlab_commit') or '?'}" for k, m in results.machines.items()]
     return (["## Where the cells ran", "", md_table(["cell", "node", "host", "machine kind", "status", "seconds"], rows),
@@ -133,7 +138,8 @@ AXES = ("n_prompt", "n_gen", "n_depth", "n_threads", "n_batch")
 
 def draw(results: RunResults, folder: str) -> list[str]:
     """One chart per axis that has at least two values; the other axes at their first value
-    (the smallest depth and batch, the largest thread count), one line per method."""
+    (the smallest depth and batch, the largest thread count), one line per method (and kind
+    of machine, where the sweep spans several)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,9 +156,10 @@ def draw(results: RunResults, folder: str) -> list[str]:
         held = {a: _held_value(rows, a) for a in AXES if a != axis}
         chosen = [r for r in rows if all(r[a] == v for a, v in held.items())]
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        for method in dict.fromkeys(r["method"] for r in chosen):
-            line = sorted((r[axis], r[figure]) for r in chosen if r["method"] == method)
-            ax.plot([x for x, _ in line], [y for _, y in line], marker="o", label=method)
+        for method, where in dict.fromkeys(_series(r) for r in chosen):
+            line = sorted((r[axis], r[figure]) for r in chosen if _series(r) == (method, where))
+            ax.plot([x for x, _ in line], [y for _, y in line], marker="o",
+                    label=f"{method} on {where}" if where else method)
         ax.set_xticks(points)  # the values swept, not a scale's round numbers
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -162,6 +169,11 @@ def draw(results: RunResults, folder: str) -> list[str]:
         _save(fig, os.path.join(folder, name))
         written.append(name)
     return written
+
+
+def _series(row: dict) -> tuple[str, str]:
+    """A chart's line: a method, on one kind of machine where the sweep spans several."""
+    return row["method"], row.get("machine", "")
 
 
 def _held_value(rows: list[dict], axis: str):

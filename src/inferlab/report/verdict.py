@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from ..machine import kind_names
 from ..results import RunResults
 from ..scenario import COSTS, UNITS, Requirement
 from ..verdict import EXIT_ONLY_INDETERMINATE, INDETERMINATE, MET, MISSED, Check, Configuration, Verdict
@@ -73,7 +74,8 @@ def answer(v: Verdict) -> str:
             sp = max(v.speedups, key=lambda x: x.ratio)
             against = (f"; {sp.ratio:.2f}x faster end to end than {sp.baseline} "
                        f"[{sp.low:.2f}-{sp.high:.2f}] at {sp.cell}")
-        return (f"**{w.method} on {w.threads} thread{'s' * (w.threads != 1)}, batch {w.batch}** meets "
+        where = f" on {w.machine_name}" if w.machine else ""
+        return (f"**{w.method} on {w.threads} thread{'s' * (w.threads != 1)}, batch {w.batch}{where}** meets "
                 f"every requirement of \"{s.name}\" at the lowest cost ({cost}): "
                 f"{figures_sentence(w)}{against}.")
     n = v.nearest
@@ -139,10 +141,11 @@ def usage_section(v: Verdict) -> list[str]:
 
 def render(v: Verdict, results: RunResults) -> str:
     s = v.scenario
-    machine = results.machine or {}
+    machine = results.measuring_machine()
+    where = (f"machines {'; '.join(kind_names(results.machines).values())}" if len(results.machines) > 1 else
+             f"machine {machine.get('cpu', '?')}, {machine.get('logical_cpus', '?')} logical CPUs")
     lines = [f"# Verdict: {s.name}", "", f"> {answer(v)}", ""] + ([s.description, ""] if s.description else []) + [
-             f"Model {results.model.get('name')}; machine {machine.get('cpu', '?')}, "
-             f"{machine.get('logical_cpus', '?')} logical CPUs; scenario `{s.path}`; "
+             f"Model {results.model.get('name')}; {where}; scenario `{s.path}`; "
              f"cost: {s.cost}. Exit code {v.exit_code} (0 met, 3 none meets, 4 only indeterminate).",
              "", "## Requirements", "", "| # | category | requirement | in the user's words |",
              "|---|---|---|---|"]
