@@ -95,21 +95,30 @@ def cell_shape(d):
 
 
 def test_a_sweep_on_two_nodes_one_cell_at_a_time_losing_one_node(two_nodes, tiny_models, tmp_path):
+    import psutil
+
     c, worker = two_nodes
-    starts, killed = [], threading.Event()
+    starts, killed, actors, orphans = [], threading.Event(), [], []
+
+    def stop_the_node():  # its raylet killed: its measuring actor must not measure on
+        raylet = psutil.Process(worker.all_processes["raylet"][0].process.pid)
+        actors.extend(p for p in raylet.children() if "NodeMeasurer" in p.name() + " ".join(p.cmdline()))
+        c.remove_node(worker, allow_graceful=False)
+        orphans.extend(psutil.wait_procs(actors, timeout=1.5)[1])  # still alive after 1.5 s
+        killed.set()
 
     class Watching(SweepProgress):
         def starting(self, cell, where=""):
             starts.append(where)
             if worker.node_id[:8] in where and sum(worker.node_id[:8] in w for w in starts) == 2:
                 # the worker's second cell: its node stops while the cell runs
-                threading.Timer(0.5, lambda: (c.remove_node(worker, allow_graceful=False), killed.set())).start()
+                threading.Timer(0.5, stop_the_node).start()
 
     # cells of 8 runs of 40 new tokens (about 2 s): the node stops 0.5 s into one
     cells = {**CELLS, "new_token_list": [40], "min_repeats": 8, "max_repeats": 8}
     config = sweep.SweepConfig(model=tiny_models["llama"], output_dir=str(tmp_path / "c"), cluster=c.address, **cells)
     results, folder = sweep.run_sweep(config, lambda msg: None, lambda todo, done: Watching(todo, done, quiet=True))
-    assert killed.is_set()
+    assert killed.is_set() and actors and orphans == []
     assert results.status == "complete" and len(results.cells) == 4
     assert all(cr.status == "complete" and cr.method("kv-cache").ok for cr in results.cells)
     nodes = [cr.node["id"] for cr in results.cells]

@@ -22,6 +22,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -33,6 +35,7 @@ LOCAL_PREFIX = "local:"
 # with SMT off, another instance type) are other kinds, and the reports call the kind by it
 MACHINE_LABEL = "inferlab-machine"
 CONNECT_TIMEOUT_S = 5.0  # a TCP reach of the address before Ray's own (minute-long) retries
+RAYLET_CHECK_S = 0.5  # how often a measuring actor checks that its raylet is alive
 NODE_LOG_BYTES = 1 << 20  # of each worker log a node sends back: its end, where errors are
 
 
@@ -122,6 +125,7 @@ class NodeMeasurer:
         os.environ.update(thread_env)
         self.described = describe_here()
         self.logdir = tempfile.mkdtemp(prefix="inferlab-node-logs-")
+        threading.Thread(target=_exit_with_raylet, args=(os.getppid(),), daemon=True).start()
         self.model, self.error, self.pool = None, None, None
         try:
             from .models import resolve
@@ -187,6 +191,16 @@ class NodeMeasurer:
 
     def close(self) -> None:
         self.release()
+
+
+def _exit_with_raylet(raylet: int) -> None:
+    """An actor whose raylet (its parent) died goes at once, its engines' workers with it (they
+    die with their parent): left running, a lost node's cell would go on beside the cell sent
+    in its place, timing each other where the two nodes share a host (seen: a killed raylet's
+    actor measured on for minutes)."""
+    while os.getppid() == raylet:
+        time.sleep(RAYLET_CHECK_S)
+    os._exit(1)
 
 
 @dataclass
