@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -85,6 +86,40 @@ def two_nodes():
     c.shutdown()
 
 
+# a stand-in for a raylet: it starts an "actor" that watches it as a measuring actor does, relays
+# the actor's pid once the watch runs, and waits to be killed
+ACTOR = ("import os, threading, time; from inferlab.cluster import _exit_with_raylet; "
+         "threading.Thread(target=_exit_with_raylet, args=(os.getppid(),), daemon=True).start(); "
+         "print(os.getpid(), flush=True); time.sleep(60)")
+RAYLET = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {ACTOR!r}]); time.sleep(60)"
+
+
+def test_a_measuring_actor_goes_as_soon_as_its_raylet_dies():
+    # a raylet killed outright leaves its workers running (seen with Ray 2.60: a lost node's
+    # actor measured on for minutes beside the cell sent in its place on the same host)
+    import psutil
+
+    raylet = subprocess.Popen([sys.executable, "-c", RAYLET], stdout=subprocess.PIPE, text=True)
+    actor = psutil.Process(int(raylet.stdout.readline()))
+    raylet.kill()
+    raylet.wait()
+    time.sleep(1.0)
+    alive = _alive(actor)
+    if alive:
+        actor.kill()
+    assert not alive
+
+
+def _alive(process) -> bool:
+    """Running, and not a zombie (an exited orphan waits for whoever adopted it to reap it)."""
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def cell_shape(d):
     """The keys of a cell's record, nested: what must be the same wherever it was measured."""
     if isinstance(d, dict):
@@ -95,30 +130,21 @@ def cell_shape(d):
 
 
 def test_a_sweep_on_two_nodes_one_cell_at_a_time_losing_one_node(two_nodes, tiny_models, tmp_path):
-    import psutil
-
     c, worker = two_nodes
-    starts, killed, actors, orphans = [], threading.Event(), [], []
-
-    def stop_the_node():  # its raylet killed: its measuring actor must not measure on
-        raylet = psutil.Process(worker.all_processes["raylet"][0].process.pid)
-        actors.extend(p for p in raylet.children() if "NodeMeasurer" in p.name() + " ".join(p.cmdline()))
-        c.remove_node(worker, allow_graceful=False)
-        orphans.extend(psutil.wait_procs(actors, timeout=1.5)[1])  # still alive after 1.5 s
-        killed.set()
+    starts, killed = [], threading.Event()
 
     class Watching(SweepProgress):
         def starting(self, cell, where=""):
             starts.append(where)
             if worker.node_id[:8] in where and sum(worker.node_id[:8] in w for w in starts) == 2:
                 # the worker's second cell: its node stops while the cell runs
-                threading.Timer(0.5, stop_the_node).start()
+                threading.Timer(0.5, lambda: (c.remove_node(worker, allow_graceful=False), killed.set())).start()
 
     # cells of 8 runs of 40 new tokens (about 2 s): the node stops 0.5 s into one
     cells = {**CELLS, "new_token_list": [40], "min_repeats": 8, "max_repeats": 8}
     config = sweep.SweepConfig(model=tiny_models["llama"], output_dir=str(tmp_path / "c"), cluster=c.address, **cells)
     results, folder = sweep.run_sweep(config, lambda msg: None, lambda todo, done: Watching(todo, done, quiet=True))
-    assert killed.is_set() and actors and orphans == []
+    assert killed.is_set()
     assert results.status == "complete" and len(results.cells) == 4
     assert all(cr.status == "complete" and cr.method("kv-cache").ok for cr in results.cells)
     nodes = [cr.node["id"] for cr in results.cells]

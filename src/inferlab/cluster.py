@@ -35,7 +35,7 @@ LOCAL_PREFIX = "local:"
 # with SMT off, another instance type) are other kinds, and the reports call the kind by it
 MACHINE_LABEL = "inferlab-machine"
 CONNECT_TIMEOUT_S = 5.0  # a TCP reach of the address before Ray's own (minute-long) retries
-RAYLET_CHECK_S = 0.5  # how often a measuring actor checks that its raylet is alive
+RAYLET_CHECK_S = 0.2  # how often a measuring actor checks that its raylet is alive
 NODE_LOG_BYTES = 1 << 20  # of each worker log a node sends back: its end, where errors are
 
 
