@@ -112,12 +112,9 @@ def nodes_section(results: RunResults) -> list[str]:
 
     if all(c.node.get("id", "local") == "local" for c in results.cells):
         return []
-    from ..machine import kind_names
-
     rows = [[c.cell.key, node_name(c.node) if c.node else "-", c.node.get("host", "-"),
              c.node.get("kind", "-"), c.status, f"{c.seconds:.1f}" if c.seconds else "-"] for c in results.cells]
-    names = kind_names(results.machines)
-    kinds = [f"- kind `{k}` ({names[k]}): {m.get('cpu')}, {m.get('usable_cpus')} usable CPUs, "
+    kinds = [f"- kind `{k}`{f' ({n})' if (n := m.get('name')) else ''}: {m.get('cpu')}, {m.get('usable_cpus')} usable CPUs, "
              f"{(m.get('memory_bytes') or 0) / 2**30:.0f} GiB, Python {m.get('python')}, inferlab "
              f"{m.get('inferlab_commit') or '?'}" for k, m in results.machines.items()]
     return (["## Where the cells ran", "", md_table(["cell", "node", "host", "machine kind", "status", "seconds"], rows),
