@@ -20,6 +20,15 @@ from tests.test_sweep import SWEEP_IN_CHILD, wait_for_a_saved_cell
 
 ray = pytest.importorskip("ray")
 
+@pytest.fixture(autouse=True)
+def _small_node_probes(monkeypatch):
+    """A cluster's nodes run the real hardware probe (conftest's fixed one stays on the driver):
+    32 MB instead of 256 (the driver says how much)."""
+    from inferlab import defaults
+
+    monkeypatch.setattr(defaults, "PROBE_BYTES", 32 << 20)
+
+
 CELLS = dict(methods=["kv-cache"], prompt_token_list=[4, 8], depth_list=[0, 6], new_token_list=[3],
              thread_list=[1], min_repeats=2, max_repeats=2, min_time_s=0.0, quality=False)
 
@@ -174,7 +183,8 @@ def test_every_cell_runs_once_on_each_kind_of_machine_and_never_mixes_them(two_n
     c.wait_for_nodes()
     try:
         config = sweep.SweepConfig(model=tiny_models["llama"], output_dir=str(tmp_path / "k"), cluster=c.address,
-                                   **{**CELLS, "depth_list": [0]})
+                                   **{**CELLS, "prompt_token_list": [4, 8], "depth_list": [0], "min_repeats": 1,
+                                      "max_repeats": 1})
         results, folder = sweep.run_sweep(config, lambda msg: None,
                                           lambda todo, done: SweepProgress(todo, done, quiet=True))
     finally:
@@ -213,12 +223,12 @@ def test_a_driver_killed_outright_takes_its_simulated_nodes_and_resumes(tiny_mod
 
     out = tmp_path / "s"
     args = ["sweep", "--model", tiny_models["llama"], "--methods", "kv-cache", "--prompt-tokens", "4,8",
-            "--new-tokens", "3", "--repeats", "30", "--max-repeats", "30", "--min-time", "0", "--threads", "1",
+            "--new-tokens", "40", "--repeats", "10", "--max-repeats", "10", "--min-time", "0", "--threads", "1",
             "--no-quality", "--quiet", "--cluster", "local:2", "--output", str(out)]
     proc = subprocess.Popen([sys.executable, "-c", SWEEP_IN_CHILD, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     request.addfinalizer(proc.kill)
-    wait_for_a_saved_cell(out, 180)  # then kill it
+    wait_for_a_saved_cell(out, 180)  # then kill it, inside the second cell (10 runs of 40 tokens: ~2.5 s)
     keepers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "inferlab.cluster_local" in " ".join(p.cmdline())]
     assert len(keepers) == 1
     proc.send_signal(signal.SIGKILL)
