@@ -423,18 +423,26 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
             barrier_wait(&bar, nt, &sense, &ahead);
             mark(PH_ATTN_PROJ, &last);
             if (shared) {
-                /* every row's (chunk, KV head) units in turn, one thread each: each writes its
-                   group of heads' parts at the chunk's slot */
-                for (int t = 0, u0 = 0; t < tokens; t++) {
-                    const int chunks = positions[t] / CHUNK + 1, units = chunks * m->kv_heads;
-                    for (int u = 0; u < units; u++) {
-                        if ((u0 + u) % nt != id) continue;
-                        const int c = u / m->kv_heads, g = u % m->kv_heads;
-                        queries(m, wide + (size_t)t * qkv_n, positions[t], g, qr);
-                        attend_chunk(m, l, qr, seqs[t], positions[t] + 1, g, c, sc,
-                                     parts + t * parts_per_token + ((size_t)g * group * slots + c) * part_n, slots * part_n);
-                    }
-                    u0 += units;
+                /* every row's (KV head, chunk) units in the cache's order, cut into nt runs of
+                   about equal positions: each thread reads its run as one stream (its prefetch
+                   running on into its next chunk; 0.98x the step at 2048 positions against
+                   units dealt in turn, A/B in one process). Each writes its group of heads'
+                   parts at the chunk's slot. */
+                int total = 0;
+                for (int t = 0; t < tokens; t++) total += (positions[t] + 1) * m->kv_heads;
+                for (int t = 0, before = 0; t < tokens; t++) {
+                    const int len = positions[t] + 1, chunks = positions[t] / CHUNK + 1;
+                    for (int g = 0, rotated = 0; g < m->kv_heads; g++, rotated = 0)
+                        for (int c = 0; c < chunks; c++) {
+                            const int n = len - c * CHUNK < CHUNK ? len - c * CHUNK : CHUNK;
+                            const long middle = 2L * before + n;  /* twice the unit's middle position */
+                            before += n;
+                            if (middle * nt / (2L * total) != id) continue;
+                            if (!rotated) queries(m, wide + (size_t)t * qkv_n, positions[t], g, qr);
+                            rotated = 1;
+                            attend_chunk(m, l, qr, seqs[t], len, g, c, sc,
+                                         parts + t * parts_per_token + ((size_t)g * group * slots + c) * part_n, slots * part_n);
+                        }
                 }
             } else {
                 /* whole (rows, KV head) units: a prompt's rows ROWS_TOGETHER at a time */
