@@ -298,6 +298,11 @@ def test_crossovers_and_knees_never_mix_two_kinds_of_machine():
     growth = [_row("a", machine="box A", n_batch=1, tg_tps_total=100.0),
               _row("a", machine="box B", n_batch=2, tg_tps_total=90.0)]
     assert knees(growth) == []  # batch 1 on one machine and batch 2 on another are no line
+    growth += [_row("a", machine="box A", n_batch=2, tg_tps_total=190.0),
+               _row("a", machine="box B", n_batch=1, tg_tps_total=50.0)]
+    (sentence,) = knees(growth)  # still growing on both: each machine's rates apart
+    assert "in 1 workload on box A (190-190 tok/s there)" in sentence
+    assert "in 1 workload on box B (90-90 tok/s there)" in sentence
 
 
 @pytest.mark.parametrize("gain, knee", [(0.099, True), (0.101, False)])

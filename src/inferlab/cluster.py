@@ -123,7 +123,7 @@ class NodeMeasurer:
         for var in machine.THREAD_VARS:
             os.environ.pop(var, None)
         os.environ.update(thread_env)
-        self.described = describe_here()
+        self.machine = machine.describe()  # its kind is the driver's to say (labels)
         self.logdir = tempfile.mkdtemp(prefix="inferlab-node-logs-")
         threading.Thread(target=_exit_with_raylet, args=(os.getppid(),), daemon=True).start()
         self.model, self.error, self.pool = None, None, None
@@ -141,7 +141,7 @@ class NodeMeasurer:
     def describe(self) -> dict:
         import ray
 
-        return {**self.described, "ray": ray.__version__, "error": self.error, "pid": os.getpid()}
+        return {"machine": self.machine, "ray": ray.__version__, "error": self.error, "pid": os.getpid()}
 
     def prepare(self, methods: list[str], timeout_s: float) -> dict[str, str | None]:
         """Each method's one-time conversion on this node (its own cache); the error per method."""
@@ -295,7 +295,7 @@ class ClusterSession:
             try:
                 info = self.ray.get(ref)
             except Exception as e:  # its actor did not start: inferlab or the model missing there
-                info = {"ray": mine, "kind": "", "machine": {}, "error": _first_line(e)}
+                info = {"ray": mine, "machine": {}, "error": _first_line(e)}
             if info["ray"] != mine:
                 raise ClusterError(f"node {node.hostname} ({node.host}) runs Ray {info['ray']}, this "
                                    f"machine {mine}: install the same version everywhere")

@@ -113,17 +113,18 @@ def knees(rows: list[dict]) -> list[str]:
             knee = next((b for (b, t), (_, t_next) in zip(line, line[1:])
                          if t_next < t * (1 + defaults.KNEE_GAIN)), None)
             if knee is None:
-                growing.append((line[-1][0], line[-1][1]))
+                growing.append((fixed[0], line[-1][0], line[-1][1]))
             else:
                 found.append(f"batch {knee} at {where} ({max(t for _, t in line):.0f} tok/s at best)")
         parts = []
         if found:
             parts.append("stops growing at " + "; ".join(found))
-        if growing:
-            rates = [t for _, t in growing]
-            parts.append(f"still grows at the largest batch ({max(b for b, _ in growing)}) in "
-                         f"{len(growing)} workload{'s' if len(growing) > 1 else ''} "
-                         f"({min(rates):.0f}-{max(rates):.0f} tok/s there)")
+        for kind in dict.fromkeys(k for k, _, _ in growing):  # rates of one kind of machine each
+            mine_growing = [(b, t) for k, b, t in growing if k == kind]
+            rates = [t for _, t in mine_growing]
+            parts.append(f"still grows at the largest batch ({max(b for b, _ in mine_growing)}) in "
+                         f"{len(mine_growing)} workload{'s' if len(mine_growing) > 1 else ''}"
+                         + (f" on {kind}" if kind else "") + f" ({min(rates):.0f}-{max(rates):.0f} tok/s there)")
         if parts:
             out.append(f"{method}: total decode throughput " + "; ".join(parts))
     return out
