@@ -103,3 +103,19 @@ class Positional(_Fake):
     def rewind(self, length):
         self.seq = self.seq[:length]
         return True
+
+
+class SlowFill(Positional):
+    """A depth's fill costs it CPU time (it cannot rewind: every fill is a prefill of the
+    context), its generations almost none."""
+
+    name = "slow-fill"
+
+    def prefill(self, token_ids, all_logits=False):
+        end = time.process_time() + 0.4
+        while time.process_time() < end:
+            pass
+        return super().prefill(token_ids, all_logits)
+
+    def rewind(self, length):
+        return False

@@ -114,6 +114,9 @@ class Generated:
     rss_bytes: int | None  # resident now (VmRSS)
     peak_rss_bytes: int | None  # the process's own high-water mark so far (VmHWM)
     counters: dict[str, Any] | None = None  # the engine's own clocks of this generation
+    # the machine's busy and steal CPU-seconds over the same span as cpu_s (procstat); None
+    # without /proc/stat
+    machine_s: list[float] | None = None
 
 
 @dataclass

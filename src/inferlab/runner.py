@@ -29,7 +29,6 @@ from .engines import default_methods, engine_class, engine_path, has_prepare
 from .models import (ModelRef, architecture, gguf_file_type, gguf_source_path, parameter_count,
                      resolve)
 from .probe import ProbeProcess
-from .procstat import machine_cpu_seconds
 from .prompts import decode_text, load_tokenizer, tokenize_prompt
 from .results import MethodResult, ProfileResult, QualityResult, RunResults, save
 from .worker_handle import WorkerError, WorkerHandle
@@ -96,15 +95,14 @@ def needs_more_runs(result: MethodResult, config: RunConfig) -> bool:
 def request_generation(worker: WorkerHandle, request: p.Generate,
                        timeout_s: float) -> tuple[p.Generated, tuple[float, float] | None]:
     """Ask a worker for one generation. Returns its reply and the (CPU, steal) seconds that
-    other processes and the hypervisor took meanwhile (None without /proc/stat). Raises
-    WorkerError."""
-    own0, machine0 = time.process_time(), machine_cpu_seconds()
+    other processes and the hypervisor took during the generation (None without /proc/stat):
+    the worker reads the machine's counters around the generation itself, so that its untimed
+    work before it (a depth's fill) is not counted as another's. Raises WorkerError."""
     out = worker.request(request, timeout_s)
-    machine1 = machine_cpu_seconds()
-    if not (machine0 and machine1):
+    if not out.machine_s:
         return out, None
-    own = out.cpu_s + (time.process_time() - own0)
-    return out, (machine1[0] - machine0[0] - own, machine1[1] - machine0[1])
+    busy, steal = out.machine_s
+    return out, (busy - out.cpu_s, steal)
 
 
 def record_generation(r: MethodResult, out: p.Generated, timed: bool,

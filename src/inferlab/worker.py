@@ -18,7 +18,7 @@ import warnings
 from . import protocol as p
 from .results import EngineDetails
 from .lean_imports import skip_unused_imports
-from .procstat import process_memory, reset_peak_memory
+from .procstat import machine_cpu_seconds, process_memory, reset_peak_memory
 
 PROGRESS = "@@"  # stderr lines starting with this are progress for the parent's display
 REPLY_FD_ENV = "INFERLAB_REPLY_FD"
@@ -96,14 +96,18 @@ class Worker:
         else:
             self.filled = None  # this generation's prefill replaces the cache
         self.engine.reset_counters()
-        cpu0 = time.process_time()  # the whole process, every thread
+        # this process's CPU time (every thread) and the machine's, around the generation only:
+        # a fill above (a prefill of the depth's context, where the engine cannot rewind) is
+        # this worker's own untimed work, never another process's load
+        machine0, cpu0 = machine_cpu_seconds(), time.process_time()
         g = generate_timed(self.engine, request.prompts, request.new_tokens, request.timed,
                            after_context=bool(contexts))
-        cpu_s = time.process_time() - cpu0
+        cpu_s, machine1 = time.process_time() - cpu0, machine_cpu_seconds()
+        machine_s = [a - b for a, b in zip(machine1, machine0)] if machine0 and machine1 else None
         counters = self.engine.counters()
         rss, hwm = process_memory()
         return p.Generated(sample=g.sample(), tokens=g.tokens, sequences=g.sequences, cpu_s=cpu_s,
-                           rss_bytes=rss, peak_rss_bytes=hwm, counters=counters)
+                           rss_bytes=rss, peak_rss_bytes=hwm, counters=counters, machine_s=machine_s)
 
     def fill(self, contexts: list[list[int]]) -> None:
         """Put the contexts in the cache: by rewinding to them when the cache already starts
