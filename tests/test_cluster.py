@@ -61,6 +61,15 @@ def test_machine_kinds_tell_machines_apart_by_what_decides_speed():
     assert cluster.machine_kind(here) != cluster.machine_kind({**here, "cpu": "another CPU"})
 
 
+def test_a_nodes_error_is_one_line_cut_at_a_word():
+    lost = RuntimeError("The actor c24c is unavailable: The actor is temporarily unavailable: RpcError: "
+                        "RPC error: Socket closed\n  at a second line")
+    assert cluster._first_line(lost) == ("The actor c24c is unavailable: The actor is temporarily "
+                                         "unavailable: RpcError: RPC error: Socket closed")
+    assert cluster._first_line(lost, 60) == "The actor c24c is unavailable: The actor is temporarily..."
+    assert cluster._first_line(RuntimeError("")) == "RuntimeError"
+
+
 def test_rays_messages_to_the_driver_go_to_the_sweeps_log(tmp_path):
     from ray._private import worker
 

@@ -452,7 +452,7 @@ class ClusterExecutor:
                     self.session.retire(node)
                     if tries == 0 and any(_takes(n, cell) for n in self.session.nodes):
                         self.session.show(f"node {node_name(node.record())} was lost during {cell.key} "
-                                          f"({_first_line(e)[:120]}): the cell goes once more to another node")
+                                          f"({_first_line(e, 120)}): the cell goes once more to another node")
                         pending.insert(0, (cell, 1))
                         continue
                     result = _failed(cell, f"node {node.hostname} ({node.host}) was lost: {_first_line(e)}")
@@ -547,9 +547,9 @@ def _versions_differ(e: BaseException) -> str | None:
             f"{python[1]}: install the same versions everywhere")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return type(e).__name__
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """The error's first non-empty line, cut at a word before `limit` characters ("...")."""
+    line = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    if len(line) <= limit:
+        return line
+    return line[:limit - 3].rsplit(" ", 1)[0].rstrip(" :,;") + "..."
