@@ -174,3 +174,45 @@ def test_competing_load_is_read_around_the_generation_not_the_fill(tiny_refs, mo
     out = worker.on_generate(p.Generate([[9, 9]], 4, contexts=[[1, 2, 3]]))
     busy, _ = out.machine_s
     assert abs(busy - out.cpu_s) < 0.1  # no 'other process': the fill's 0.4 s left out of both
+
+
+def test_waiting_for_a_process_to_go_quiet():
+    """A process whose threads spin on after their work (ONNX Runtime's pools: 40-60 ms) is
+    waited for until a window passes with no CPU time; an idle one at once."""
+    from inferlab.procstat import wait_until_idle
+
+    code = "import time\nend = time.perf_counter() + {}\nwhile time.perf_counter() < end: pass\ntime.sleep(30)"
+    spinning = subprocess.Popen([sys.executable, "-c", code.format(0.4)])
+    idle = subprocess.Popen([sys.executable, "-c", code.format(0)])
+    try:
+        time.sleep(0.1)  # both started; the first spins for 0.3 s more
+        assert 0.2 < wait_until_idle(spinning.pid, 0.02, 2.0) < 1.0
+        assert wait_until_idle(idle.pid, 0.02, 2.0) < 0.1
+        assert wait_until_idle(spinning.pid, 0.02, 2.0) < 0.1  # quiet now
+        spinning.kill()
+        spinning.wait()
+        assert wait_until_idle(spinning.pid, 0.02, 2.0) < 0.1  # gone
+    finally:
+        spinning.kill()
+        idle.kill()
+
+
+def test_a_timed_generation_waits_for_the_method_that_answered_before_it(monkeypatch):
+    from inferlab import runner
+
+    class FakeWorker:
+        def __init__(self, pid):
+            self.pid = pid
+
+        def request(self, message, timeout_s):
+            return p.Generated(RunSample(0.1, 0.2, [0.1]), [1], [], 0.1, None, None)
+
+    waited = []
+    monkeypatch.setattr(runner, "wait_until_idle", lambda pid, window, limit: waited.append(pid))
+    monkeypatch.setattr(runner, "_last_answered", None)
+    a, b = FakeWorker(11), FakeWorker(22)
+    timed, untimed = p.Generate([[1]], 1), p.Generate([[1]], 1, timed=False)
+    for worker, request in [(a, untimed), (a, timed), (b, untimed), (b, timed), (a, timed), (a, timed), (b, timed)]:
+        runner.request_generation(worker, request, 10)
+    # each timed generation after another method's answer waits for that method's process
+    assert waited == [22, 11]

@@ -26,6 +26,12 @@ DEFAULT_WARMUP = 1  # untimed generations before measuring
 DEFAULT_MIN_REPEATS = 5  # at least this many timed generations ...
 DEFAULT_MIN_TIME_S = 5.0  # ... and at least this much timed wall time ...
 DEFAULT_MAX_REPEATS = 30  # ... but never more than this many
+# Before a timed generation, the method that answered last must have gone quiet: no CPU time
+# in its process over a window (ONNX Runtime's thread pools spin 40-60 ms after a generation,
+# 1-1.5 of 2 CPUs, measured), waiting at most SETTLE_MAX_S (a process that never stops is
+# then charged as competing load, as any other)
+SETTLE_WINDOW_S = 0.02
+SETTLE_MAX_S = 0.5
 # KV slots per sequence that engines with a preallocated cache (llama.cpp, the fused ONNX graph,
 # ONNX Runtime GenAI, the native decoder) reserve: prompt + new tokens and the quality windows
 # fit. A sweep whose longest sequence (depth + prompt + new tokens) needs more reserves that many

@@ -7,6 +7,7 @@ exec creates anew."""
 from __future__ import annotations
 
 import os
+import time
 
 USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -41,6 +42,29 @@ def machine_cpu_seconds() -> tuple[float, float] | None:
     v += [0] * (8 - len(v))
     user, nice, system, _idle, _iowait, irq, softirq, steal = v[:8]
     return (user + nice + system + irq + softirq) / USER_HZ, steal / USER_HZ
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU-seconds of a process (all its threads) so far; None when it is gone
+    or /proc is missing."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the name, which may hold spaces
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / USER_HZ  # utime, stime: fields 14 and 15
+
+
+def wait_until_idle(pid: int, window_s: float, timeout_s: float) -> float:
+    """Wait until the process accrues no CPU time over one window (its threads stopped
+    spinning) or it is gone, at most timeout_s; returns the seconds waited."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s:
+        before = process_cpu_seconds(pid)
+        time.sleep(window_s)
+        if before is None or process_cpu_seconds(pid) in (None, before):
+            break
+    return time.perf_counter() - t0
 
 
 def reset_peak_memory() -> bool:

@@ -29,6 +29,7 @@ from .engines import default_methods, engine_class, engine_path, has_prepare
 from .models import (ModelRef, architecture, gguf_file_type, gguf_source_path, parameter_count,
                      resolve)
 from .probe import ProbeProcess
+from .procstat import wait_until_idle
 from .prompts import decode_text, load_tokenizer, tokenize_prompt
 from .results import MethodResult, ProfileResult, QualityResult, RunResults, save
 from .worker_handle import WorkerError, WorkerHandle
@@ -92,13 +93,25 @@ def needs_more_runs(result: MethodResult, config: RunConfig) -> bool:
     return n < config.max_repeats and (n < config.min_repeats or timed < config.min_time_s)
 
 
+# the worker that answered the last generation in this process (a run or a sweep asks one at
+# a time): the next timed generation of another waits until it has gone quiet
+_last_answered: WorkerHandle | None = None
+
+
 def request_generation(worker: WorkerHandle, request: p.Generate,
                        timeout_s: float) -> tuple[p.Generated, tuple[float, float] | None]:
     """Ask a worker for one generation. Returns its reply and the (CPU, steal) seconds that
     other processes and the hypervisor took during the generation (None without /proc/stat):
     the worker reads the machine's counters around the generation itself, so that its untimed
-    work before it (a depth's fill) is not counted as another's. Raises WorkerError."""
+    work before it (a depth's fill) is not counted as another's. A timed generation first waits
+    until the method that answered before it has gone quiet (defaults.SETTLE_*): its thread
+    pools' spinning would otherwise be this one's competing load. Raises WorkerError."""
+    global _last_answered
+    if request.timed and _last_answered is not None and _last_answered is not worker:
+        wait_until_idle(_last_answered.pid, defaults.SETTLE_WINDOW_S, defaults.SETTLE_MAX_S)
+    _last_answered = None  # a failed request leaves nothing to wait for
     out = worker.request(request, timeout_s)
+    _last_answered = worker
     if not out.machine_s:
         return out, None
     busy, steal = out.machine_s
