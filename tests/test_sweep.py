@@ -235,6 +235,8 @@ def test_methods_take_turns_in_a_rotating_order(tiny_refs):
     calls = []
 
     class Worker:
+        pid = -1  # no process: the runner has nothing to wait for between methods
+
         def __init__(self, method):
             self.method = method
 
