@@ -14,7 +14,9 @@ from inferlab.derive import method_figures
 from inferlab.profiling.roofline import ceiling_warnings, rooflines, verdict
 from inferlab.profiling.run import profile_engine
 from inferlab.protocol import Profile
-from inferlab.results import EngineDetails, MethodResult, PhaseProfile, ProfileResult, RunResults, RunSample
+from inferlab.derive_cells import cell_rows
+from inferlab.results import (Cell, CellResult, EngineDetails, MethodResult, PhaseProfile, ProfileResult, RunResults,
+                              RunSample)
 
 PROMPT = [5, 17, 42, 99, 3, 250, 7, 8, 9, 10]
 
@@ -121,11 +123,13 @@ def test_bandwidth_gemm_and_int8_peaks_are_positive():
 
     first = probe.measure(threads=1, nbytes=32 << 20)
     assert first["bandwidth_bytes_per_s"] > 1e8 and first["gemm_flops_per_s"] > 1e8
-    assert first["bandwidth_bytes_per_s"] == max(first["bandwidth_gemv_bytes_per_s"],
-                                                 first["bandwidth_reduction_bytes_per_s"])
+    assert first["bandwidth_bytes_per_s"] == max(first["bandwidth_gemv_bytes_per_s"], first["bandwidth_reduction_bytes_per_s"],
+                                                 first["bandwidth_stream_bytes_per_s"] or 0)
     if library.missing_cpu_flags():
         assert first["int8_ops_per_s"] is None and "lacks" in first["int8_note"]
+        assert first["bandwidth_stream_bytes_per_s"] is None
     else:  # int8 dot products outrun fp32 multiply-adds on every x86 CPU with AVX2
+        assert first["bandwidth_stream_bytes_per_s"] > 1e8
         assert first["int8_path"] == library.best_path() and first["int8_ops_per_s"] > first["gemm_flops_per_s"]
 
 
@@ -198,6 +202,47 @@ def test_a_method_faster_than_the_probe_sets_the_ceiling_and_is_named():
     assert roofs["onnx"]["decode_efficiency"] == pytest.approx(1.0)  # never above 100 %
     assert ceiling["bandwidth_source"] == "onnx"
     assert "onnx streamed 15.0 GB/s, above the probe's best 10.0 GB/s" in ceiling_warnings(ceiling)[0]
+
+
+def known_cell(readings: list[float | None], *methods: tuple[str, int, float]) -> tuple[RunResults, CellResult]:
+    """A sweep cell pp10+tg4 @ d100, batch 2, with these bandwidth readings around it and
+    (method, weight bytes, TPOT ms) runs (TTFT 2 ms); the run's probes: 10 GB/s, 100 GFLOP/s."""
+    r, _ = known_run("unused", 1)
+    r.probes = [{"bandwidth_bytes_per_s": 10e9, "gemm_flops_per_s": 100e9}]
+    r.methods, runs = [], []
+    for name, weights, tpot_ms in methods:
+        r.methods.append(MethodResult(method=name, status="ok", weight_bytes=weights))
+        runs.append(MethodResult(method=name, status="ok", runs=[RunSample(
+            ttft_s=0.002, e2e_s=0.002 + 3 * tpot_ms / 1e3, itl_s=[tpot_ms / 1e3] * 3)] * 3))
+    cell = CellResult(cell=Cell(10, 4, depth=100, batch=2), methods=runs,
+                      conditions={w: {"bandwidth_bytes_per_s": b} for w, b in zip(("before", "after"), readings)})
+    r.cells = [cell]
+    return r, cell
+
+
+def test_a_sweep_cell_s_floors_count_its_depth_batch_and_own_bandwidth():
+    r, cell = known_cell([8e9, 12e9], ("a", 200_000_000, 40.0))
+    rows = cell_rows(r)
+    a = rows[0]
+    # 2 sequences x 2 (K, V) x 2 layers x 1 head x 4 dims x 4 bytes x (100 + 10 + 4 / 2) positions
+    kv = 2 * 2 * 2 * 1 * 4 * 4 * 112
+    assert a["kv_mb_per_step"] == pytest.approx(kv / 1e6)
+    assert a["bandwidth_gb_s"] == pytest.approx(12.0)  # the best reading around the cell, not the run's probe
+    assert a["decode_floor_ms"] == pytest.approx((200_000_000 + kv) / 12e9 * 1e3)
+    assert a["decode_efficiency"] == pytest.approx(a["decode_floor_ms"] / 40.0)
+    # per sequence: blocks 2 x 900k x 10, the LM head once, attention 2 x 2 x 8 x 10 x (2 x 100 + 10)
+    flops = 2 * (2 * 900_000 * 10 + 2 * 100_000 + 2 * 2 * 8 * 10 * 210)
+    assert a["prefill_floor_ms"] == pytest.approx(flops / 100e9 * 1e3)
+    assert a["prefill_efficiency"] == pytest.approx(a["prefill_floor_ms"] / 2.0)
+
+
+def test_a_sweep_cell_without_readings_uses_the_probes_and_a_faster_method_raises_the_ceiling():
+    r, cell = known_cell([None, None], ("a", 200_000_000, 40.0))
+    assert cell_rows(r)[0]["bandwidth_gb_s"] == pytest.approx(10.0)  # the run's probe
+    r, cell = known_cell([8e9, 9e9], ("a", 200_000_000, 40.0), ("fast", 600_000_000, 40.0))
+    rows = {row["method"]: row for row in cell_rows(r)}
+    assert rows["fast"]["decode_efficiency"] == pytest.approx(1.0)  # never above 100 %
+    assert rows["a"]["bandwidth_gb_s"] == pytest.approx(rows["fast"]["achieved_gb_s"])
 
 
 def test_verdict_removes_profiler_cost_and_names_memory_bound():

@@ -82,6 +82,12 @@ def test_sweep_end_to_end(tiny_models, tmp_path, capsys, monkeypatch):
     rows = {(row["key"], row["method"]): row for row in r.derived.cells}
     for c in r.cells:
         assert c.status == "complete" and c.conditions["before"] and c.conditions["after"]
+        # the streaming bandwidth read around the cell sets its decode floors
+        readings = [c.conditions[w]["bandwidth_bytes_per_s"] for w in ("before", "after")]
+        assert min(readings) > 1e8
+        for m in c.methods:
+            if m.ok:
+                assert rows[(c.cell.key, m.method)]["bandwidth_gb_s"] >= max(readings) / 1e9
         for m in c.methods:
             if c.cell.batch > 1 and m.method == "one-at-a-time":
                 assert m.status == "skipped" and "one sequence at a time" in m.error
@@ -107,6 +113,7 @@ def test_sweep_end_to_end(tiny_models, tmp_path, capsys, monkeypatch):
     assert list(csv["test"][:3]) == ["pp4+tg3"] * 3 and "pp4+tg3 @ d6" in set(csv["test"])
     md = open(os.path.join(folder, "report.md")).read()
     assert "## Crossovers" in md and "## Cells" in md and "skipped: batch 2" in md
+    assert "## Distance to the hardware limits" in md and (ok["decode_efficiency"] > 0).all()
     for chart in ("sweep_prefill_vs_prompt.png", "sweep_decode_vs_depth.png",
                   "sweep_total_vs_batch.png", "sweep_tpot_vs_batch.png"):
         assert os.path.getsize(os.path.join(folder, chart)) > 0

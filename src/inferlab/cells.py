@@ -19,7 +19,8 @@ from .config import RunConfig
 from .engines import engine_class, engine_path
 from .models import ModelRef
 from .results import Cell, CellResult, MethodResult
-from .runner import needs_more_runs, record_generation, request_generation, rotating_rounds
+from .probe import stream_rate
+from .runner import needs_more_runs, record_generation, request_generation, rotating_rounds, settle
 from .worker_handle import WorkerError, WorkerHandle
 from .workload import TextTokens
 
@@ -93,6 +94,16 @@ class WorkerPool:
         self.workers.clear()
 
 
+def _conditions(threads: int) -> dict:
+    """The machine's state (machine.conditions), the streaming bandwidth at the cell's thread
+    count once the last method to answer has gone quiet (probe.stream_rate: the machine moves
+    between states minutes apart, so a cell's floors use its own readings) and the wall-clock
+    time in seconds."""
+    at = time.time()
+    settle()  # a method's threads spinning on after its reply would read as less bandwidth
+    return {**machine.conditions(), "bandwidth_bytes_per_s": stream_rate(threads), "at": at}
+
+
 def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult | None = None) -> CellResult:
     """One cell, every method: a first call each (untimed, the whole context and prompt but
     only `defaults.CELL_WARMUP_NEW_TOKENS` new tokens; its peak memory mark reset), then rounds
@@ -101,7 +112,7 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
     interrupted cell measured stays in it)."""
     t0 = time.perf_counter()
     out = out or CellResult(cell=cell)
-    out.conditions["before"] = {**machine.conditions(), "at": time.time()}  # at: wall-clock seconds
+    out.conditions["before"] = _conditions(cell.threads)
     sequences = [spec.text.sequence(cell, i) for i in range(cell.batch)]
     contexts = [c for c, _ in sequences] if cell.depth else []
     request = p.Generate([q for _, q in sequences], cell.new_tokens, contexts=contexts)
@@ -159,7 +170,7 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
     for r in out.methods:
         if r.status == "running":
             r.status = "ok"
-    out.conditions["after"] = {**machine.conditions(), "at": time.time()}
+    out.conditions["after"] = _conditions(cell.threads)
     out.status, out.seconds = "complete", time.perf_counter() - t0
     return out
 

@@ -40,6 +40,7 @@ def first_divergences(results) -> dict[tuple[str, str], int]:
 
 def cell_rows(results, divergences: dict | None = None) -> list[dict]:
     from .machine import kind_names
+    from .profiling.roofline import cell_limits
 
     asked = (results.config or {}).get("min_repeats", 0)
     divergences = first_divergences(results) if divergences is None else divergences
@@ -47,6 +48,7 @@ def cell_rows(results, divergences: dict | None = None) -> list[dict]:
     rows = []
     for c in results.cells:
         cell = c.cell
+        mine = []
         for m in c.methods:
             row = {"method": m.method, "test": cell.test, "key": cell.key,
                    "machine": names.get(cell.machine, cell.machine) if cell.machine else "",
@@ -57,8 +59,21 @@ def cell_rows(results, divergences: dict | None = None) -> list[dict]:
                    "node": c.node.get("id"), "machine_kind": c.node.get("kind")}
             if m.ok and m.runs:
                 row.update(cell_figures(m, cell, asked), first_divergence=divergences.get((cell.key, m.method)))
-            rows.append(row)
+            mine.append(row)
+        for method, limits in cell_limits(results, c, mine).items():
+            row = next(r for r in mine if r["method"] == method)
+            row.update({k: limits.get(k) for k in LIMIT_FIGURES})
+            if (limits.get("prefill_efficiency") or 0) > 1:
+                row["warnings"].append(
+                    f"{method} [{cell.key}]: prefill at {limits['prefill_efficiency']:.0%} of its compute roof "
+                    f"({limits['compute_roof']}): a probe that understates the machine, or arithmetic the count misses")
+        rows += mine
     return rows
+
+
+# a row's distance to the hardware limits (profiling/roofline.cell_limits)
+LIMIT_FIGURES = ("bandwidth_gb_s", "weight_mb_per_step", "kv_mb_per_step", "decode_floor_ms", "decode_efficiency",
+                 "achieved_gb_s", "compute_roof", "compute_roof_gops", "prefill_floor_ms", "prefill_efficiency")
 
 
 def cell_figures(m, cell, asked: int) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-from types import SimpleNamespace
 from typing import Callable
 
 from . import defaults
@@ -119,12 +118,12 @@ def the_missing_cell(config: Configuration, results: RunResults) -> tuple[CellRe
 def bottleneck(config: Configuration, results: RunResults, model: ModelRef, scenario: Scenario,
                folder: str, timeout_s: float) -> dict:
     """Why the nearest configuration misses: which phase its time goes to in the cell that
-    decided, how far each phase is from its hardware floor (roofline.py, with the sweep's
-    probes) and, where inferlab has a profiler for its engine, the profile's verdict and the
+    decided, how far each phase is from its hardware floor (its derived row: roofline.cell_limits)
+    and, where inferlab has a profiler for its engine, the profile's verdict and the
     next optimization to try. The profile runs in its own process, after every cell."""
-    from .derive import method_figures
+    from .derive_cells import LIMIT_FIGURES
     from .results import ProfileResult
-    from .profiling.roofline import rooflines, verdict
+    from .profiling.roofline import verdict
     from .prompts import load_tokenizer
     from .runner import read_text
     from .workload import text_tokens
@@ -153,14 +152,9 @@ def bottleneck(config: Configuration, results: RunResults, model: ModelRef, scen
         out["profile_error"] = e.message
     finally:
         worker.close()
-    # the roofline of this cell alone: its prompt, its new tokens, the sweep's probes of its
-    # kind of machine (a cluster's probes name their node; a local sweep's, none)
-    kind = cell.node.get("kind")
-    probes = [probe for probe in results.probes if (probe.get("node") or {}).get("kind", kind) == kind]
-    view = SimpleNamespace(methods=[record], probes=probes, model=results.model,
-                           prompt_tokens=cell.cell.prompt_tokens, config={"new_tokens": cell.cell.new_tokens})
-    roofs, _ = rooflines(view, method_figures(view))
-    roof = roofs.get(config.method) or {}
+    # the cell's own distance to the limits (derive_cells: its depth, prompt and batch, its
+    # bandwidth readings, the probes of its kind of machine)
+    roof = {k: mine.get(k) for k in LIMIT_FIGURES} if mine and mine.get("decode_efficiency") else {}
     out.update({k: roof.get(k) for k in ("decode_efficiency", "decode_floor_ms", "prefill_efficiency",
                                           "prefill_floor_ms", "bandwidth_gb_s", "compute_roof_gops",
                                           "compute_roof")})

@@ -98,6 +98,13 @@ def needs_more_runs(result: MethodResult, config: RunConfig) -> bool:
 _last_answered: WorkerHandle | None = None
 
 
+def settle() -> None:
+    """Wait until the worker that answered the last generation has gone quiet (no CPU time for
+    defaults.SETTLE_WINDOW_S, at most SETTLE_MAX_S)."""
+    if _last_answered is not None:
+        wait_until_idle(_last_answered.pid, defaults.SETTLE_WINDOW_S, defaults.SETTLE_MAX_S)
+
+
 def request_generation(worker: WorkerHandle, request: p.Generate,
                        timeout_s: float) -> tuple[p.Generated, tuple[float, float] | None]:
     """Ask a worker for one generation. Returns its reply and the (CPU, steal) seconds that
@@ -107,8 +114,8 @@ def request_generation(worker: WorkerHandle, request: p.Generate,
     until the method that answered before it has gone quiet (defaults.SETTLE_*): its thread
     pools' spinning would otherwise be this one's competing load. Raises WorkerError."""
     global _last_answered
-    if request.timed and _last_answered is not None and _last_answered is not worker:
-        wait_until_idle(_last_answered.pid, defaults.SETTLE_WINDOW_S, defaults.SETTLE_MAX_S)
+    if request.timed and _last_answered is not worker:
+        settle()
     _last_answered = None  # a failed request leaves nothing to wait for
     out = worker.request(request, timeout_s)
     _last_answered = worker

@@ -20,9 +20,9 @@ from __future__ import annotations
 from .. import defaults
 
 
-def probed_limits(results) -> dict | None:
-    """The range of the run's probes: bandwidth low/high and the best GEMM peak."""
-    ok = [p for p in results.probes if p.get("bandwidth_bytes_per_s")]
+def probed_limits(probes: list[dict]) -> dict | None:
+    """The range of a run's probes: bandwidth low/high and the best GEMM peak."""
+    ok = [p for p in probes if p.get("bandwidth_bytes_per_s")]
     if not ok:
         return None
     bws = [p["bandwidth_bytes_per_s"] for p in ok]
@@ -42,6 +42,27 @@ def compute_roof(m, limits: dict) -> tuple[float, str]:
     return limits["gemm_peak"], "fp32 GEMM"
 
 
+def step_bytes(m, arch: dict, context: float, sequences: int = 1) -> tuple[float, float]:
+    """(weight bytes, KV-cache bytes) one decode step of `sequences` sequences reads, each with
+    `context` positions cached on average (the weights once for all of them)."""
+    weights = m.details.bytes_read_per_step or m.weight_bytes
+    kv_value_bytes = m.details.kv_bytes_per_value if m.details.kv_bytes_per_value is not None else 4
+    kv_per_position = (2 * arch["layers"] * arch["kv_heads"] * arch["head_dim"] * kv_value_bytes
+                       if arch.get("layers") else 0)
+    return weights, kv_per_position * context * sequences
+
+
+def prefill_flops(arch: dict, prompt: int, depth: int = 0, sequences: int = 1) -> float | None:
+    """FLOPs of a prefill of `prompt` tokens after `depth` cached ones, for each of `sequences`:
+    the blocks' products per token, the LM head once, attention to the cache and causally
+    within the prompt (2 x layers x hidden x prompt x (2 depth + prompt)). None without the
+    model's parameter counts."""
+    if not arch.get("block_parameters"):
+        return None
+    return sequences * (2 * arch["block_parameters"] * prompt + 2 * arch["lm_head_parameters"]
+                        + 2 * arch["layers"] * arch["hidden"] * prompt * (2 * depth + prompt))
+
+
 def method_rates(m, results, figures: dict) -> dict | None:
     """What one method moved and computed per step, and how fast (before any ceiling).
     figures: the method's summaries (derive.method_figures)."""
@@ -56,20 +77,14 @@ def method_rates(m, results, figures: dict) -> dict | None:
     else:
         return None
     arch = results.model.get("architecture") or {}
-    weights = m.details.bytes_read_per_step or m.weight_bytes
     n, new = results.prompt_tokens, results.config.get("new_tokens", 2)
     context = n + new / 2  # mean number of cached positions a decode step reads
-    kv_value_bytes = m.details.kv_bytes_per_value if m.details.kv_bytes_per_value is not None else 4
-    kv_per_position = (2 * arch["layers"] * arch["kv_heads"] * arch["head_dim"] * kv_value_bytes
-                       if arch.get("layers") else 0)
-    step_bytes = weights + kv_per_position * context
-    out = {"weight_mb_per_step": weights / 1e6, "kv_mb_per_step": kv_per_position * context / 1e6,
-           "decode_context": context, "bytes_per_step": step_bytes, "tpot_ms": tpot * 1e3,
-           "achieved_gb_s": step_bytes / tpot / 1e9 if tpot else None, "ttft_ms": ttft * 1e3,
+    weights, kv = step_bytes(m, arch, context)
+    out = {"weight_mb_per_step": weights / 1e6, "kv_mb_per_step": kv / 1e6,
+           "decode_context": context, "bytes_per_step": weights + kv, "tpot_ms": tpot * 1e3,
+           "achieved_gb_s": (weights + kv) / tpot / 1e9 if tpot else None, "ttft_ms": ttft * 1e3,
            "time_source": source}
-    if arch.get("block_parameters"):
-        flops = (2 * arch["block_parameters"] * n + 2 * arch["lm_head_parameters"]
-                 + 2 * arch["layers"] * n * n * arch["hidden"])
+    if (flops := prefill_flops(arch, n)) is not None:
         out.update(prefill_gflop=flops / 1e9,
                    achieved_gflop_s=flops / ttft / 1e9 if ttft else None)
     return out
@@ -78,7 +93,7 @@ def method_rates(m, results, figures: dict) -> dict | None:
 def rooflines(results, figures: dict) -> tuple[dict, dict | None]:
     """({method: roofline}, ceilings): floors and efficiencies against the highest rates seen.
     figures: {method: its summaries} (derive.method_figures)."""
-    limits = probed_limits(results)
+    limits = probed_limits(results.probes)
     rates = {m.method: r for m in results.methods if (r := method_rates(m, results, figures[m.method]))}
     if not limits or not rates:
         return {}, None
@@ -105,6 +120,52 @@ def rooflines(results, figures: dict) -> tuple[dict, dict | None]:
                 ceil["above_roof"].append([name, r["achieved_gflop_s"], ops / 1e9, kind])
         out[name] = roof
     return out, ceil
+
+
+def probes_of_kind(results, kind: str | None) -> list[dict]:
+    """The run's probes of one kind of machine (a cluster's probes name their node; a local
+    run's name none, and are all of its one machine)."""
+    return [p for p in results.probes if (p.get("node") or {}).get("kind", kind) == kind]
+
+
+def cell_limits(results, cell, rows: list[dict]) -> dict[str, dict]:
+    """{method: its distance to the hardware limits} in one sweep cell (rows: the cell's derived
+    rows, medians in ms), with the cell's own workload: `depth + prompt + new / 2` positions
+    cached at a mean decode step, `batch` sequences per step (the weights read once for all),
+    the prefill attending to the depth. Bandwidth: the best streaming reading taken around the
+    cell on the host that measured it (cells.py), else the run's probes of its kind of machine;
+    raised to a method's own rate where one streamed faster, as in `rooflines`. Compute roofs:
+    the run's probes of that kind."""
+    arch = results.model.get("architecture") or {}
+    c = cell.cell
+    limits = probed_limits(probes_of_kind(results, cell.node.get("kind"))) or {}
+    readings = [v["bandwidth_bytes_per_s"] for v in cell.conditions.values() if v.get("bandwidth_bytes_per_s")]
+    bandwidth, source = (max(readings), "around the cell") if readings else \
+        (limits.get("bandwidth_high"), "the run's probes")
+    context = c.depth + c.prompt_tokens + c.new_tokens / 2
+    moved = {}  # method: (its record, weight bytes, KV bytes, step seconds)
+    for row in rows:
+        m = results.method(row["method"])
+        if row.get("tpot_ms") and m is not None and m.weight_bytes is not None:
+            moved[row["method"]] = (m, *step_bytes(m, arch, context, c.batch), row["tpot_ms"] / 1e3)
+    rates = {k: (w + kv) / step for k, (_, w, kv, step) in moved.items()}
+    if rates and (bandwidth is None or max(rates.values()) > bandwidth):
+        source = max(rates, key=rates.get)
+        bandwidth = rates[source]
+    out = {}
+    for name, (m, weights, kv, step) in moved.items():
+        floor = (weights + kv) / bandwidth
+        out[name] = {"bandwidth_gb_s": bandwidth / 1e9, "bandwidth_source": source,
+                     "weight_mb_per_step": weights / 1e6, "kv_mb_per_step": kv / 1e6,
+                     "achieved_gb_s": rates[name] / 1e9, "decode_floor_ms": floor * 1e3,
+                     "decode_efficiency": floor / step}
+        row = next(r for r in rows if r["method"] == name)
+        flops = prefill_flops(arch, c.prompt_tokens, c.depth, c.batch)
+        if flops and limits.get("gemm_peak") and row.get("ttft_ms"):
+            ops, kind = compute_roof(m, limits)
+            out[name].update(compute_roof_gops=ops / 1e9, compute_roof=kind, prefill_floor_ms=flops / ops * 1e3,
+                             prefill_efficiency=flops / ops / (row["ttft_ms"] / 1e3))
+    return out
 
 
 def ceiling_warnings(ceil: dict | None) -> list[str]:

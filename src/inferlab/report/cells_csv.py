@@ -11,7 +11,8 @@ from ..results import RunResults
 CSV_COLUMNS = ("model", "method", "test", "n_prompt", "n_gen", "n_depth", "n_threads", "n_batch",
                "status", "runs", "pp_tps", "tg_tps", "tg_tps_total", "ttft_ms", "ttft_ms_lo",
                "ttft_ms_hi", "tpot_ms", "tpot_ms_lo", "tpot_ms_hi", "e2e_ms", "steady_rss_mb",
-               "peak_rss_mb", "first_divergence", "batch_divergence", "warnings", "error", "node",
+               "peak_rss_mb", "first_divergence", "batch_divergence", "bandwidth_gb_s", "decode_floor_ms",
+               "decode_efficiency", "prefill_floor_ms", "prefill_efficiency", "warnings", "error", "node",
                "machine_kind")
 
 

@@ -30,6 +30,36 @@ CELL_COLUMNS = (
 )
 CELL_NAMES = tuple(name for name, _ in CELL_COLUMNS)
 
+# a derived row's distance to the hardware limits (roofline.cell_limits)
+LIMIT_COLUMNS = (
+    ("test", lambda r: r["test"]), ("threads", lambda r: str(r["n_threads"])),
+    ("batch", lambda r: str(r["n_batch"])), ("method", lambda r: r["method"]),
+    ("decode floor ms", _num("decode_floor_ms", "{:.2f}")),
+    ("TPOT / floor", lambda r: f"{1 / r['decode_efficiency']:.2f}x"),
+    ("read GB/s", _num("achieved_gb_s")), ("ceiling GB/s", _num("bandwidth_gb_s")),
+    ("prefill floor ms", _num("prefill_floor_ms", "{:.1f}")),
+    ("prefill of roof", lambda r: "-" if r.get("prefill_efficiency") is None else f"{r['prefill_efficiency']:.0%}"),
+    ("compute roof", lambda r: r.get("compute_roof") or "-"),
+)
+
+
+def limits_section(results: RunResults) -> list[str]:
+    """Each cell's methods against the bandwidth floor and the compute roof (nothing when no
+    cell has a floor)."""
+    from .markdown import md_table
+
+    rows = [r for r in results.derived.cells if r.get("decode_efficiency")]
+    if not rows:
+        return []
+    machines = any(r.get("machine") for r in rows)
+    table = [[r.get("machine", "")] * machines + [get(r) for _, get in LIMIT_COLUMNS] for r in rows]
+    return ["## Distance to the hardware limits", "",
+            "Decode floor: the bytes a step reads (the weights once, each sequence's KV cache at the "
+            "cell's mean context) over the cell's bandwidth ceiling: the best streaming reading taken "
+            "around the cell, or a method's own rate there where it read faster. Prefill floor: its FLOPs "
+            "over the compute roof of its arithmetic (the run's probes). Definitions: METRICS.md.", "",
+            md_table(["machine"] * machines + [name for name, _ in LIMIT_COLUMNS], table), ""]
+
 
 def cell_table(results: RunResults, reasons: bool = True) -> tuple[list[str], list[list[str]]]:
     """The cells' column names and figures as text, a machine column first where the sweep
@@ -94,6 +124,7 @@ def render(results: RunResults, charts: list[str]) -> str:
     parts += ["## Cells", "", md_table(*cell_table(results)), ""]
     if charts:  # each chart one axis of the cells above
         parts += ['<div class="beside">', ""] + [f"![{c}]({c})" for c in charts] + ["", "</div>", ""]
+    parts += limits_section(results)
     parts += nodes_section(results)
     parts += quality_section(results)
     sizes = [f"- **{m.method}**: weights {mbytes(m.weight_bytes)} MB, load {m.load_s or 0:.2f} s; "

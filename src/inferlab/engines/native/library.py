@@ -140,6 +140,16 @@ def load() -> ctypes.CDLL:
     return ctypes.CDLL(path)
 
 
+def stream_bandwidth(threads: int, nbytes: int, repeats: int = 4) -> float | None:
+    """Bytes read per second: the best of `repeats` passes of q4_stream.c's loop over a fresh
+    buffer of about `nbytes` in 2 MiB pages; None when the buffer could not be had."""
+    lib = load()
+    lib.stream_read.restype = ctypes.c_double
+    lib.stream_read.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
+    rate = lib.stream_read(threads, nbytes, repeats)
+    return rate if rate > 0 else None
+
+
 def int8_peak(threads: int, seconds: float = 0.1, repeats: int = 3) -> tuple[float, str]:
     """(multiply-adds of int8 pairs per second, kernel path): the best of `repeats` runs of
     about `seconds` each of q4_roof.c's register-only loop with the best path this CPU has."""
