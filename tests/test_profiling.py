@@ -204,16 +204,19 @@ def test_a_method_faster_than_the_probe_sets_the_ceiling_and_is_named():
     assert "onnx streamed 15.0 GB/s, above the probe's best 10.0 GB/s" in ceiling_warnings(ceiling)[0]
 
 
-def known_cell(readings: list[float | None], *methods: tuple[str, int, float]) -> tuple[RunResults, CellResult]:
+def known_cell(readings: list[float | None], *methods: tuple[str, int, float],
+               run_readings: tuple = (None, None, None)) -> tuple[RunResults, CellResult]:
     """A sweep cell pp10+tg4 @ d100, batch 2, with these bandwidth readings around it and
-    (method, weight bytes, TPOT ms) runs (TTFT 2 ms); the run's probes: 10 GB/s, 100 GFLOP/s."""
+    (method, weight bytes, TPOT ms) in three runs each (TTFT 2 ms), read before at
+    run_readings; the run's probes: 10 GB/s, 100 GFLOP/s."""
     r, _ = known_run("unused", 1)
     r.probes = [{"bandwidth_bytes_per_s": 10e9, "gemm_flops_per_s": 100e9}]
     r.methods, runs = [], []
     for name, weights, tpot_ms in methods:
         r.methods.append(MethodResult(method=name, status="ok", weight_bytes=weights))
         runs.append(MethodResult(method=name, status="ok", runs=[RunSample(
-            ttft_s=0.002, e2e_s=0.002 + 3 * tpot_ms / 1e3, itl_s=[tpot_ms / 1e3] * 3)] * 3))
+            ttft_s=0.002, e2e_s=0.002 + 3 * tpot_ms / 1e3, itl_s=[tpot_ms / 1e3] * 3, bandwidth_bytes_per_s=b)
+            for b in run_readings]))
     cell = CellResult(cell=Cell(10, 4, depth=100, batch=2), methods=runs,
                       conditions={w: {"bandwidth_bytes_per_s": b} for w, b in zip(("before", "after"), readings)})
     r.cells = [cell]
@@ -234,6 +237,19 @@ def test_a_sweep_cell_s_floors_count_its_depth_batch_and_own_bandwidth():
     flops = 2 * (2 * 900_000 * 10 + 2 * 100_000 + 2 * 2 * 8 * 10 * 210)
     assert a["prefill_floor_ms"] == pytest.approx(flops / 100e9 * 1e3)
     assert a["prefill_efficiency"] == pytest.approx(a["prefill_floor_ms"] / 2.0)
+
+
+def test_each_run_is_judged_against_the_reading_just_before_it():
+    # the machine changed state within the cell: 8, 30 and 5 GB/s before the three 40 ms steps of
+    # 200 MB (5 GB/s each); the cell's best reading (30) would judge every run against that
+    r, cell = known_cell([8e9, 30e9], ("a", 200_000_000, 40.0), run_readings=(8e9, 30e9, 5e9))
+    a = cell_rows(r)[0]
+    rate = (200_000_000 + 2 * 2 * 2 * 1 * 4 * 4 * 112) / 0.04
+    assert a["decode_efficiency"] == pytest.approx(rate / 8e9)  # the median of 5/8, 5/30 and 1 (5 >= 5)
+    assert a["bandwidth_gb_s"] == pytest.approx(8.0)  # the median of the runs' ceilings
+    # a run faster than its reading: the ceiling is its own rate, never an efficiency above 100 %
+    r, cell = known_cell([4e9], ("a", 200_000_000, 40.0), run_readings=(4e9, 4e9, 4e9))
+    assert cell_rows(r)[0]["decode_efficiency"] == pytest.approx(1.0)
 
 
 def test_a_sweep_cell_without_readings_uses_the_probes_and_a_faster_method_raises_the_ceiling():

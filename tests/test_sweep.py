@@ -85,9 +85,8 @@ def test_sweep_end_to_end(tiny_models, tmp_path, capsys, monkeypatch):
         # the streaming bandwidth read around the cell sets its decode floors
         readings = [c.conditions[w]["bandwidth_bytes_per_s"] for w in ("before", "after")]
         assert min(readings) > 1e8
-        for m in c.methods:
-            if m.ok:
-                assert rows[(c.cell.key, m.method)]["bandwidth_gb_s"] >= max(readings) / 1e9
+        for m in c.methods:  # and each timed run's, the reading just before it
+            assert all(run.bandwidth_bytes_per_s > 1e8 for run in m.runs)
         for m in c.methods:
             if c.cell.batch > 1 and m.method == "one-at-a-time":
                 assert m.status == "skipped" and "one sequence at a time" in m.error

@@ -94,14 +94,21 @@ class WorkerPool:
         self.workers.clear()
 
 
+def _bandwidth_now(threads: int) -> float | None:
+    """The streaming bandwidth at `threads` threads (probe.stream_rate), once the method that
+    answered last has gone quiet (its threads spinning on would read as less bandwidth). The
+    machine moves between bandwidth states minutes apart, even within a cell (the AMD EPYC
+    here: 31-36 and 58-66 GB/s), so every timed run of a cell is judged against the reading
+    taken just before it."""
+    settle()
+    return stream_rate(threads)
+
+
 def _conditions(threads: int) -> dict:
-    """The machine's state (machine.conditions), the streaming bandwidth at the cell's thread
-    count once the last method to answer has gone quiet (probe.stream_rate: the machine moves
-    between states minutes apart, so a cell's floors use its own readings) and the wall-clock
+    """The machine's state (machine.conditions), its streaming bandwidth and the wall-clock
     time in seconds."""
     at = time.time()
-    settle()  # a method's threads spinning on after its reply would read as less bandwidth
-    return {**machine.conditions(), "bandwidth_bytes_per_s": stream_rate(threads), "at": at}
+    return {**machine.conditions(), "bandwidth_bytes_per_s": _bandwidth_now(threads), "at": at}
 
 
 def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult | None = None) -> CellResult:
@@ -145,12 +152,14 @@ def measure_cell(cell: Cell, spec: CellSpec, pool: WorkerPool, out: CellResult |
                 break
 
     def one_run(r: MethodResult) -> None:
+        bandwidth = _bandwidth_now(cell.threads)
         answer = ask(r, request)
         if answer is not None:
             reply, others = answer
             if not r.runs:  # the footprint while generating; the tokens every run must repeat
                 r.steady_rss_bytes, batched[r.method] = reply.rss_bytes, reply.sequences
             record_generation(r, reply, True, others)
+            r.runs[-1].bandwidth_bytes_per_s = bandwidth
 
     rotating_rounds(out.methods, lambda r: r.status == "running" and needs_more_runs(r, spec.config),
                     one_run)

@@ -191,6 +191,8 @@ class RunSample:
     ttft_s: float
     e2e_s: float
     itl_s: list[float]
+    # a sweep's: the streaming bandwidth read just before this run (cells.py), its decode floor's
+    bandwidth_bytes_per_s: float | None = None
 
     @property
     def tpot_s(self) -> float:

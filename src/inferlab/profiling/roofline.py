@@ -132,34 +132,43 @@ def cell_limits(results, cell, rows: list[dict]) -> dict[str, dict]:
     """{method: its distance to the hardware limits} in one sweep cell (rows: the cell's derived
     rows, medians in ms), with the cell's own workload: `depth + prompt + new / 2` positions
     cached at a mean decode step, `batch` sequences per step (the weights read once for all),
-    the prefill attending to the depth. Bandwidth: the best streaming reading taken around the
-    cell on the host that measured it (cells.py), else the run's probes of its kind of machine;
-    raised to a method's own rate where one streamed faster, as in `rooflines`. Compute roofs:
-    the run's probes of that kind."""
+    the prefill attending to the depth.
+
+    Bandwidth: each timed run against the streaming reading taken just before it (cells.py; the
+    machine can change state between two runs), raised to the run's own rate where it read
+    faster; decode efficiency is the median over the runs, the floor is at the median ceiling.
+    Runs without readings (results from before them): the best reading around the cell, else
+    the run's probes of its kind of machine, raised to the fastest method's rate in the cell, as
+    in `rooflines`. Compute roofs: the run's probes of that kind."""
+    from statistics import median
+
     arch = results.model.get("architecture") or {}
     c = cell.cell
     limits = probed_limits(probes_of_kind(results, cell.node.get("kind"))) or {}
-    readings = [v["bandwidth_bytes_per_s"] for v in cell.conditions.values() if v.get("bandwidth_bytes_per_s")]
-    bandwidth, source = (max(readings), "around the cell") if readings else \
-        (limits.get("bandwidth_high"), "the run's probes")
+    around = [v["bandwidth_bytes_per_s"] for v in cell.conditions.values() if v.get("bandwidth_bytes_per_s")]
     context = c.depth + c.prompt_tokens + c.new_tokens / 2
-    moved = {}  # method: (its record, weight bytes, KV bytes, step seconds)
+    moved = {}  # method: (its record, its row, weight and KV bytes per step)
     for row in rows:
         m = results.method(row["method"])
         if row.get("tpot_ms") and m is not None and m.weight_bytes is not None:
-            moved[row["method"]] = (m, *step_bytes(m, arch, context, c.batch), row["tpot_ms"] / 1e3)
-    rates = {k: (w + kv) / step for k, (_, w, kv, step) in moved.items()}
-    if rates and (bandwidth is None or max(rates.values()) > bandwidth):
-        source = max(rates, key=rates.get)
-        bandwidth = rates[source]
+            moved[row["method"]] = (m, row, *step_bytes(m, arch, context, c.batch))
+    rates = {name: (w + kv) / (row["tpot_ms"] / 1e3) for name, (_, row, w, kv) in moved.items()}
+    shared = max(around) if around else limits.get("bandwidth_high")
+    if rates and (shared is None or max(rates.values()) > shared):
+        shared = max(rates.values())
     out = {}
-    for name, (m, weights, kv, step) in moved.items():
-        floor = (weights + kv) / bandwidth
-        out[name] = {"bandwidth_gb_s": bandwidth / 1e9, "bandwidth_source": source,
-                     "weight_mb_per_step": weights / 1e6, "kv_mb_per_step": kv / 1e6,
-                     "achieved_gb_s": rates[name] / 1e9, "decode_floor_ms": floor * 1e3,
-                     "decode_efficiency": floor / step}
-        row = next(r for r in rows if r["method"] == name)
+    for name, (m, row, weights, kv) in moved.items():
+        runs = cell.method(name).runs
+        if runs and all(r.bandwidth_bytes_per_s for r in runs):
+            ceilings = [max(r.bandwidth_bytes_per_s, (weights + kv) / r.tpot_s) for r in runs]
+            efficiency = median((weights + kv) / r.tpot_s / ceiling for r, ceiling in zip(runs, ceilings))
+            bandwidth = median(ceilings)
+        else:
+            bandwidth = shared
+            efficiency = rates[name] / bandwidth
+        out[name] = {"bandwidth_gb_s": bandwidth / 1e9, "weight_mb_per_step": weights / 1e6,
+                     "kv_mb_per_step": kv / 1e6, "achieved_gb_s": rates[name] / 1e9,
+                     "decode_floor_ms": (weights + kv) / bandwidth * 1e3, "decode_efficiency": efficiency}
         flops = prefill_flops(arch, c.prompt_tokens, c.depth, c.batch)
         if flops and limits.get("gemm_peak") and row.get("ttft_ms"):
             ops, kind = compute_roof(m, limits)

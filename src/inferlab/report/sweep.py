@@ -55,9 +55,10 @@ def limits_section(results: RunResults) -> list[str]:
     table = [[r.get("machine", "")] * machines + [get(r) for _, get in LIMIT_COLUMNS] for r in rows]
     return ["## Distance to the hardware limits", "",
             "Decode floor: the bytes a step reads (the weights once, each sequence's KV cache at the "
-            "cell's mean context) over the cell's bandwidth ceiling: the best streaming reading taken "
-            "around the cell, or a method's own rate there where it read faster. Prefill floor: its FLOPs "
-            "over the compute roof of its arithmetic (the run's probes). Definitions: METRICS.md.", "",
+            "cell's mean context) over the bandwidth: each timed run against the streaming bandwidth read "
+            "just before it (the machine can change state between two runs), or its own rate where it read "
+            "faster; TPOT / floor is the median over the runs, 'ceiling' the median reading. Prefill floor: "
+            "its FLOPs over the compute roof of its arithmetic (the run's probes). Definitions: METRICS.md.", "",
             md_table(["machine"] * machines + [name for name, _ in LIMIT_COLUMNS], table), ""]
 
 
