@@ -13,7 +13,11 @@ Bandwidth and both compute peaks are probed in the run (probe.py). The bandwidth
 highest rate anything in the run reached: the probe's best, or a method's own rate when it
 streamed faster (the report then says the probe understated the machine, or the bytes stayed
 in cache). A compute roof is never raised to a method's rate: a prefill faster than its roof
-is a probe bug, said in a warning, and its efficiency shows above 100 %."""
+is a probe bug, said in a warning, and its efficiency shows above 100 %.
+
+A sweep's cells (`cell_limits`) count their own depth and batch, and judge each timed run
+against the streaming bandwidth read just before it: the machine can change bandwidth state
+between two runs."""
 
 from __future__ import annotations
 
@@ -158,17 +162,17 @@ def cell_limits(results, cell, rows: list[dict]) -> dict[str, dict]:
         shared = max(rates.values())
     out = {}
     for name, (m, row, weights, kv) in moved.items():
-        runs = cell.method(name).runs
+        runs, total = cell.method(name).runs, weights + kv
         if runs and all(r.bandwidth_bytes_per_s for r in runs):
-            ceilings = [max(r.bandwidth_bytes_per_s, (weights + kv) / r.tpot_s) for r in runs]
-            efficiency = median((weights + kv) / r.tpot_s / ceiling for r, ceiling in zip(runs, ceilings))
+            ceilings = [max(r.bandwidth_bytes_per_s, total / r.tpot_s) for r in runs]
+            efficiency = median(total / r.tpot_s / ceiling for r, ceiling in zip(runs, ceilings))
             bandwidth = median(ceilings)
         else:
             bandwidth = shared
             efficiency = rates[name] / bandwidth
         out[name] = {"bandwidth_gb_s": bandwidth / 1e9, "weight_mb_per_step": weights / 1e6,
                      "kv_mb_per_step": kv / 1e6, "achieved_gb_s": rates[name] / 1e9,
-                     "decode_floor_ms": (weights + kv) / bandwidth * 1e3, "decode_efficiency": efficiency}
+                     "decode_floor_ms": total / bandwidth * 1e3, "decode_efficiency": efficiency}
         flops = prefill_flops(arch, c.prompt_tokens, c.depth, c.batch)
         if flops and limits.get("gemm_peak") and row.get("ttft_ms"):
             ops, kind = compute_roof(m, limits)
