@@ -133,6 +133,22 @@ def test_bandwidth_gemm_and_int8_peaks_are_positive():
         assert first["int8_path"] == library.best_path() and first["int8_ops_per_s"] > first["gemm_flops_per_s"]
 
 
+def test_a_streaming_reading_leaves_no_thread_running():
+    """A sweep reads the bandwidth just before each timed run: nothing of the reading may go on
+    beside the run (OpenMP's pool spun 8-10 ms of CPU after each reading)."""
+    import time
+
+    from inferlab.engines.native import library
+
+    if library.missing_cpu_flags():
+        pytest.skip(f"the native library needs {', '.join(library.missing_cpu_flags())}")
+    assert probe.stream_rate(2, 32 << 20) > 1e8
+    cpu = time.process_time()
+    time.sleep(0.05)
+    assert time.process_time() - cpu < 0.003
+    assert library.stream_bandwidth(0, 32 << 20) is None and library.stream_bandwidth(2, 1 << 20) is None
+
+
 ARCH = {"layers": 2, "kv_heads": 1, "head_dim": 4, "hidden": 8, "block_parameters": 900_000,
         "lm_head_parameters": 100_000}
 
