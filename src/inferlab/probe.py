@@ -71,7 +71,7 @@ def measure(threads: int, nbytes: int = defaults.PROBE_BYTES) -> dict:
 
 
 def stream_rate(threads: int, nbytes: int | None = None) -> float | None:
-    """Bytes per second the native streaming loop read over `nbytes` (defaults.PROBE_BYTES: 0.03 s
+    """Bytes per second the native streaming loop read over `nbytes` (defaults.PROBE_BYTES: 0.05 s
     on the AMD EPYC here, no torch), or None where the native library cannot be built or the
     buffer cannot be had."""
     from .engines.native import library
