@@ -100,9 +100,12 @@ _last_answered: WorkerHandle | None = None
 
 def settle() -> None:
     """Wait until the worker that answered the last generation has gone quiet (no CPU time for
-    defaults.SETTLE_WINDOW_S, at most SETTLE_MAX_S)."""
+    defaults.SETTLE_WINDOW_S, at most SETTLE_MAX_S); then nothing is left to wait for (a
+    sweep's bandwidth reading settles before the timed run that follows it)."""
+    global _last_answered
     if _last_answered is not None:
         wait_until_idle(_last_answered.pid, defaults.SETTLE_WINDOW_S, defaults.SETTLE_MAX_S)
+        _last_answered = None
 
 
 def request_generation(worker: WorkerHandle, request: p.Generate,
