@@ -88,6 +88,13 @@ static inline void act_layout(Act *a, float *buf, int k, int tokens) {
     a->q = (int8_t *)(buf + 3 * nb);
 }
 
+/* seconds on the monotonic clock (the same clock in every thread) */
+static inline double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 static inline float hmax8(__m256 v) {
     __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     x = _mm_max_ps(x, _mm_movehl_ps(x, x));

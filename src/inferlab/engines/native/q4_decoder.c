@@ -263,12 +263,6 @@ static const char *const PHASE_NAMES = "embedding,norm_quantize,attention_projec
                                        "mlp_projections,activation_quantize,residual_add,final_norm,lm_head";
 static double phase_s[PHASES];  /* per process: one decoder runs in a method's process */
 
-static inline double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Called by every thread where a phase ends: thread 0 books the time since its last mark to
    `phase` (after a barrier, that includes its wait for the slowest thread). */
 /* The profiler's timeline: while recording, thread 0 also keeps each span it books. */

@@ -13,12 +13,6 @@
 
 #define MAX_THREADS 256
 
-static double seconds_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* every 8 bytes hold their own address: no two pages alike, so no page merging (a host's or
    the kernel's) can serve the buffer from one physical page */
 static void fill(int64_t *p, size_t n) {
@@ -50,10 +44,10 @@ typedef struct {
 
 static void *pass_share(void *arg) {
     Share *s = arg;
-    s->start = seconds_now();
+    s->start = now_s();
     if (s->write) fill((int64_t *)s->p, s->bytes / 8);
     else s->sink += read_share(s->p, s->bytes);
-    s->end = seconds_now();
+    s->end = now_s();
     return 0;
 }
 
