@@ -22,6 +22,7 @@ SHAPES = {
     "attention-and-mlp-biases": ("llama", {"attention_bias": True, "mlp_bias": True}),
     "qwen2": ("qwen2", {}),  # q, k and v biases
     "multi-head": ("llama", {"num_key_value_heads": 4}),
+    "grouped-3": ("llama", {"hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 2}),  # SmolLM2's ratio
     "grouped-4": ("llama", {"num_key_value_heads": 1}),
     "grouped-6": ("llama", {"hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 1}),  # two turns
     "llama3-rope": ("llama", {"rope_scaling": LLAMA3_ROPE}),
