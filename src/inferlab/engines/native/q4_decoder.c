@@ -32,10 +32,9 @@ static int chunks_max(const Model *m) { return (m->slots + CHUNK - 1) / CHUNK; }
    0.92-0.95x its time with one row at a time, A/B in one process) */
 #define ROWS_TOGETHER 4
 
-/* Rows from which a forward pass shares out its work by rows and takes products' rows in units
-   (see forward) */
+/* Rows from which a forward pass gives each thread its own rows (tokens) instead of a share of
+   every product's (see forward) */
 #define MANY_ROWS 16
-#define GRAB_ROWS 32
 
 /* Few rows (a decode step): threads share out every row's chunks. Many rows (a prompt, a
    batch): each thread takes whole (row, KV head) pairs and joins their chunks itself. */
@@ -72,7 +71,7 @@ static size_t mlp_floats(const Model *m, int tokens) { return many_rows(tokens) 
 static size_t shared_floats(const Model *m, int tokens) {
     size_t t = (size_t)tokens, parts = (size_t)m->heads * part_slots(m, tokens) * part_floats(m);
     return t * (wide_rows(m, tokens) + 2 * (size_t)m->hidden + parts + mlp_floats(m, tokens) + act_floats(m->inter) +
-                act_floats(m->hidden) + (many_rows(tokens) ? (size_t)m->hidden : 0)) + 4 * (size_t)m->layers + 16;
+                act_floats(m->hidden) + (many_rows(tokens) ? (size_t)m->hidden : 0)) + 16;
 }
 
 size_t scratch_floats(const Model *m, int tokens) {
@@ -148,25 +147,26 @@ static void silu_mul_interleaved(const float *gu, int n, float *out) {
     for (; i < n; i++) out[i] = gu[2 * i] / (1.0f + expf(-gu[2 * i])) * gu[2 * i + 1];
 }
 
-/* Rows r0..r1 of a 4-bit product (plus its bias) for every row of x into y (its row stride w->n):
-   this thread's own rows (next 0: few rows, each thread streaming its share of the weights,
-   read ahead at the barrier before), or units of GRAB_ROWS rows of the whole product taken in
-   turn from the counter `next` (many rows: a thread slowed by anything else on the machine takes
-   fewer units instead of keeping the others waiting: with static shares, a 512-token prefill's
-   two threads waited 17-43 ms in all at the barriers, measured, with its products at the rate
-   they reach alone). */
+/* Rows r0..r1 of a 4-bit product (plus its bias) for every row of x into y (its row stride
+   w->n): few rows, each thread streaming its share of the weights (read ahead at the barrier
+   before) */
 static void product_rows(const Model *m, const Mat4 *w, const float *bias, const Act *x, int tokens, float *y, int r0,
-                         int r1, atomic_int *next) {
-    if (!next) {
-        matmul4_rows(w, x, tokens, y + r0, w->n, r0, r1, m->path);
-        add_bias(y + r0, w->n, tokens, bias, r0, r1);
-        return;
-    }
-    for (int u; (u = atomic_fetch_add_explicit(next, 1, memory_order_relaxed)) * GRAB_ROWS < w->n;) {
-        const int a = u * GRAB_ROWS, b = a + GRAB_ROWS < w->n ? a + GRAB_ROWS : w->n;
-        matmul4_rows(w, x, tokens, y + a, w->n, a, b, m->path);
-        add_bias(y + a, w->n, tokens, bias, a, b);
-    }
+                         int r1) {
+    matmul4_rows(w, x, tokens, y + r0, w->n, r0, r1, m->path);
+    add_bias(y + r0, w->n, tokens, bias, r0, r1);
+}
+
+/* rows t0.. of an Act, as an Act of their own */
+static Act act_from(const Act *a, int t0) {
+    const size_t nb = a->k / QK;
+    return (Act){a->q + (size_t)t0 * a->k, a->d + t0 * nb, a->s + t0 * nb, a->e + t0 * nb, a->k};
+}
+
+/* Every row of a 4-bit product (plus its bias) for this thread's tokens t0..t1 of x, into
+   y's rows t0..t1 (many rows: see forward) */
+static void product_tokens(const Model *m, const Mat4 *w, const float *bias, const Act *x, int t0, int t1, float *y) {
+    const Act own = act_from(x, t0);
+    product_rows(m, w, bias, &own, t1 - t0, y + (size_t)t0 * w->n, 0, w->n);
 }
 
 /* the MLP's activation of n outputs from its input product's rows (gate/up interleaved, or up) */
@@ -175,21 +175,19 @@ static inline void activation(const Model *m, const float *in, int n, float *out
     else gelu_tanh(in, n, out);
 }
 
-/* The MLP's input product with its activation, for many rows: units of the rows that make one
-   block of the activation (64 interleaved gate/up rows, or 32 up rows) taken in turn from
-   `next`; a unit's outputs for every row go to this thread's buf (room for tokens x 64 floats,
-   in L2), and are at once activated and quantized into that block of h: no shared buffer of
-   every row's outputs (6 MB a layer for 512 rows, read back from L3) and no barrier before the
-   activation (512-token prefill: 0.98-0.99x the time, A/B in one process). */
-static void mlp_input_many(const Model *m, const Layer *L, const Act *x, int tokens, float *buf, Act *h,
-                           atomic_int *next) {
+/* The MLP's input product with its activation, for this thread's tokens t0..t1 (many rows): one
+   block of the activation at a time (64 interleaved gate/up rows, or 32 up rows), its outputs
+   for the tokens in buf (room for tokens x 64 floats, in L2), at once activated and quantized
+   into that block of h: no buffer of every row's outputs (6 MB a layer for 512 rows) */
+static void mlp_input_tokens(const Model *m, const Layer *L, const Act *x, int t0, int t1, float *buf, Act *h) {
     const int unit = (m->act == ACT_SILU_GATED ? 2 : 1) * QK;
+    const Act own = act_from(x, t0);
     float block[QK];
-    for (int u; (u = atomic_fetch_add_explicit(next, 1, memory_order_relaxed)) * unit < L->up.n;) {
-        matmul4_rows(&L->up, x, tokens, buf, unit, u * unit, (u + 1) * unit, m->path);
-        add_bias(buf, unit, tokens, L->up_bias, u * unit, (u + 1) * unit);
-        for (int t = 0; t < tokens; t++) {
-            activation(m, buf + (size_t)t * unit, QK, block);
+    for (int u = 0; u * unit < L->up.n; u++) {
+        matmul4_rows(&L->up, &own, t1 - t0, buf, unit, u * unit, (u + 1) * unit, m->path);
+        add_bias(buf, unit, t1 - t0, L->up_bias, u * unit, (u + 1) * unit);
+        for (int t = t0; t < t1; t++) {
+            activation(m, buf + (size_t)(t - t0) * unit, QK, block);
             quantize_blocks(block, h, t, u, u + 1);
         }
     }
@@ -329,10 +327,16 @@ void phase_seconds(double *out, int reset) {
    norms and the quantization of each product's input, every thread computes for itself on
    private buffers: the same arithmetic, so the same values, with no wait.
 
-   Many rows (MANY_ROWS or more: a prompt): each thread norms, joins and quantizes a share of
-   the rows into a shared input instead, the products' rows are taken in units from a counter
-   (see product_rows), and the cache is written by rows; four more barriers a layer. Each
-   value is computed by the same arithmetic either way: the same logits, bit for bit. */
+   Many rows (MANY_ROWS or more: a prompt): each thread takes half the rows (its tokens) through
+   every product, all of the weights' rows, and through the norms, the activation and the
+   residual stream; two barriers a layer: once every row's k and v are in the cache, and after
+   attention (whole (rows, KV head) units dealt in turn), whose parts each thread joins for its
+   own rows. Only the cache, the queries and attention's parts pass between the threads. (Shared
+   by rows of the weights, every product's outputs passed, at nine barriers a layer: on this
+   project's 2-vCPU machines, in the state where two threads stream twice the bandwidth of one,
+   a 512-token prefill took 312 ms against 253 this way, the same 249 in the other state; A/B
+   in one process, 4 and 32 rounds.) Each value is computed by the same arithmetic either way:
+   the same logits, bit for bit. */
 int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32_t *positions, int tokens, int kept,
             float *logits, float *scratch) {
     if (tokens < 1 || kept < 0 || kept > tokens) return -1;
@@ -353,9 +357,6 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
     Act hact, xact;
     act_layout(&hact, hbuf, inter, tokens);
     act_layout(&xact, xbuf, H, tokens);
-    /* many rows: a counter per product and layer, units of rows taken in turn */
-    atomic_int *next = (atomic_int *)(shared_resid + (many ? T * H : 0));
-    for (int i = 0; i < 4 * m->layers; i++) atomic_init(&next[i], 0);
 
     Barrier bar;
     atomic_init(&bar.count, 0);
@@ -398,19 +399,16 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
 
         for (int l = 0; l < m->layers; l++) {
             const Layer *L = &m->layer[l];
-            atomic_int *grab[4];  /* the products' counters (many rows), in order: q/k/v, o, up, down */
-            for (int i = 0; i < 4; i++) grab[i] = many ? next + 4 * l + i : 0;
             for (int t = t0; t < t1; t++) {
                 norm(m, resid + t * H, L->attn_norm, L->attn_norm_bias, normed);
                 quantize_token(normed, x, t);
             }
-            if (many) barrier_wait(&bar, nt, &sense, 0);
             mark(PH_NORM, &last);
-            product_rows(m, &L->qkv, L->qkv_bias, x, tokens, wide, qkv0, qkv1, grab[0]);
-            if (many) {  /* the cache by rows, once every row's k and v are in */
-                barrier_wait(&bar, nt, &sense, 0);
+            if (many) {  /* its rows' k and v heads, all of them */
+                product_tokens(m, &L->qkv, L->qkv_bias, x, t0, t1, wide);
                 cache_kv(m, wide, t0, t1, seqs, positions, l, m->heads * hd, qkv_n);
             } else {
+                product_rows(m, &L->qkv, L->qkv_bias, x, tokens, wide, qkv0, qkv1);
                 cache_kv(m, wide, 0, tokens, seqs, positions, l, qkv0, qkv1);
             }
             ahead_rows4(&ahead, &L->o, hid0, hid1);  /* read while waiting here and after attention */
@@ -458,11 +456,14 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
                     combine_parts(parts + t * parts_per_token + (size_t)h * slots * part_n, n, part_n, hd, normed + h * hd);
                 quantize_token(normed, x, t);
             }
-            if (many) barrier_wait(&bar, nt, &sense, 0);
             mark(PH_ATTENTION, &last);
-            product_rows(m, &L->o, L->o_bias, x, tokens, obuf, hid0, hid1, grab[1]);
-            ahead_rows4(&ahead, &L->up, gu0, gu1);
-            barrier_wait(&bar, nt, &sense, &ahead);
+            if (many) {
+                product_tokens(m, &L->o, L->o_bias, x, t0, t1, obuf);
+            } else {
+                product_rows(m, &L->o, L->o_bias, x, tokens, obuf, hid0, hid1);
+                ahead_rows4(&ahead, &L->up, gu0, gu1);
+                barrier_wait(&bar, nt, &sense, &ahead);
+            }
             mark(PH_ATTN_PROJ, &last);
             for (int t = t0; t < t1; t++) {
                 float *r = resid + t * H;
@@ -470,13 +471,12 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
                 norm(m, r, L->ffn_norm, L->ffn_norm_bias, normed);
                 quantize_token(normed, x, t);
             }
-            if (many) barrier_wait(&bar, nt, &sense, 0);
             mark(PH_NORM, &last);
             if (many) {  /* the activation inside the product's phase */
-                mlp_input_many(m, L, x, tokens, unit, &hact, grab[2]);
+                mlp_input_tokens(m, L, x, t0, t1, unit, &hact);
                 mark(PH_MLP_PROJ, &last);
             } else {
-                product_rows(m, &L->up, L->up_bias, x, tokens, wide, gu0, gu1, 0);
+                product_rows(m, &L->up, L->up_bias, x, tokens, wide, gu0, gu1);
                 mark(PH_MLP_PROJ, &last);
                 /* this thread's activations: a0..a1, whole blocks */
                 const int a0 = gated ? gu0 / 2 : gu0, a1 = gated ? gu1 / 2 : gu1;
@@ -486,15 +486,19 @@ int forward(const Model *m, const int32_t *ids, const int32_t *seqs, const int32
                 }
                 mark(PH_ACTIVATION, &last);
             }
-            ahead_rows4(&ahead, &L->down, hid0, hid1);
-            barrier_wait(&bar, nt, &sense, &ahead);
-            mark(PH_MLP_PROJ, &last);
-            product_rows(m, &L->down, L->down_bias, &hact, tokens, dbuf, hid0, hid1, grab[3]);
-            if (l + 1 < m->layers)
-                ahead_rows4(&ahead, &m->layer[l + 1].qkv, qkv0, qkv1);
-            else
-                ahead_rows8(&ahead, &m->head, voc0, voc1);
-            barrier_wait(&bar, nt, &sense, &ahead);
+            if (many) {
+                product_tokens(m, &L->down, L->down_bias, &hact, t0, t1, dbuf);
+            } else {
+                ahead_rows4(&ahead, &L->down, hid0, hid1);
+                barrier_wait(&bar, nt, &sense, &ahead);
+                mark(PH_MLP_PROJ, &last);
+                product_rows(m, &L->down, L->down_bias, &hact, tokens, dbuf, hid0, hid1);
+                if (l + 1 < m->layers)
+                    ahead_rows4(&ahead, &m->layer[l + 1].qkv, qkv0, qkv1);
+                else
+                    ahead_rows8(&ahead, &m->head, voc0, voc1);
+                barrier_wait(&bar, nt, &sense, &ahead);
+            }
             mark(PH_MLP_PROJ, &last);
             for (int t = t0; t < t1; t++)
                 for (int i = 0; i < H; i++) resid[t * H + i] += dbuf[t * H + i];
