@@ -111,19 +111,18 @@ static inline float hsum8(__m256 v) {
 
 static inline float half(uint16_t h) { return _cvtsh_ss(h); }
 
-/* exp for the SiLU and the softmax, vectorized: 2^(x log2 e) as 2^i * p(f), p a degree-6 polynomial of 2^f */
+/* exp(x) = 2^(x log2 e) as 2^i * p(f), i the nearest integer, p a degree-6 polynomial of 2^f on
+   [-0.5, 0.5] (coefficients highest power first), for the SiLU and the softmax: exp8 here, exp16
+   in q4_attention_bf16.c, the same operations lane by lane, so the same bits */
+static const float EXP_POLY[7] = {1.535336188319500e-4f, 1.339887440266574e-3f, 9.618437357674640e-3f,
+                                  5.550332471162809e-2f, 2.402264791363012e-1f, 6.931472028550421e-1f, 1.0f};
 static inline __m256 exp8(__m256 x) {
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
     __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
     __m256 i = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 f = _mm256_sub_ps(t, i); /* in [-0.5, 0.5] */
-    __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    __m256 p = _mm256_set1_ps(EXP_POLY[0]);
+    for (int k = 1; k < 7; k++) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP_POLY[k]));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(i), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
