@@ -148,8 +148,8 @@ static void silu_mul_interleaved(const float *gu, int n, float *out) {
 }
 
 /* Rows r0..r1 of a 4-bit product (plus its bias) for every row of x into y (its row stride
-   w->n): few rows, each thread streaming its share of the weights (read ahead at the barrier
-   before) */
+   w->n): with few rows, each thread's share of the weights (read ahead at the barrier before);
+   with many, every row for one thread's tokens (product_tokens) */
 static void product_rows(const Model *m, const Mat4 *w, const float *bias, const Act *x, int tokens, float *y, int r0,
                          int r1) {
     matmul4_rows(w, x, tokens, y + r0, w->n, r0, r1, m->path);
